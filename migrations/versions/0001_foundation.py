@@ -1,0 +1,44 @@
+"""Foundation: schemas, Supabase roles and auth shim, tenants with RLS, validation, time partitioning, events.
+
+Revision ID: 0001_foundation
+Revises:
+Create Date: 2026-11-23
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+from pgmlops._resources import read_sql
+
+revision = "0001_foundation"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+FILES = ["bootstrap.sql", "validation.sql", "tenants.sql", "timeseries.sql", "events.sql"]
+
+
+def upgrade() -> None:
+    for name in FILES:
+        op.execute(f"-- sql/{name}\n" + read_sql(name))
+
+
+def downgrade() -> None:
+    op.execute(
+        """
+        do $$
+        begin
+            -- Dynamic SQL: cron.job does not exist where pg_cron is absent.
+            if exists (select 1 from pg_extension where extname = 'pg_cron') then
+                execute 'select cron.unschedule(jobid) from cron.job where jobname = $1' using 'pgmlops-maintenance';
+            end if;
+            if (select value = 'true'::jsonb from ml_private.settings where key = 'auth_shim') then
+                drop schema auth cascade;
+            end if;
+        end
+        $$;
+        drop schema ml cascade;
+        drop schema ml_private cascade;
+        """
+    )

@@ -1,0 +1,34 @@
+"""Where pgmlops finds its SQL files and Alembic migrations, installed or in a checkout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _locate(name: str) -> Path:
+    """Return the directory ``name`` (``sql`` or ``migrations``).
+
+    A wheel carries both inside the package; an editable install or a checkout has them at the
+    repository root, two levels above ``src/pgmlops``.
+    """
+    for candidate in (_PACKAGE_DIR / name, _PACKAGE_DIR.parent.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"pgmlops cannot find its {name}/ directory next to {_PACKAGE_DIR}")
+
+
+def sql_dir() -> Path:
+    """The directory holding the SQL API files (one per area)."""
+    return _locate("sql")
+
+
+def migrations_dir() -> Path:
+    """The Alembic script directory."""
+    return _locate("migrations")
+
+
+def read_sql(name: str) -> str:
+    """The text of ``sql/<name>``."""
+    return (sql_dir() / name).read_text(encoding="utf-8")

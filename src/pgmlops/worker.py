@@ -1,0 +1,411 @@
+"""Workers: processes that claim jobs from ml.jobs, run their handlers and report back in SQL.
+
+One :class:`Worker` is one process with three connections: one LISTENs on ``ml_jobs`` so an
+idle worker wakes within milliseconds of an enqueue (polling every ``poll_interval`` remains the
+fallback), one runs handlers and completes jobs, and one belongs to a heartbeat thread that
+extends the leases of held jobs. :func:`run_workers` supervises N such processes.
+
+Stopping: the first SIGTERM or SIGINT stops claiming; the running job finishes and prefetched
+jobs are given back unrun. A second signal aborts the running job and gives its lease back.
+SIGKILL loses nothing either: the job's lease expires and another worker claims it.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from pgmlops import handlers, queue
+from pgmlops.db import resolve_url
+from pgmlops.errors import LeaseLost
+from pgmlops.handlers import JobContext, PermanentError
+
+__all__ = ["Worker", "WorkerPool", "WorkerStats", "run_workers", "new_worker_id"]
+
+log = logging.getLogger("pgmlops.worker")
+
+
+def new_worker_id() -> str:
+    """A worker id that says where the worker runs: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class WorkerStats:
+    """What one worker process did."""
+
+    succeeded: int = 0
+    failed: int = 0
+    refused: int = 0
+    released: int = 0
+
+    @property
+    def processed(self) -> int:
+        return self.succeeded + self.failed + self.refused
+
+
+class _Abort(BaseException):
+    """Raised in the main thread by a second stop signal, to abandon the running job."""
+
+
+@dataclass
+class _Held:
+    job: queue.Job
+    ctx: JobContext | None = None
+
+
+class _Heartbeat(threading.Thread):
+    """Extends the leases of the jobs a worker holds, every third of the shortest lease."""
+
+    def __init__(self, url: str, worker_id: str) -> None:
+        super().__init__(name="pgmlops-heartbeat", daemon=True)
+        self._url = url
+        self._worker_id = worker_id
+        self._held: dict[int, _Held] = {}
+        self._lock = threading.Lock()
+        self._stop_event = threading.Event()
+
+    def hold(self, held: _Held) -> None:
+        with self._lock:
+            self._held[held.job.id] = held
+
+    def forget(self, job_id: int) -> None:
+        with self._lock:
+            self._held.pop(job_id, None)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def _interval(self) -> float:
+        with self._lock:
+            leases = [h.job.lease.total_seconds() for h in self._held.values()]
+        return max(0.2, min(leases) / 3) if leases else 1.0
+
+    def run(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        while not self._stop_event.wait(self._interval()):
+            with self._lock:
+                held = list(self._held.values())
+            if not held:
+                continue
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self._url, autocommit=True, application_name="pgmlops heartbeat")
+                for h in held:
+                    if queue.heartbeat(conn, h.job.id, self._worker_id):
+                        continue
+                    with self._lock:
+                        still_held = h.job.id in self._held
+                    # A job finished between the snapshot and its heartbeat is not lost.
+                    if still_held and h.ctx is not None:
+                        log.warning("job %s: lease lost (expired, cancelled or taken over)", h.job.id)
+                        h.ctx.lost.set()
+            except psycopg.Error as exc:
+                log.warning("heartbeat failed, will retry: %s", exc)
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+
+@dataclass
+class Worker:
+    """One worker process's loop. Not thread-safe: call :meth:`run` from the main thread.
+
+    Args:
+        url: database URL (None: see :func:`pgmlops.db.resolve_url`).
+        kinds: job kinds to claim; None means every kind with a registered handler.
+        prefetch: jobs claimed per round trip; the ones not yet started are heartbeated too.
+        poll_interval: seconds to wait for a NOTIFY before polling again.
+        idle_exit: exit after this many seconds with nothing to do (None: run until stopped).
+        maintenance_interval: seconds between ml_private.run_maintenance() calls when pg_cron
+            is absent (None: never).
+        install_signals: install SIGTERM/SIGINT handlers (only possible in the main thread).
+    """
+
+    url: str | None = None
+    kinds: Sequence[str] | None = None
+    prefetch: int = 1
+    poll_interval: float = 1.0
+    idle_exit: float | None = None
+    maintenance_interval: float | None = 300.0
+    install_signals: bool = True
+    worker_id: str = field(default_factory=new_worker_id)
+    stats: WorkerStats = field(default_factory=WorkerStats)
+
+    def __post_init__(self) -> None:
+        self._stopping = threading.Event()
+        self._signals = 0
+        self._running_job: _Held | None = None
+
+    # -- control ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop claiming; the running job finishes. Safe from any thread or signal handler."""
+        self._stopping.set()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._signals += 1
+        self._stopping.set()
+        if self._signals == 1:
+            log.info("worker %s: %s received, finishing the running job", self.worker_id, signal.Signals(signum).name)
+        elif self._running_job is not None:
+            raise _Abort()
+
+    # -- loop --------------------------------------------------------------------------------
+
+    def run(self) -> WorkerStats:
+        """Claim and run jobs until stopped (or idle for ``idle_exit`` seconds)."""
+        url = resolve_url(self.url)
+        handlers.load_plugins()
+        kinds = list(self.kinds) if self.kinds else handlers.kinds()
+        for kind in kinds:
+            handlers.get(kind)  # fail fast on a kind with no handler
+        if self.install_signals:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+
+        beat = _Heartbeat(url, self.worker_id)
+        beat.start()
+        listen = psycopg.connect(url, autocommit=True, application_name="pgmlops worker listen")
+        work = psycopg.connect(url, autocommit=True, application_name=f"pgmlops worker {self.worker_id}")
+        try:
+            listen.execute("listen ml_jobs")
+            use_maintenance = self.maintenance_interval is not None and not self._has_cron(work)
+            last_maintenance = 0.0
+            idle_since = time.monotonic()
+            log.info("worker %s: claiming %s", self.worker_id, ", ".join(kinds))
+            while not self._stopping.is_set():
+                if use_maintenance and time.monotonic() - last_maintenance >= (self.maintenance_interval or 0):
+                    last_maintenance = time.monotonic()
+                    self._maintenance(work)
+                jobs = queue.claim(work, self.worker_id, kinds, self.prefetch)
+                if not jobs:
+                    if self.idle_exit is not None and time.monotonic() - idle_since >= self.idle_exit:
+                        break
+                    self._wait_for_work(listen)
+                    continue
+                held = [_Held(job) for job in jobs]
+                for h in held:
+                    beat.hold(h)
+                for h in held:
+                    if self._stopping.is_set():
+                        self._release(work, h)
+                    else:
+                        work = self._run_one(url, work, h)
+                    beat.forget(h.job.id)
+                idle_since = time.monotonic()
+        except _Abort:
+            log.info("worker %s: aborted", self.worker_id)
+        finally:
+            beat.stop()
+            listen.close()
+            work.close()
+        log.info("worker %s: stopped (%s)", self.worker_id, self.stats)
+        return self.stats
+
+    def _wait_for_work(self, listen: psycopg.Connection[Any]) -> None:
+        # Returns on the first notification, or after poll_interval; drains any backlog so one
+        # burst of enqueues does not wake the loop once per job.
+        for _ in listen.notifies(timeout=self.poll_interval, stop_after=1):
+            pass
+
+    def _run_one(self, url: str, work: psycopg.Connection[Any], held: _Held) -> psycopg.Connection[Any]:
+        job = held.job
+        ctx = JobContext(job=job, conn=work, worker_id=self.worker_id, stopping=self._stopping)
+        held.ctx = ctx
+        self._running_job = held
+        try:
+            fn = handlers.get(job.kind)
+            with work.transaction():
+                work.execute(
+                    "select set_config('pgmlops.tenant_id', %s, true), set_config('request.jwt.claims', %s, true)",
+                    (str(job.tenant_id),
+                     '{"role": "service_role", "app_metadata": {"tenant_id": "%s"}}' % job.tenant_id),
+                )
+                result = fn(ctx)
+                queue.complete(work, job.id, self.worker_id, result)
+            self.stats.succeeded += 1
+        except _Abort:
+            work = self._fresh(url, work)
+            self._release(work, held)
+            raise
+        except LeaseLost as exc:
+            self.stats.refused += 1
+            log.warning("job %s: result refused: %s", job.id, exc)
+        except Exception as exc:  # the handler's failure, to be recorded, never to kill the worker
+            work = self._fresh(url, work)
+            retry = not isinstance(exc, PermanentError)
+            message = f"{type(exc).__name__}: {exc}"
+            if retry:
+                message += "\n" + "".join(traceback.format_exception(exc)[-3:])
+            try:
+                status = queue.fail(work, job.id, self.worker_id, message, retry=retry)
+                self.stats.failed += 1
+                log.info("job %s (%s) failed, now %s: %s", job.id, job.kind, status, exc)
+            except LeaseLost:
+                self.stats.refused += 1
+        finally:
+            self._running_job = None
+        return work
+
+    def _release(self, work: psycopg.Connection[Any], held: _Held) -> None:
+        try:
+            queue.release(work, held.job.id, self.worker_id)
+            self.stats.released += 1
+        except LeaseLost:
+            pass
+
+    @staticmethod
+    def _fresh(url: str, work: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+        """The work connection, replaced when a handler broke it."""
+        if work.closed or work.broken:
+            return psycopg.connect(url, autocommit=True, application_name="pgmlops worker")
+        return work
+
+    @staticmethod
+    def _has_cron(conn: psycopg.Connection[Any]) -> bool:
+        row = conn.execute("select (ml.capabilities() ->> 'pg_cron')::boolean").fetchone()
+        return bool(row and row[0])
+
+    def _maintenance(self, conn: psycopg.Connection[Any]) -> None:
+        try:
+            row = conn.execute("select ml_private.run_maintenance()").fetchone()
+            log.debug("maintenance: %s", row[0] if row else None)
+        except psycopg.Error as exc:
+            log.warning("maintenance failed: %s", exc)
+
+
+# -- supervision -----------------------------------------------------------------------------
+
+
+def _child_main(options: dict[str, Any]) -> None:
+    logging.basicConfig(level=options.pop("log_level", logging.INFO),
+                        format="%(asctime)s %(processName)s %(levelname)s %(message)s")
+    modules = options.pop("modules", None)
+    handlers.load_plugins(modules)
+    Worker(**options).run()
+
+
+class WorkerPool:
+    """N worker processes (spawned, so each has its own interpreter and connections).
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`. :meth:`supervise` replaces
+    workers that die (crash, SIGKILL) until :meth:`stop` is called.
+    """
+
+    def __init__(self, url: str | None = None, kinds: Sequence[str] | None = None, concurrency: int = 1, *,
+                 prefetch: int = 1, poll_interval: float = 1.0, idle_exit: float | None = None,
+                 modules: Sequence[str] | None = None, log_level: int = logging.INFO) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency: must be at least 1")
+        self.concurrency = concurrency
+        self._options = {"url": resolve_url(url), "kinds": list(kinds) if kinds else None,
+                         "prefetch": prefetch, "poll_interval": poll_interval, "idle_exit": idle_exit,
+                         "modules": list(modules) if modules else None, "log_level": log_level}
+        self._ctx = multiprocessing.get_context("spawn")
+        self._procs: dict[int, multiprocessing.process.BaseProcess] = {}
+        self.stopping = threading.Event()
+        self.failures = 0
+
+    def _spawn(self, slot: int) -> None:
+        proc = self._ctx.Process(target=_child_main, args=(dict(self._options),), name=f"worker-{slot}")
+        proc.start()
+        self._procs[slot] = proc
+
+    def start(self) -> WorkerPool:
+        """Start the worker processes; returns self."""
+        for slot in range(self.concurrency):
+            self._spawn(slot)
+        return self
+
+    def pids(self) -> list[int]:
+        """The process ids of the live workers."""
+        return [p.pid for p in self._procs.values() if p.is_alive() and p.pid is not None]
+
+    def alive(self) -> int:
+        """How many workers are running."""
+        return len(self.pids())
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to every live worker."""
+        for pid in self.pids():
+            os.kill(pid, signum)
+
+    def check(self, *, restart: bool = True) -> None:
+        """Reap workers that exited; replace the ones that failed unless stopping."""
+        for slot, proc in list(self._procs.items()):
+            if proc.is_alive():
+                continue
+            proc.join()
+            del self._procs[slot]
+            if proc.exitcode != 0:
+                self.failures += 1
+                log.warning("worker-%s exited with %s", slot, proc.exitcode)
+                if restart and not self.stopping.is_set():
+                    self._spawn(slot)
+
+    def supervise(self, *, restart: bool = True, until: threading.Event | None = None) -> int:
+        """Watch the workers until all have exited (or ``until`` is set); return failures."""
+        while self._procs and not (until is not None and until.is_set()):
+            self.check(restart=restart)
+            time.sleep(0.2)
+        return self.failures
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM every worker, wait up to ``timeout`` seconds, then SIGKILL stragglers."""
+        self.stopping.set()
+        self.signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self._procs.values():
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        self._procs.clear()
+
+    def __enter__(self) -> WorkerPool:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_workers(url: str | None = None, kinds: Sequence[str] | None = None, concurrency: int = 1, *,
+                prefetch: int = 1, poll_interval: float = 1.0, idle_exit: float | None = None,
+                modules: Sequence[str] | None = None, restart: bool = True,
+                log_level: int = logging.INFO) -> int:
+    """Run ``concurrency`` worker processes until they stop; return how many failed.
+
+    SIGTERM/SIGINT are passed on to the workers (a second one aborts their running jobs). A
+    worker that dies (crash, SIGKILL) is replaced while ``restart`` holds and no stop was asked
+    for; its job is taken over once its lease expires. With ``idle_exit``, each worker ends
+    after that many idle seconds, and so does this call when all have.
+    """
+    pool = WorkerPool(url, kinds, concurrency, prefetch=prefetch, poll_interval=poll_interval,
+                      idle_exit=idle_exit, modules=modules, log_level=log_level)
+
+    def forward(signum: int, _frame: Any) -> None:
+        pool.stopping.set()
+        pool.signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        pool.start()
+        return pool.supervise(restart=restart)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
