@@ -181,7 +181,7 @@ begin
     v_end := p_to + v_def.chunk_interval * v_def.premake;
     while v_at <= v_end loop
         v_bounds := ml_private.partition_bounds(p_table, v_at);
-        v_part := v_name || '_p' || to_char(lower(v_bounds) at time zone 'UTC', 'YYYYMMDD"T"HH24MISS');
+        v_part := v_name || '_p' || to_char(lower(v_bounds) at time zone 'UTC', 'YYYYMMDD_HH24MISS');
         if to_regclass(format('%I.%I', v_schema, v_part)) is null then
             -- Rows for this range may already sit in the default partition: take them out first,
             -- since attaching a partition whose range the default holds rows for is an error.

@@ -213,13 +213,14 @@ def worker(
     prefetch: Annotated[int, typer.Option(min=1, max=1000, help="Jobs claimed per round trip.")] = 1,
     idle_exit: Annotated[Optional[float], typer.Option(help="Exit after this many idle seconds.")] = None,
     modules: Annotated[Optional[list[str]], typer.Option("--import", help="Module(s) registering handlers.")] = None,
+    lease: Annotated[Optional[float], typer.Option(help="Lease in seconds (default: each kind's).")] = None,
 ) -> None:
     """Run worker processes that claim and run jobs until SIGTERM/SIGINT."""
     from pgmlops.worker import run_workers
 
     kind_list = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else None
     failures = run_workers(_url(), kind_list, concurrency, prefetch=prefetch, idle_exit=idle_exit,
-                           modules=modules)
+                           modules=modules, lease=lease)
     raise typer.Exit(1 if failures else 0)
 
 

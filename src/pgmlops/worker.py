@@ -23,6 +23,7 @@ import traceback
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -134,6 +135,7 @@ class Worker:
         maintenance_interval: seconds between ml_private.run_maintenance() calls when pg_cron
             is absent (None: never).
         install_signals: install SIGTERM/SIGINT handlers (only possible in the main thread).
+        lease: lease in seconds for claimed jobs (None: each kind's own lease).
     """
 
     url: str | None = None
@@ -143,6 +145,7 @@ class Worker:
     idle_exit: float | None = None
     maintenance_interval: float | None = 300.0
     install_signals: bool = True
+    lease: float | None = None
     worker_id: str = field(default_factory=new_worker_id)
     stats: WorkerStats = field(default_factory=WorkerStats)
 
@@ -192,7 +195,8 @@ class Worker:
                 if use_maintenance and time.monotonic() - last_maintenance >= (self.maintenance_interval or 0):
                     last_maintenance = time.monotonic()
                     self._maintenance(work)
-                jobs = queue.claim(work, self.worker_id, kinds, self.prefetch)
+                jobs = queue.claim(work, self.worker_id, kinds, self.prefetch,
+                                   timedelta(seconds=self.lease) if self.lease else None)
                 if not jobs:
                     if self.idle_exit is not None and time.monotonic() - idle_since >= self.idle_exit:
                         break
@@ -309,13 +313,15 @@ class WorkerPool:
 
     def __init__(self, url: str | None = None, kinds: Sequence[str] | None = None, concurrency: int = 1, *,
                  prefetch: int = 1, poll_interval: float = 1.0, idle_exit: float | None = None,
-                 modules: Sequence[str] | None = None, log_level: int = logging.INFO) -> None:
+                 modules: Sequence[str] | None = None, log_level: int = logging.INFO,
+                 lease: float | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency: must be at least 1")
         self.concurrency = concurrency
         self._options = {"url": resolve_url(url), "kinds": list(kinds) if kinds else None,
                          "prefetch": prefetch, "poll_interval": poll_interval, "idle_exit": idle_exit,
-                         "modules": list(modules) if modules else None, "log_level": log_level}
+                         "modules": list(modules) if modules else None, "log_level": log_level,
+                         "lease": lease}
         self._ctx = multiprocessing.get_context("spawn")
         self._procs: dict[int, multiprocessing.process.BaseProcess] = {}
         self.stopping = threading.Event()
@@ -387,7 +393,7 @@ class WorkerPool:
 def run_workers(url: str | None = None, kinds: Sequence[str] | None = None, concurrency: int = 1, *,
                 prefetch: int = 1, poll_interval: float = 1.0, idle_exit: float | None = None,
                 modules: Sequence[str] | None = None, restart: bool = True,
-                log_level: int = logging.INFO) -> int:
+                log_level: int = logging.INFO, lease: float | None = None) -> int:
     """Run ``concurrency`` worker processes until they stop; return how many failed.
 
     SIGTERM/SIGINT are passed on to the workers (a second one aborts their running jobs). A
@@ -396,7 +402,7 @@ def run_workers(url: str | None = None, kinds: Sequence[str] | None = None, conc
     after that many idle seconds, and so does this call when all have.
     """
     pool = WorkerPool(url, kinds, concurrency, prefetch=prefetch, poll_interval=poll_interval,
-                      idle_exit=idle_exit, modules=modules, log_level=log_level)
+                      idle_exit=idle_exit, modules=modules, log_level=log_level, lease=lease)
 
     def forward(signum: int, _frame: Any) -> None:
         pool.stopping.set()

@@ -1,0 +1,37 @@
+"""Job handlers used by the worker tests, imported by worker processes with --import.
+
+``effect`` writes one row per execution into test_effects in the handler's transaction, so a
+test can count how many times each job's effects landed (exactly once, or not at all).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pgmlops.handlers import JobContext, handler
+
+SETUP_SQL = """
+create table if not exists public.test_effects (
+    job_id bigint not null, worker text not null, tenant text, acting_tenant text,
+    at timestamptz not null default clock_timestamp());
+select ml_private.register_job_kind('effect', 'test: records one row per execution',
+    '{"type": "object", "properties": {"sleep_ms": {"type": "integer", "minimum": 0}}}'::jsonb,
+    3, interval '30 seconds', interval '100 milliseconds', interval '1 second');
+"""
+
+
+@handler("effect")
+def effect(ctx: JobContext) -> dict[str, Any]:
+    deadline = time.monotonic() + int(ctx.payload.get("sleep_ms", 0)) / 1000.0
+    while (left := deadline - time.monotonic()) > 0:
+        if ctx.lost.wait(min(left, 0.05)):
+            break
+    row = ctx.conn.execute(
+        "insert into public.test_effects (job_id, worker, tenant, acting_tenant) "
+        "values (%s, %s, current_setting('pgmlops.tenant_id', true), ml.current_tenant()::text) "
+        "returning tenant, acting_tenant",
+        (ctx.job.id, ctx.worker_id),
+    ).fetchone()
+    assert row is not None
+    return {"tenant_setting": row[0], "acting_tenant": row[1]}

@@ -1,0 +1,196 @@
+"""Worker processes against a real server: exactly-once completion, crashes, signals, retries."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgmlops import queue
+from pgmlops.errors import LeaseLost
+from pgmlops.worker import WorkerPool
+
+from .conftest import act_for, make_tenant
+from .handlers_for_tests import SETUP_SQL
+
+Conn = psycopg.Connection[Any]
+MODULES = ["tests.handlers_for_tests"]
+
+
+@pytest.fixture
+def db(fresh_db_url: str) -> Iterator[tuple[str, Conn, str]]:
+    """A fresh database with the test kind registered, a connection acting for a new tenant."""
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        conn.execute(SETUP_SQL)
+        tenant = make_tenant(conn)
+        act_for(conn, tenant)
+        yield fresh_db_url, conn, tenant
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def scalar(conn: Conn, sql: str, *args: Any) -> Any:
+    return conn.execute(sql, args).fetchone()[0]
+
+
+def pool(url: str, concurrency: int, **kwargs: Any) -> WorkerPool:
+    kwargs.setdefault("log_level", logging.WARNING)
+    kwargs.setdefault("poll_interval", 0.5)
+    return WorkerPool(url, ["effect", "echo"], concurrency, modules=MODULES, **kwargs)
+
+
+def pid_of(worker_id: str) -> int:
+    return int(worker_id.split(":")[1])
+
+
+def test_four_workers_complete_two_thousand_jobs_exactly_once(db: tuple[str, Conn, str]) -> None:
+    url, conn, _ = db
+    conn.execute("select ml.enqueue('effect', '{}') from generate_series(1, 2000)")
+    with pool(url, 4, prefetch=4) as workers:
+        wait_for(lambda: scalar(conn, "select count(*) from ml.jobs where status = 'succeeded'") == 2000,
+                 timeout=180, what="2000 jobs to succeed")
+        assert workers.alive() == 4
+    assert scalar(conn, "select count(*) from ml.jobs where status <> 'succeeded' or attempts <> 1") == 0
+    # Each job's effects landed once, with its completion, and each was claimed once.
+    assert scalar(conn, "select count(*) from test_effects") == 2000
+    assert scalar(conn, "select count(distinct job_id) from test_effects") == 2000
+    per_job = conn.execute(
+        "select event, count(*) from ml.events where topic = 'job' group by event order by event").fetchall()
+    assert per_job == [("job.queued", 2000), ("job.running", 2000), ("job.succeeded", 2000)]
+    assert scalar(conn, "select count(distinct locked_by) from ml.jobs") == 4
+
+
+def test_handlers_run_in_the_jobs_tenant_context(db: tuple[str, Conn, str]) -> None:
+    url, conn, tenant = db
+    other = make_tenant(conn)
+    act_for(conn, other)
+    other_job = queue.enqueue(conn, "effect", {})
+    act_for(conn, tenant)
+    job = queue.enqueue(conn, "effect", {})
+    with pool(url, 1):
+        wait_for(lambda: scalar(conn, "select count(*) from ml.jobs where status = 'succeeded'") == 2)
+    assert queue.result(conn, job)["result"] == {"tenant_setting": tenant, "acting_tenant": tenant}
+    assert queue.result(conn, other_job)["result"] == {"tenant_setting": other, "acting_tenant": other}
+
+
+def test_a_job_of_a_sigkilled_worker_is_completed_once_by_another(db: tuple[str, Conn, str]) -> None:
+    url, conn, _ = db
+    job_id = queue.enqueue(conn, "effect", {"sleep_ms": 3000})
+    with pool(url, 2, lease=1.5):
+        wait_for(lambda: scalar(conn, "select status from ml.jobs where id = %s", job_id) == "running")
+        victim = scalar(conn, "select locked_by from ml.jobs where id = %s", job_id)
+        os.kill(pid_of(victim), signal.SIGKILL)
+        wait_for(lambda: scalar(conn, "select status from ml.jobs where id = %s", job_id) == "succeeded",
+                 timeout=30, what="the job to be taken over")
+        state = conn.execute("select attempts, locked_by from ml.jobs where id = %s", (job_id,)).fetchone()
+    assert state[0] == 2 and state[1] != victim
+    assert scalar(conn, "select count(*) from test_effects where job_id = %s", job_id) == 1
+    # The killed worker's result, had it come late, is refused and changes nothing.
+    with pytest.raises(LeaseLost):
+        queue.complete(conn, job_id, victim, {"late": True})
+    assert queue.result(conn, job_id)["result"] != {"late": True}
+
+
+def test_no_job_is_lost_when_a_worker_is_killed_mid_run(db: tuple[str, Conn, str]) -> None:
+    url, conn, _ = db
+    conn.execute("select ml.enqueue('effect', '{\"sleep_ms\": 100}') from generate_series(1, 40)")
+    with pool(url, 2, lease=1.5, prefetch=2):
+        wait_for(lambda: scalar(conn, "select count(*) from ml.jobs where status = 'succeeded'") >= 5)
+        victim = scalar(conn, "select locked_by from ml.jobs where status = 'running' limit 1")
+        if victim is not None:
+            os.kill(pid_of(victim), signal.SIGKILL)
+        wait_for(lambda: scalar(conn, "select count(*) from ml.jobs where status = 'succeeded'") == 40,
+                 timeout=60, what="all 40 jobs")
+    assert scalar(conn, "select count(*) from test_effects") == 40
+    assert scalar(conn, "select count(distinct job_id) from test_effects") == 40
+
+
+def test_sigterm_lets_the_running_job_finish_and_gives_prefetched_jobs_back(db: tuple[str, Conn, str]) -> None:
+    url, conn, _ = db
+    conn.execute("select ml.enqueue('effect', '{\"sleep_ms\": 1500}') from generate_series(1, 3)")
+    workers = pool(url, 1, prefetch=3).start()
+    try:
+        wait_for(lambda: scalar(conn, "select count(*) from ml.jobs where status = 'running'") == 3)
+        wait_for(lambda: scalar(conn, "select count(*) from ml.jobs where status = 'running' "
+                                      "and heartbeat_at is not null") == 3)
+        time.sleep(0.3)  # the first job's handler is under way
+        workers.signal(signal.SIGTERM)
+        wait_for(lambda: workers.alive() == 0, timeout=30, what="the worker to exit")
+        workers.check(restart=False)
+        assert workers.failures == 0
+    finally:
+        workers.stop()
+    rows = conn.execute("select status, attempts from ml.jobs order by id").fetchall()
+    assert rows == [("succeeded", 1), ("queued", 0), ("queued", 0)]
+    assert scalar(conn, "select count(*) from test_effects") == 1
+
+
+def test_a_second_sigterm_abandons_the_running_job_and_returns_its_lease(db: tuple[str, Conn, str]) -> None:
+    url, conn, _ = db
+    job_id = queue.enqueue(conn, "effect", {"sleep_ms": 20000})
+    workers = pool(url, 1).start()
+    try:
+        wait_for(lambda: scalar(conn, "select status from ml.jobs where id = %s", job_id) == "running")
+        time.sleep(0.3)
+        workers.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        workers.signal(signal.SIGTERM)
+        wait_for(lambda: workers.alive() == 0, timeout=15, what="the worker to exit")
+    finally:
+        workers.stop()
+    state = conn.execute("select status, attempts, locked_by from ml.jobs where id = %s", (job_id,)).fetchone()
+    assert state == ("queued", 0, None)
+    assert scalar(conn, "select count(*) from test_effects") == 0
+
+
+def test_failing_handlers_are_retried_then_succeed_or_fail_for_good(db: tuple[str, Conn, str]) -> None:
+    url, conn, _ = db
+    flaky = queue.enqueue(conn, "echo", {"fail_attempts": 2})
+    broken = queue.enqueue(conn, "echo", {"fail": "permanent"})
+    hopeless = queue.enqueue(conn, "echo", {"fail_attempts": 5}, max_attempts=2)
+    conn.execute("update ml.job_kinds set retry_base = '50 milliseconds' where kind = 'echo'")
+    with pool(url, 1, poll_interval=0.1):
+        wait_for(lambda: scalar(conn, "select count(*) from ml.jobs where finished_at is not null") == 3)
+    assert (queue.result(conn, flaky)["status"], queue.result(conn, flaky)["attempts"]) == ("succeeded", 3)
+    assert queue.result(conn, broken)["status"] == "failed"
+    assert "PermanentError" in queue.result(conn, broken)["error"]
+    assert (queue.result(conn, hopeless)["status"], queue.result(conn, hopeless)["attempts"]) == ("dead", 2)
+    assert "simulated failure on attempt 2" in queue.result(conn, hopeless)["error"]
+
+
+def test_notify_wakes_an_idle_worker_long_before_its_next_poll(db: tuple[str, Conn, str]) -> None:
+    url, conn, _ = db
+    with pool(url, 1, poll_interval=60):
+        queue.enqueue(conn, "effect", {})  # warm-up: the worker is up and idle after this one
+        wait_for(lambda: scalar(conn, "select count(*) from ml.jobs where status = 'succeeded'") == 1)
+        time.sleep(0.5)
+        job_id = queue.enqueue(conn, "effect", {})
+        wait_for(lambda: scalar(conn, "select status from ml.jobs where id = %s", job_id) == "succeeded",
+                 timeout=10, what="the NOTIFY to wake the worker (its poll interval is 60 s)")
+
+
+def test_a_dead_worker_is_replaced_by_the_supervisor(db: tuple[str, Conn, str]) -> None:
+    url, _, _ = db
+    workers = pool(url, 2).start()
+    try:
+        wait_for(lambda: workers.alive() == 2)
+        victim = workers.pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: (workers.check() or True) and workers.alive() == 2 and victim not in workers.pids(),
+                 timeout=20, what="a replacement worker")
+        assert workers.failures == 1
+    finally:
+        workers.stop()
