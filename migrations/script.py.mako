@@ -7,9 +7,7 @@ Create Date: ${create_date}
 
 from __future__ import annotations
 
-from alembic import op
-
-from pgmlops._resources import read_sql
+from pgmlops._migration_ops import run_sql, run_sql_file
 
 revision = ${repr(up_revision)}
 down_revision = ${repr(down_revision)}

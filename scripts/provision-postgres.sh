@@ -60,7 +60,7 @@ on_err() { printf '[provision-postgres] ERROR: command failed (exit %s) at line 
 trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
 
 [[ ${EUID} -eq 0 ]] || die "must run as root (try: sudo bash $0)"
-command -v apt-get >/dev/null && command -v dpkg-query >/dev/null \
+{ command -v apt-get && command -v dpkg-query; } >/dev/null \
   || die "apt-get/dpkg-query not found: this script supports Debian/Ubuntu only"
 [[ ${PGPORT} =~ ^[0-9]+$ ]] || die "PGMLOPS_PGPORT must be a number, got '${PGPORT}'"
 [[ ${PGDB} =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "PGMLOPS_DB must be a plain identifier, got '${PGDB}'"
@@ -109,7 +109,7 @@ if ((${#missing[@]})); then
     POLICY_RC_OURS=1
   fi
   apt_update
-  apt-get install -y -q --no-install-recommends "${missing[@]}" \
+  apt-get install -y -q --no-install-recommends "${missing[@]}" 3>&- 9>&- \
     || die "apt-get install failed for: ${missing[*]}"
   cleanup; POLICY_RC_OURS=0
 else
@@ -219,7 +219,9 @@ else
 fi
 
 # ---------------------------------------------------------------- 3. cluster
-as_pg() { runuser -u postgres -- "$@"; }
+# fds 3 (real stdout) and 9 (lock) must not leak into the server, or `URL=$(...)` and the
+# lock would stay open as long as the server runs.
+as_pg() { runuser -u postgres -- "$@" 3>&- 9>&-; }
 id -u postgres >/dev/null 2>&1 || die "OS user 'postgres' does not exist (postgresql-common creates it)"
 
 mkdir -p "${PGSOCKET}"
@@ -293,12 +295,12 @@ else
 fi
 
 for _ in $(seq 1 60); do
-  if "${PG_BIN}/pg_isready" -q -h "${PGSOCKET}" -p "${PGPORT}"; then break; fi
+  if "${PG_BIN}/pg_isready" -q -U postgres -d postgres -h "${PGSOCKET}" -p "${PGPORT}"; then break; fi
   sleep 1
 done
-"${PG_BIN}/pg_isready" -q -h "${PGSOCKET}" -p "${PGPORT}" \
+"${PG_BIN}/pg_isready" -q -U postgres -d postgres -h "${PGSOCKET}" -p "${PGPORT}" \
   || start_failed "server does not accept connections on ${PGSOCKET} port ${PGPORT}"
-"${PG_BIN}/pg_isready" -q -h 127.0.0.1 -p "${PGPORT}" \
+"${PG_BIN}/pg_isready" -q -U postgres -d postgres -h 127.0.0.1 -p "${PGPORT}" \
   || start_failed "server runs but does not accept TCP connections on 127.0.0.1:${PGPORT} (another server on that port?)"
 
 # ---------------------------------------------------------------- 4. database and password

@@ -7,9 +7,7 @@ Create Date: 2026-11-23
 
 from __future__ import annotations
 
-from alembic import op
-
-from pgmlops._resources import read_sql
+from pgmlops._migration_ops import run_sql, run_sql_file
 
 revision = "0001_foundation"
 down_revision = None
@@ -21,11 +19,11 @@ FILES = ["bootstrap.sql", "validation.sql", "tenants.sql", "timeseries.sql", "ev
 
 def upgrade() -> None:
     for name in FILES:
-        op.execute(f"-- sql/{name}\n" + read_sql(name))
+        run_sql_file(name)
 
 
 def downgrade() -> None:
-    op.execute(
+    run_sql(
         """
         do $$
         begin

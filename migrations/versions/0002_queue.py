@@ -7,9 +7,7 @@ Create Date: 2026-11-23
 
 from __future__ import annotations
 
-from alembic import op
-
-from pgmlops._resources import read_sql
+from pgmlops._migration_ops import run_sql, run_sql_file
 
 revision = "0002_queue"
 down_revision = "0001_foundation"
@@ -18,11 +16,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.execute("-- sql/queue.sql\n" + read_sql("queue.sql"))
+    run_sql_file("queue.sql")
 
 
 def downgrade() -> None:
-    op.execute(
+    run_sql(
         """
         drop function ml.claim_jobs(text, text[], int, interval);
         drop function ml.fail_job(bigint, text, text, boolean);
