@@ -358,6 +358,7 @@ create function ml.add_tenant_member(tenant uuid, user_id uuid, role text) retur
 language plpgsql volatile security definer
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
     v_caller_role text;
 begin
@@ -383,7 +384,7 @@ begin
         end if;
     end if;
     insert into ml.tenant_members as m (tenant_id, user_id, role)
-    values (tenant, user_id, role)
+    values (add_tenant_member.tenant, add_tenant_member.user_id, add_tenant_member.role)
     on conflict (tenant_id, user_id) do update set role = excluded.role;
 end
 $$;
@@ -395,6 +396,7 @@ create function ml.remove_tenant_member(tenant uuid, user_id uuid) returns boole
 language plpgsql volatile security definer
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
     v_caller_role text;
     v_target_role text;

@@ -1,0 +1,125 @@
+"""The `pgmlops` command line, run as a user runs it (a subprocess), against real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import psycopg
+import pytest
+
+from .conftest import EMBEDDED_HOME, EMBEDDED_PORT, Server, make_tenant
+
+
+def pgmlops(*args: str, url: str | None = None, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    full_env["COLUMNS"] = "200"
+    if url:
+        full_env["DATABASE_URL"] = url
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "pgmlops", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
+
+
+def test_version_names_the_schema_head() -> None:
+    run = pgmlops("version")
+    assert run.returncode == 0, run.stderr
+    assert "schema head 0002_queue" in run.stdout
+
+
+def test_migrate_creates_the_schema_on_an_empty_database(server: Server) -> None:
+    url = server.empty_database()
+    run = pgmlops("migrate", url=url)
+    assert run.returncode == 0, run.stderr
+    assert "revision 0002_queue" in run.stdout
+    run = pgmlops("migrate", "--downgrade", url=url)
+    assert "revision 0001_foundation" in run.stdout
+
+
+def test_enqueue_worker_and_jobs_work_together(fresh_db_url: str) -> None:
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        tenant = make_tenant(conn)
+    for payload in ('{"message": "a"}', '{"message": "b"}', '{"fail": "permanent"}'):
+        run = pgmlops("enqueue", "echo", payload, "--tenant", tenant, url=fresh_db_url)
+        assert run.returncode == 0, run.stderr
+    run = pgmlops("worker", "--concurrency", "2", "--idle-exit", "2", url=fresh_db_url)
+    assert run.returncode == 0, run.stderr
+    run = pgmlops("jobs", url=fresh_db_url)
+    assert run.returncode == 0, run.stderr
+    assert "echo" in run.stdout
+    line = next(l for l in run.stdout.splitlines() if l.strip().startswith("│ echo") or l.startswith("│ echo") or " echo " in l)
+    numbers = [c.strip() for c in line.split("│") if c.strip()]
+    assert numbers[:7] == ["echo", "0", "0", "2", "1", "0", "0"]
+    assert "PermanentError" in run.stdout  # recent failures
+
+
+def test_enqueue_reports_bad_input_with_its_sqlstate_and_writes_nothing(fresh_db_url: str) -> None:
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        tenant = make_tenant(conn)
+        run = pgmlops("enqueue", "echo", '{"sleep_ms": "soon"}', "--tenant", tenant, url=fresh_db_url)
+        assert run.returncode == 1
+        assert "[22023]" in run.stderr and "payload: $.sleep_ms: must be of type integer" in run.stderr
+        run = pgmlops("enqueue", "bogus", "{}", "--tenant", tenant, url=fresh_db_url)
+        assert run.returncode == 1 and "unknown job kind 'bogus'" in run.stderr
+        run = pgmlops("enqueue", "echo", "{not json", "--tenant", tenant, url=fresh_db_url)
+        assert run.returncode == 2 and "payload: not valid JSON" in run.stderr
+        assert conn.execute("select count(*) from ml.jobs").fetchone()[0] == 0
+
+
+def test_tenants_create_and_list(fresh_db_url: str) -> None:
+    run = pgmlops("tenants", "create", "acme", url=fresh_db_url)
+    assert run.returncode == 0, run.stderr
+    tenant = run.stdout.strip()
+    run = pgmlops("tenants", "add-member", tenant, "6f1c1f43-5a0e-4c4b-9d55-0b6c3b6ad0a1", "viewer", url=fresh_db_url)
+    assert run.returncode == 0, run.stderr
+    run = pgmlops("tenants", "add-member", tenant, "6f1c1f43-5a0e-4c4b-9d55-0b6c3b6ad0a1", "boss", url=fresh_db_url)
+    assert run.returncode == 1 and "role: must be one of owner, admin, ml_engineer, viewer" in run.stderr
+    run = pgmlops("tenants", "list", url=fresh_db_url)
+    assert "acme" in run.stdout and tenant in run.stdout
+
+
+def test_events_prints_what_happened(fresh_db_url: str) -> None:
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        tenant = make_tenant(conn)
+        conn.execute("select set_config('pgmlops.tenant_id', %s, false)", (tenant,))
+        conn.execute("select ml.enqueue('echo', '{}')")
+    run = pgmlops("events", "--limit", "5", url=fresh_db_url)
+    assert run.returncode == 0, run.stderr
+    assert "job.queued" in run.stdout and tenant in run.stdout
+
+
+def test_supabase_export_check_passes_on_the_committed_export() -> None:
+    run = pgmlops("supabase", "export", "--check")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "current" in run.stdout
+
+
+@pytest.fixture
+def embedded_env(embedded_server: Server) -> dict[str, str]:
+    """Environment that points the CLI's embedded default at the test's embedded server."""
+    return {"PGMLOPS_HOME": EMBEDDED_HOME, "PGMLOPS_EMBEDDED_PORT": EMBEDDED_PORT}
+
+
+def test_db_status_and_url_describe_the_embedded_server(embedded_env: dict[str, str]) -> None:
+    run = pgmlops("db", "status", env=embedded_env)
+    assert run.returncode == 0, run.stderr
+    assert "True" in run.stdout and EMBEDDED_PORT in run.stdout
+    run = pgmlops("db", "url", env=embedded_env)
+    assert run.stdout.strip() == f"postgresql://postgres@127.0.0.1:{EMBEDDED_PORT}/pgmlops"
+
+
+def test_db_url_fails_when_the_embedded_server_is_not_running(tmp_path: Any) -> None:
+    run = pgmlops("db", "url", env={"PGMLOPS_HOME": str(tmp_path), "PGMLOPS_EMBEDDED_PORT": "54397"})
+    assert run.returncode == 3 and "not running" in run.stderr
+
+
+def test_the_readme_main_command_runs_on_the_embedded_default(embedded_env: dict[str, str]) -> None:
+    run = pgmlops("demo", "--jobs", "60", "--workers", "2", env=embedded_env, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "jobs succeeded" in run.stdout and "59" in run.stdout
+    assert "jobs failed" in run.stdout
+    assert "partitioning=native" in run.stdout and "timescaledb=False" in run.stdout
