@@ -35,7 +35,8 @@ from rich.table import Table
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 
-console = Console()
+# Wide enough for the results tables when output is not a terminal (CI logs, redirects).
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 # -- servers and databases ---------------------------------------------------------------------
@@ -145,7 +146,7 @@ _SETTINGS = ("server_version", "fsync", "synchronous_commit", "wal_sync_method",
 def machine_info(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """The client machine and the server: CPU count, versions, key settings, ml.capabilities()."""
     settings = dict(conn.execute(
-        "select name, setting || coalesce(unit, '') from pg_settings where name = any(%s)",
+        "select name, current_setting(name) from pg_settings where name = any(%s)",
         (list(_SETTINGS),)).fetchall())
     caps = conn.execute("select ml.capabilities()").fetchone()
     return {

@@ -279,20 +279,21 @@ def build_goals(throughput: list[dict[str, Any]], latency: dict[str, Any]) -> li
     max_workers = max(t["workers"] for t in throughput)
     for t in throughput:
         goals.append(Goal(
-            f"throughput, {t['workers']} worker{'s' if t['workers'] > 1 else ''}, prefetch {t['prefetch']}",
+            f"throughput {t['workers']}w, prefetch {t['prefetch']}",
             t["jobs_per_s_median"], "jobs/s", THROUGHPUT_GOAL if t["workers"] == 4 else None, digits=0,
-            note=f"median of {t['repeats']}: {t['jobs_per_s_min']:,.0f}–{t['jobs_per_s_max']:,.0f}"))
+            note=f"median of {t['repeats']} runs ({t['jobs_per_s_min']:,.0f}–{t['jobs_per_s_max']:,.0f}) "
+                 f"of {t['jobs']} jobs"))
     lowest = min(t["workers"] for t in throughput)
     for p in sorted({t["prefetch"] for t in throughput}):
         if max_workers != lowest and (lowest, p) in by and (max_workers, p) in by:
             ratio = by[(max_workers, p)]["jobs_per_s_median"] / by[(lowest, p)]["jobs_per_s_median"]
-            goals.append(Goal(f"scaling {max_workers}w / {lowest}w, prefetch {p}", ratio, "×", digits=2,
+            goals.append(Goal(f"scaling {max_workers}w / {lowest}w, prefetch {p}", ratio, "x", digits=2,
                               note=f"{os.cpu_count()} CPUs shared by server, workers and this client"))
     prefetches = sorted({t["prefetch"] for t in throughput})
     if len(prefetches) > 1 and all((max_workers, p) in by for p in prefetches):
         lo, hi = prefetches[0], prefetches[-1]
         ratio = by[(max_workers, hi)]["jobs_per_s_median"] / by[(max_workers, lo)]["jobs_per_s_median"]
-        goals.append(Goal(f"prefetch {hi} / prefetch {lo}, {max_workers} workers", ratio, "×", digits=2))
+        goals.append(Goal(f"prefetch {hi} / {lo}, {max_workers}w", ratio, "x", digits=2))
     c, e = latency["notify_to_claim_ms"], latency["enqueue_to_succeeded_ms"]
     goals += [
         Goal("NOTIFY-to-claim p50", c["p50"], "ms", LATENCY_GOAL_MS, lower_is_better=True, digits=2,

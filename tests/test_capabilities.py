@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 
@@ -44,7 +44,7 @@ def test_embedded_server_falls_back_to_native_partitioning(embedded_server) -> N
 
 
 def test_native_partitions_take_rows_out_of_the_default_partition(any_db_url: str) -> None:
-    old = datetime(2020, 1, 15, 12, tzinfo=timezone.utc)
+    old = datetime(2020, 1, 15, 12, tzinfo=UTC)
     with psycopg.connect(any_db_url, autocommit=True) as conn:
         conn.execute("""select ml_private.create_time_partitioned_table('ml', 'metrics_demo',
                         'tenant_id uuid, at timestamptz not null, v float8', 'at', '1 day', '30 days')""")

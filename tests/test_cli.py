@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -51,8 +50,8 @@ def test_enqueue_worker_and_jobs_work_together(fresh_db_url: str) -> None:
     run = pgmlops("jobs", url=fresh_db_url)
     assert run.returncode == 0, run.stderr
     assert "echo" in run.stdout
-    line = next(l for l in run.stdout.splitlines() if l.strip().startswith("│ echo") or l.startswith("│ echo") or " echo " in l)
-    numbers = [c.strip() for c in line.split("│") if c.strip()]
+    row = next(text for text in run.stdout.splitlines() if " echo " in text)
+    numbers = [cell.strip() for cell in row.split("│") if cell.strip()]
     assert numbers[:7] == ["echo", "0", "0", "2", "1", "0", "0"]
     assert "PermanentError" in run.stdout  # recent failures
 

@@ -22,8 +22,11 @@ def run_sql(text: str) -> None:
         # transaction; with no parameters psycopg sends the text as it is.
         dbapi = op.get_bind().connection.dbapi_connection
         assert dbapi is not None
-        with dbapi.cursor() as cursor:
+        cursor = dbapi.cursor()
+        try:
             cursor.execute(text)
+        finally:
+            cursor.close()
 
 
 def run_sql_file(name: str) -> None:

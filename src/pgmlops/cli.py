@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import psycopg
 import typer
@@ -13,9 +13,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from pgmlops import __version__, _embedded
+from pgmlops import __version__, _embedded, migrations, queue, tenants
 from pgmlops import events as events_mod
-from pgmlops import migrations, queue, tenants
 from pgmlops.db import connect, resolve_url
 from pgmlops.errors import PgmlopsError
 
@@ -39,7 +38,7 @@ class _State:
 state = _State()
 
 DatabaseUrl = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--database-url", envvar="DATABASE_URL",
                  help="PostgreSQL URL; without it pgmlops uses (and starts) the embedded server."),
 ]
@@ -136,7 +135,7 @@ def supabase_export(
 
 
 @tenants_app.command("create")
-def tenants_create(name: str, owner: Annotated[Optional[str], typer.Option(help="Owner's user id.")] = None) -> None:
+def tenants_create(name: str, owner: Annotated[str | None, typer.Option(help="Owner's user id.")] = None) -> None:
     """Create a tenant and print its id."""
     with connect(state.url, autocommit=True) as conn:
         console.print(str(tenants.create_tenant(conn, name, owner)))
@@ -211,12 +210,12 @@ def jobs(failures: Annotated[int, typer.Option(help="How many recent failures to
 
 @app.command()
 def worker(
-    kinds: Annotated[Optional[str], typer.Option(help="Comma-separated job kinds (default: all with a handler).")] = None,
+    kinds: Annotated[str | None, typer.Option(help="Comma-separated job kinds (default: all with a handler).")] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
     prefetch: Annotated[int, typer.Option(min=1, max=1000, help="Jobs claimed per round trip.")] = 1,
-    idle_exit: Annotated[Optional[float], typer.Option(help="Exit after this many idle seconds.")] = None,
-    modules: Annotated[Optional[list[str]], typer.Option("--import", help="Module(s) registering handlers.")] = None,
-    lease: Annotated[Optional[float], typer.Option(help="Lease in seconds (default: each kind's).")] = None,
+    idle_exit: Annotated[float | None, typer.Option(help="Exit after this many idle seconds.")] = None,
+    modules: Annotated[list[str] | None, typer.Option("--import", help="Module(s) registering handlers.")] = None,
+    lease: Annotated[float | None, typer.Option(help="Lease in seconds (default: each kind's).")] = None,
 ) -> None:
     """Run worker processes that claim and run jobs until SIGTERM/SIGINT."""
     from pgmlops.worker import run_workers
@@ -230,10 +229,10 @@ def worker(
 @app.command()
 def events(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
-    tenant: Annotated[Optional[str], typer.Option(help="Only this tenant's events.")] = None,
-    topic: Annotated[Optional[list[str]], typer.Option(help="Only these topics.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's events.")] = None,
+    topic: Annotated[list[str] | None, typer.Option(help="Only these topics.")] = None,
     limit: Annotated[int, typer.Option(help="Recent events to show first.")] = 20,
-    timeout: Annotated[Optional[float], typer.Option(help="With --follow: stop after this many quiet seconds.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="With --follow: stop after this many quiet seconds.")] = None,
 ) -> None:
     """Print recent events, and with --follow every new one as it is announced."""
     url = _url()

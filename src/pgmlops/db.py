@@ -13,7 +13,7 @@ from psycopg.rows import dict_row
 from pgmlops import _embedded
 from pgmlops.errors import ConfigurationError
 
-__all__ = ["resolve_url", "connect", "sqlalchemy_url", "tenant_context"]
+__all__ = ["connect", "resolve_url", "sqlalchemy_url", "tenant_context"]
 
 
 def resolve_url(url: str | None = None, *, start_embedded: bool = True) -> str:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import psycopg
 
 __all__ = [
-    "PgmlopsError",
+    "AccessDenied",
     "ConfigurationError",
     "DatabaseError",
     "InvalidInput",
-    "AccessDenied",
-    "NotFound",
     "LeaseLost",
+    "NotFound",
+    "PgmlopsError",
     "translate",
 ]
 

@@ -12,7 +12,7 @@ import psycopg
 
 from pgmlops.db import resolve_url
 
-__all__ = ["Event", "CHANNEL", "subscribe", "recent"]
+__all__ = ["CHANNEL", "Event", "recent", "subscribe"]
 
 CHANNEL = "ml_events"
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from pgmlops.queue import Job
 
-__all__ = ["JobContext", "Handler", "PermanentError", "handler", "register", "get", "kinds", "load_plugins"]
+__all__ = ["Handler", "JobContext", "PermanentError", "get", "handler", "kinds", "load_plugins", "register"]
 
 
 class PermanentError(Exception):

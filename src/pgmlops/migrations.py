@@ -17,8 +17,15 @@ from pgmlops._resources import migrations_dir
 from pgmlops.db import sqlalchemy_url
 
 __all__ = [
-    "upgrade", "downgrade", "current", "head", "offline_sql", "export_supabase", "export_seed", "seed_sql",
+    "current",
+    "downgrade",
+    "export_seed",
+    "export_supabase",
+    "head",
+    "offline_sql",
+    "seed_sql",
     "supabase_export_is_current",
+    "upgrade",
 ]
 
 _VERSION_SCHEMA = "pgmlops"

@@ -20,15 +20,15 @@ from pgmlops.errors import translate
 
 __all__ = [
     "Job",
-    "enqueue",
-    "claim",
-    "heartbeat",
-    "complete",
-    "fail",
-    "release",
     "cancel",
-    "result",
+    "claim",
+    "complete",
     "counts",
+    "enqueue",
+    "fail",
+    "heartbeat",
+    "release",
+    "result",
 ]
 
 

@@ -13,7 +13,7 @@ from psycopg import sql
 
 from pgmlops.errors import translate
 
-__all__ = ["create_tenant", "add_member", "remove_member", "as_user", "as_service"]
+__all__ = ["add_member", "as_service", "as_user", "create_tenant", "remove_member"]
 
 ROLES = ("owner", "admin", "ml_engineer", "viewer")
 

@@ -12,6 +12,7 @@ SIGKILL loses nothing either: the job's lease expires and another worker claims 
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -33,7 +34,7 @@ from pgmlops.db import resolve_url
 from pgmlops.errors import LeaseLost
 from pgmlops.handlers import JobContext, PermanentError
 
-__all__ = ["Worker", "WorkerPool", "WorkerStats", "run_workers", "new_worker_id"]
+__all__ = ["Worker", "WorkerPool", "WorkerStats", "new_worker_id", "run_workers"]
 
 log = logging.getLogger("pgmlops.worker")
 
@@ -238,7 +239,7 @@ class Worker:
                 work.execute(
                     "select set_config('pgmlops.tenant_id', %s, true), set_config('request.jwt.claims', %s, true)",
                     (str(job.tenant_id),
-                     '{"role": "service_role", "app_metadata": {"tenant_id": "%s"}}' % job.tenant_id),
+                     json.dumps({"role": "service_role", "app_metadata": {"tenant_id": str(job.tenant_id)}})),
                 )
                 result = fn(ctx)
                 queue.complete(work, job.id, self.worker_id, result)
