@@ -32,3 +32,62 @@ def run_sql(text: str) -> None:
 def run_sql_file(name: str) -> None:
     """Execute ``sql/<name>`` verbatim, headed by a comment naming the file."""
     run_sql(f"-- sql/{name}\n" + read_sql(name))
+
+
+# Revisions after the foundation record what they create in ml_private.revision_objects, so their
+# downgrade drops exactly that, however many functions their SQL files define. The bookkeeping is
+# SQL, so it works the same online and in the offline export.
+_OBJECTS_NOW = """
+    select 'function' as kind, format('%I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)) as name
+    from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+    where n.nspname in ('ml', 'ml_private', 'ml_datasets')
+    union all
+    select case when c.relkind in ('v', 'm') then 'view' else 'table' end, format('%I.%I', n.nspname, c.relname)
+    from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where n.nspname in ('ml', 'ml_private', 'ml_datasets') and c.relkind in ('r', 'p', 'v', 'm') and not c.relispartition
+      and c.relname <> 'revision_objects'
+"""
+
+
+def run_sql_files_tracked(revision: str, names: list[str]) -> None:
+    """Execute ``sql/<name>`` for each name, recording the functions, tables and views they create
+    under ``revision`` for :func:`drop_tracked`."""
+    run_sql(f"""
+        create table if not exists ml_private.revision_objects (
+            revision text not null, kind text not null, name text not null, primary key (revision, kind, name));
+        comment on table ml_private.revision_objects is 'What each pgmlops migration revision created (its downgrade drops it)';
+        insert into ml_private.revision_objects (revision, kind, name)
+        select '_before:{revision}', kind, name from ({_OBJECTS_NOW}) o on conflict do nothing;
+    """)
+    for name in names:
+        run_sql_file(name)
+    run_sql(f"""
+        insert into ml_private.revision_objects (revision, kind, name)
+        select '{revision}', o.kind, o.name from ({_OBJECTS_NOW}) o
+        where not exists (select 1 from ml_private.revision_objects b
+                          where b.revision = '_before:{revision}' and b.kind = o.kind and b.name = o.name)
+        on conflict do nothing;
+        delete from ml_private.revision_objects where revision = '_before:{revision}';
+    """)
+
+
+def drop_tracked(revision: str) -> None:
+    """Drop what :func:`run_sql_files_tracked` recorded for ``revision``: views, then functions
+    (with their triggers), then tables, and their entries in pgmlops' registries."""
+    run_sql(f"""
+        do $$
+        declare
+            v_obj record;
+        begin
+            for v_obj in select kind, name from ml_private.revision_objects where revision = '{revision}'
+                         order by case kind when 'view' then 1 when 'function' then 2 else 3 end, name desc loop
+                execute format('drop %s if exists %s cascade', v_obj.kind, v_obj.name);
+            end loop;
+            delete from ml_private.tenant_tables t using ml_private.revision_objects o
+            where o.revision = '{revision}' and o.kind = 'table' and t.table_name = o.name;
+            delete from ml_private.time_partitioned_tables t using ml_private.revision_objects o
+            where o.revision = '{revision}' and o.kind = 'table' and t.table_name = o.name;
+            delete from ml_private.revision_objects where revision = '{revision}';
+        end
+        $$;
+    """)
