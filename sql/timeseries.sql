@@ -82,7 +82,8 @@ comment on table ml_private.time_partitioned_tables is 'Tables made by ml_privat
 -- column) partitioned by p_time_column (timestamptz): a hypertable when TimescaleDB is installed,
 -- otherwise a natively range-partitioned table with a DEFAULT partition and partitions from one
 -- chunk back to p_premake chunks ahead. p_retention, when set, is applied by
--- ml_private.run_maintenance(). Returns 'hypertable' or 'native'.
+-- ml_private.run_maintenance(). Returns 'hypertable' or 'native'. A hypertable's chunks live in
+-- schema ml_chunks, which clients cannot use (see below).
 -- Raises 22023 when p_chunk_interval is not positive, 42P07 when the table exists.
 create function ml_private.create_time_partitioned_table(
     p_schema text, p_name text, p_columns text, p_time_column text,
@@ -100,10 +101,24 @@ begin
     end if;
 
     if v_mode = 'hypertable' then
+        -- TimescaleDB copies a hypertable's grants to each new chunk but not its row-level
+        -- security (timescale/timescaledb#7830): a client naming a chunk directly would read every
+        -- tenant's rows. So chunks go to schema ml_chunks, on which clients have no usage. Queries
+        -- on the hypertable still reach them, through its policies (schema usage is checked only
+        -- when a name is looked up), and TimescaleDB makes chunks there as the hypertable's owner,
+        -- even on an insert by authenticated. Revoking usage on _timescaledb_internal instead
+        -- breaks TimescaleDB: a session's first query as a non-superuser then fails with
+        -- "permission denied for schema _timescaledb_internal".
+        if to_regnamespace('ml_chunks') is null then
+            create schema ml_chunks;
+            comment on schema ml_chunks is 'pgmlops: TimescaleDB chunks of its hypertables; never expose this schema';
+        end if;
+        execute 'revoke all on schema ml_chunks from public, anon, authenticated, service_role';
         execute format('create table %I.%I (%s)', p_schema, p_name, p_columns);
         -- create_default_indexes => false: pgmlops makes its own (tenant-first) indexes.
         execute format(
-            'select public.create_hypertable(%L, %L, chunk_time_interval => %L::interval, create_default_indexes => false)',
+            'select public.create_hypertable(%L, %L, chunk_time_interval => %L::interval,
+                                             create_default_indexes => false, associated_schema_name => ''ml_chunks'')',
             format('%I.%I', p_schema, p_name), p_time_column, p_chunk_interval);
     else
         execute format('create table %I.%I (%s) partition by range (%I)', p_schema, p_name, p_columns, p_time_column);

@@ -38,5 +38,6 @@ def downgrade() -> None:
         $$;
         drop schema ml cascade;
         drop schema ml_private cascade;
+        drop schema if exists ml_chunks cascade;  -- chunks of the hypertables, gone with them
         """
     )
