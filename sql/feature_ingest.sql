@@ -96,42 +96,6 @@ begin
 end
 $$;
 
--- ml_private.feature_converter_sql(p_spec jsonb, p_col text) returns text
--- A SQL expression turning the text column expression p_col (from a CSV, Parquet or DataFrame
--- COPY) into the jsonb value the validator expects: numbers, booleans, strings, arrays. Text
--- that does not parse stays a jsonb string, so the validator reports it ('must be of type
--- float, got "abc"') instead of the cast failing the whole batch. Unquoted empty CSV fields
--- (NULL) and, for non-text dtypes, empty strings are nulls.
-create function ml_private.feature_converter_sql(p_spec jsonb, p_col text) returns text
-language sql immutable
-set search_path = ''
-as $$
-    select case p_spec ->> 'dtype'
-        when 'int' then format(
-            'case when nullif(btrim(%1$s), '''') is null then null
-                  when %1$s ~ ''^\s*[+-]?[0-9]{1,18}(\.0*)?\s*$'' then to_jsonb(trunc(btrim(%1$s)::numeric)::bigint)
-                  else to_jsonb(%1$s) end', p_col)
-        when 'float' then format(
-            'case when nullif(btrim(%1$s), '''') is null then null
-                  when %1$s ~* ''^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)(e[+-]?[0-9]{1,3})?\s*$'' then to_jsonb(btrim(%1$s)::numeric)
-                  else to_jsonb(%1$s) end', p_col)
-        when 'bool' then format(
-            'case when nullif(btrim(%1$s), '''') is null then null
-                  when lower(btrim(%1$s)) in (''true'', ''t'', ''1'', ''yes'', ''y'') then ''true''::jsonb
-                  when lower(btrim(%1$s)) in (''false'', ''f'', ''0'', ''no'', ''n'') then ''false''::jsonb
-                  else to_jsonb(%1$s) end', p_col)
-        when 'timestamp' then format(
-            'case when nullif(btrim(%1$s), '''') is null then null
-                  else coalesce(to_jsonb(ml_private.try_timestamptz(%1$s)), to_jsonb(%1$s)) end', p_col)
-        when 'vector' then format(
-            'case when nullif(btrim(%1$s), '''') is null then null
-                  when %1$s ~ ''^\s*\[\s*(-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]{1,3})?(\s*,\s*-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]{1,3})?)*)?\s*\]\s*$''
-                      then %1$s::jsonb
-                  else to_jsonb(%1$s) end', p_col)
-        else format('to_jsonb(%s)', p_col)
-    end
-$$;
-
 -- ml_private.event_time_sql(p_col text) returns text
 -- A SQL expression parsing the text expression p_col as the event time, NULL when it is not a
 -- timestamp. Common ISO forms take a direct cast; anything else (or a day past the 28th, which
@@ -145,24 +109,154 @@ as $$
               then %1$s::timestamptz else ml_private.try_timestamptz(%1$s) end', p_col)
 $$;
 
+-- ml_private.feature_parse_sql(p_spec jsonb, p_col text, p_fast boolean default false) returns text
+-- A SQL expression parsing the text expression p_col (a CSV, Parquet or DataFrame field sent
+-- by COPY) as the feature's dtype: bigint, float8, boolean, text, timestamptz, or jsonb for
+-- vectors; NULL when it does not parse (the caller tells that apart from an empty field).
+-- Regular expressions guard every cast, so bad text never fails the batch; the one exception
+-- is a float whose magnitude is below 1e-307 written out in full, which float8 refuses.
+create function ml_private.feature_parse_sql(p_spec jsonb, p_col text, p_fast boolean default false) returns text
+language sql immutable
+set search_path = ''
+as $$
+    select case
+        -- The fast form: plain casts, which raise on bad text (ml.ingest_staged then retries
+        -- with the guarded form below). Vectors always take the guarded form.
+        when p_fast and p_spec ->> 'dtype' in ('int', 'float', 'bool', 'timestamp') then format('nullif(btrim(%s), %L)::%s', p_col, '',
+            case p_spec ->> 'dtype' when 'int' then 'bigint' when 'float' then 'float8' when 'bool' then 'boolean' else 'timestamptz' end)
+        else case p_spec ->> 'dtype'
+        when 'int' then format(
+            'case when %1$s ~ ''^\s*[+-]?[0-9]{1,18}\s*$'' then %1$s::bigint
+                  when %1$s ~ ''^\s*[+-]?[0-9]{1,18}\.0*\s*$'' then split_part(%1$s, ''.'', 1)::bigint end', p_col)
+        when 'float' then format(
+            'case when %1$s ~* ''^\s*[+-]?([0-9]{1,200}\.?[0-9]*|\.[0-9]+)(e[+-]?[0-9]{1,2})?\s*$'' then %1$s::float8 end', p_col)
+        when 'bool' then format(
+            'case when lower(btrim(%1$s)) in (''true'', ''t'', ''1'', ''yes'', ''y'') then true
+                  when lower(btrim(%1$s)) in (''false'', ''f'', ''0'', ''no'', ''n'') then false end', p_col)
+        when 'timestamp' then ml_private.event_time_sql(p_col)
+        when 'vector' then format(
+            'case when %1$s ~ ''^\s*\[\s*(-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]{1,3})?(\s*,\s*-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]{1,3})?)*)?\s*\]\s*$''
+                  then case when jsonb_array_length(%1$s::jsonb) = %2$s then %1$s::jsonb end end', p_col, (p_spec ->> 'dim')::int)
+        else p_col
+    end end
+$$;
+
+-- ml_private.feature_staged_sql(p_features jsonb, p_staging regclass, p_key text, p_time text,
+--                               p_row_col text, p_fast boolean default false) returns text
+-- The query that reads a staging table for ml_private.ingest_rows, yielding per row (row_no,
+-- entity_key, event_time_raw, values, errors). Each field is parsed once into its dtype and the
+-- rules are checked on the typed value (far cheaper than going through jsonb); `values` holds
+-- the typed values of a valid row, or the text as received for an invalid one (quarantine).
+-- Messages match ml_private.feature_validator_sql's. Features without a staging column are
+-- left out (absent = null).
+create function ml_private.feature_staged_sql(p_features jsonb, p_staging regclass, p_key text, p_time text,
+                                              p_row_col text, p_fast boolean default false)
+returns text
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+    v_f       jsonb;
+    v_name    text;
+    v_raw     text;
+    v_typed   text;
+    v_got     text;
+    v_bound   text;
+    v_rules   text[];
+    v_parse   text[] := '{}';
+    v_checks  text[] := '{}';
+    v_typed_j text[] := '{}';
+    v_raw_j   text[] := '{}';
+    v_empty   text;
+    v_key     text;
+begin
+    for v_f in select value from jsonb_array_elements(p_features) loop
+        v_name := v_f ->> 'name';
+        continue when not exists (select 1 from pg_attribute a where a.attrelid = p_staging and a.attname = v_name
+                                  and a.attnum > 0 and not a.attisdropped);
+        v_raw := format('q.%I', 'raw_' || v_name);
+        v_typed := format('q.%I', v_name);
+        v_got := format('left(to_jsonb(%s)::text, 80)', v_typed);
+        v_parse := v_parse || format('s.%1$I::text as %2$I, %3$s as %1$I', v_name, 'raw_' || v_name,
+                                     ml_private.feature_parse_sql(v_f, format('s.%I::text', v_name), p_fast));
+        v_typed_j := v_typed_j || format('%L, %s', v_name, v_typed);
+        v_raw_j := v_raw_j || format('%L, %s', v_name, v_raw);
+        v_rules := '{}';
+        foreach v_key in array array['min', 'max'] loop
+            continue when not v_f ? v_key;
+            v_bound := case when v_f ->> 'dtype' = 'timestamp' then format('%L::timestamptz', v_f ->> v_key) else v_f ->> v_key end;
+            v_rules := v_rules || format('case when %s %s %s then %L || %s end', v_typed,
+                case v_key when 'min' then '<' else '>' end, v_bound,
+                v_name || case v_key when 'min' then ': must be >= ' else ': must be <= ' end || (v_f ->> v_key) || ', got ',
+                case when v_f ->> 'dtype' = 'timestamp' then format('to_jsonb(%s)::text', v_raw) else v_got end);
+        end loop;
+        if v_f ? 'allowed' then
+            v_rules := v_rules || format('case when not (%L::jsonb @> to_jsonb(%s)) then %L || %s end', v_f -> 'allowed', v_typed,
+                                         v_name || ': must be one of ' || (v_f -> 'allowed')::text || ', got ', v_got);
+        end if;
+        if v_f ? 'regex' then
+            v_rules := v_rules || format('case when %s !~ %L then %L || %s end', v_typed, v_f ->> 'regex',
+                                         v_name || ': must match ' || (v_f ->> 'regex') || ', got ', v_got);
+        end if;
+        if v_f ? 'max_length' then
+            v_rules := v_rules || format('case when length(%s) > %s then %L || length(%s) || %L end', v_typed,
+                                         (v_f ->> 'max_length')::int,
+                                         v_name || ': must be at most ' || (v_f ->> 'max_length') || ' characters, got ',
+                                         v_typed, ' characters');
+        end if;
+        -- Empty fields are nulls, except for text, where only a NULL (unquoted empty CSV field) is.
+        v_empty := case when v_f ->> 'dtype' in ('text', 'category') then format('%s is null', v_raw)
+                        else format('nullif(btrim(%s), %L) is null', v_raw, '') end;
+        v_checks := v_checks || format(
+            'case when %1$s then %2$s when %3$s is null then array[%4$L || left(to_jsonb(%5$s)::text, 80)] %6$s end',
+            v_empty,
+            case when (v_f ->> 'nullable')::boolean then 'null::text[]' else format('array[%L]', v_name || ': must not be null') end,
+            v_typed,
+            v_name || ': must be of type ' || (v_f ->> 'dtype') || coalesce('(' || (v_f ->> 'dim') || ')', '') || ', got ',
+            v_raw,
+            case when cardinality(v_rules) > 0 then format('else array_remove(array[%s], null)', array_to_string(v_rules, ', '))
+                 else '' end);
+    end loop;
+
+    return format(
+        $q$select q.row_no, q.entity_key, q.event_time_raw,
+                  case when cardinality(q.errors) = 0 then %s else %s end as values, q.errors
+           from (select q.*, %s as errors
+                 from (select %s as row_no, s.%I::text as entity_key, s.%I::text as event_time_raw %s
+                       from %s s offset 0) q  -- offset 0: parse each field once, not once per use
+                ) q$q$,
+        case when cardinality(v_typed_j) > 0 then 'jsonb_strip_nulls(jsonb_build_object(' || array_to_string(v_typed_j, ', ') || '))'
+             else '''{}''::jsonb' end,
+        case when cardinality(v_raw_j) > 0 then 'jsonb_strip_nulls(jsonb_build_object(' || array_to_string(v_raw_j, ', ') || '))'
+             else '''{}''::jsonb' end,
+        case when cardinality(v_checks) > 0 then format('coalesce(%s, ''{}''::text[])', array_to_string(v_checks, ' || '))
+             else '''{}''::text[]' end,
+        p_row_col, p_key, p_time,
+        coalesce(', ' || nullif(array_to_string(v_parse, ', '), ''), ''),
+        p_staging);
+end
+$$;
+
 ------------------------------------------------------------------------------------------------
 -- The implementation
 ------------------------------------------------------------------------------------------------
 
 -- ml_private.ingest_rows(p_group ml.feature_groups, p_input text, p_on_error text, p_source text,
---                        p_check_unknown boolean) returns jsonb
--- Ingests the rows of the query p_input, which yields (row_no bigint, entity_key text,
--- event_time_raw text, values jsonb), into p_group (see the header). p_check_unknown: also
--- report keys of `values` that are not features of the group (JSON input; bulk input checks its
--- columns once instead). Returns {ingestion_id, group, version, rows, written, inserted,
+--                        p_staged boolean, p_fast boolean default false) returns jsonb
+-- Ingests the rows of the query p_input into p_group (see the header). JSON input
+-- (p_staged false) yields (row_no bigint, entity_key text, event_time_raw text, values jsonb)
+-- and is checked here with ml_private.feature_validator_sql, unknown keys included; staged input
+-- (p_staged true, from ml_private.feature_staged_sql) also yields `errors text[]`, its features
+-- already parsed and checked. The join key and event time are checked here for both. Returns {ingestion_id, group, version, rows, written, inserted,
 -- updated, quarantined, superseded, online_updated}. Raises 22023 for the first invalid row in
 -- reject mode (DETAIL: how many rows are invalid and the first few errors).
 create function ml_private.ingest_rows(p_group ml.feature_groups, p_input text, p_on_error text, p_source text,
-                                       p_check_unknown boolean)
+                                       p_staged boolean, p_fast boolean default false)
 returns jsonb
 language plpgsql volatile
 set search_path = ''
 set timezone = 'UTC'
+set work_mem = '256MB'  -- the batch is sorted twice (dedup, online store): keep it off disk
 as $$
 declare
     v_validator   text := ml_private.feature_validator_sql(p_group.features, 'i.values');
@@ -205,20 +299,20 @@ begin
         from (
             select i.row_no, nullif(btrim(i.entity_key), '') as entity_key, i.event_time_raw,
                    %s as event_time, coalesce(i.values, '{}'::jsonb) as values,
-                   case when i.values is null or jsonb_typeof(i.values) <> 'object' then array['values: must be a JSON object']
-                        when %s then '{}'::text[]
-                        else %s %s end as errors
+                   %s as errors
             from (%s) i
         ) c
     $q$,
         p_group.join_key || ': must not be null or empty',
         p_group.event_time_column,
-        ml_private.event_time_sql('i.event_time_raw'),
-        v_fast_pass,
-        v_validator,
-        case when p_check_unknown then format(
-            '|| coalesce(array(select k || %L from jsonb_object_keys(i.values) k where not k = any (%L::text[])), ''{}'')',
-            ': is not a feature of group ' || p_group.name || ' version ' || p_group.version, v_names) else '' end,
+        case when p_fast then 'nullif(btrim(i.event_time_raw), '''')::timestamptz' else ml_private.event_time_sql('i.event_time_raw') end,
+        case when p_staged then 'i.errors' else format(
+            $e$case when i.values is null or jsonb_typeof(i.values) <> 'object' then array['values: must be a JSON object']
+                    when %s then '{}'::text[]
+                    else %s || coalesce(array(select k || %L from jsonb_object_keys(i.values) k where not k = any (%L::text[])), '{}')
+               end$e$,
+            v_fast_pass, v_validator,
+            ': is not a feature of group ' || p_group.name || ' version ' || p_group.version, v_names) end,
         p_input);
     get diagnostics v_rows = row_count;
 
@@ -335,7 +429,7 @@ begin
                   case when jsonb_typeof(r.value) = 'object' then r.value - %1$L - %2$L end as values
            from jsonb_array_elements(%3$L::jsonb) with ordinality r (value, ord)$q$,
         v_group.join_key, v_group.event_time_column, ml_private.normalize_json_rows(v_group.features, rows)),
-        on_error, 'ml.ingest', true);
+        on_error, 'ml.ingest', false);
 end
 $$;
 
@@ -390,7 +484,7 @@ declare
     v_group   ml.feature_groups := ml_private.find_feature_group(v_tenant, ingest_staged."group", true);
     v_cols    text[];
     v_unknown text[];
-    v_values  text;
+    v_row     text;
 begin
     -- The caller's own temp table only: this function runs with the owner's rights and must not
     -- read tables the caller could not.
@@ -412,25 +506,28 @@ begin
     v_unknown := array(select c from unnest(v_cols) c
                        where c not in (v_group.join_key, v_group.event_time_column, '_row')
                          and not exists (select 1 from jsonb_array_elements(v_group.features) f where f ->> 'name' = c));
+    v_row := case when '_row' = any (v_cols) then 's._row::bigint' else 'row_number() over ()' end;
     if cardinality(v_unknown) > 0 then
         raise exception 'staging: column % is not a feature of group % version % (it has: %)', v_unknown[1], v_group.name,
             v_group.version, (select string_agg(f ->> 'name', ', ') from jsonb_array_elements(v_group.features) f)
             using errcode = '22023';
     end if;
 
-    select 'jsonb_build_object(' || string_agg(format('%L, %s', f ->> 'name',
-               ml_private.feature_converter_sql(f, format('s.%I::text', f ->> 'name'))), ', ') || ')'
-    into v_values
-    from jsonb_array_elements(v_group.features) f
-    where f ->> 'name' = any (v_cols);
-
-    return ml_private.ingest_rows(v_group, format(
-        'select %s as row_no, s.%I::text as entity_key, s.%I::text as event_time_raw, %s as values from %s s',
-        case when '_row' = any (v_cols) then 's._row::bigint' else 'row_number() over ()' end,
-        v_group.join_key, v_group.event_time_column,
-        -- jsonb_build_object() keeps nulls: strip them, so "absent" and "null" are stored alike.
-        coalesce('jsonb_strip_nulls(' || v_values || ')', '''{}''::jsonb'), staging),
-        on_error, coalesce(source, 'ml.ingest_staged'), false);
+    -- Clean data (the usual case) takes plain casts; the first field that does not parse sends the
+    -- whole batch down the guarded path, which reports it as a row error instead of failing.
+    begin
+        return ml_private.ingest_rows(v_group,
+            ml_private.feature_staged_sql(v_group.features, staging, v_group.join_key, v_group.event_time_column, v_row, true),
+            on_error, coalesce(source, 'ml.ingest_staged'), true, true);
+    exception when invalid_text_representation or invalid_datetime_format or datetime_field_overflow
+                    or numeric_value_out_of_range or invalid_parameter_value then
+        if sqlstate = '22023' and sqlerrm like 'row %' then
+            raise;  -- a rule broken in reject mode: the fast path found it, no need to look again
+        end if;
+    end;
+    return ml_private.ingest_rows(v_group,
+        ml_private.feature_staged_sql(v_group.features, staging, v_group.join_key, v_group.event_time_column, v_row, false),
+        on_error, coalesce(source, 'ml.ingest_staged'), true, false);
 end
 $$;
 

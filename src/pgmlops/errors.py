@@ -9,6 +9,7 @@ __all__ = [
     "ConfigurationError",
     "DatabaseError",
     "InvalidInput",
+    "InvalidState",
     "LeaseLost",
     "NotFound",
     "PgmlopsError",
@@ -52,10 +53,16 @@ class AccessDenied(DatabaseError):
 
 
 class NotFound(DatabaseError):
-    """The object does not exist or is not visible to the caller (SQLSTATE P0002)."""
+    """The object does not exist or is not visible to the caller (SQLSTATE P0002), or names a
+    column or feature that does not exist (42703)."""
 
 
-class LeaseLost(DatabaseError):
+class InvalidState(DatabaseError):
+    """The object is not in a state that allows this (SQLSTATE 55000), e.g. an archived feature
+    group refusing writes; nothing was written."""
+
+
+class LeaseLost(InvalidState):
     """The worker no longer holds the job (SQLSTATE 55000); its result was refused."""
 
 
@@ -69,10 +76,11 @@ def translate(exc: psycopg.Error) -> DatabaseError:
         cls = InvalidInput
     elif state == "42501":
         cls = AccessDenied
-    elif state == "P0002":
+    elif state in ("P0002", "42703"):
         cls = NotFound
     elif state == "55000":
-        cls = LeaseLost
+        # Only the queue's refusals are about leases; other 55000s are states such as "archived".
+        cls = LeaseLost if "held by worker" in message else InvalidState
     else:
         cls = DatabaseError
     return cls(message, state or None, diag.message_detail, diag.message_hint)
