@@ -135,6 +135,32 @@ create trigger feature_groups_delete_values after delete on ml.feature_groups
     referencing old table as old_rows
     for each statement execute function ml_private.feature_groups_delete_values();
 
+-- ml_private.erase_deleted_tenants(): deleting a tenant deletes its rows in every tenant table
+-- that has no foreign key to ml.tenants (the bulk value tables, where a per-row key check would
+-- slow ingestion down by a third). Tables with the key are erased by its ON DELETE CASCADE.
+create function ml_private.erase_deleted_tenants() returns trigger
+language plpgsql security definer
+set search_path = ''
+as $$
+declare
+    v_table text;
+begin
+    for v_table in
+        select t.table_name from ml_private.tenant_tables t
+        where to_regclass(t.table_name) is not null
+          and not exists (select 1 from pg_constraint k
+                          where k.conrelid = to_regclass(t.table_name) and k.contype = 'f'
+                            and k.confrelid = 'ml.tenants'::regclass and k.confdeltype = 'c')
+    loop
+        execute format('delete from %s x using deleted_tenants d where x.tenant_id = d.id', v_table);
+    end loop;
+    return null;
+end
+$$;
+create trigger tenants_erase_rows after delete on ml.tenants
+    referencing old table as deleted_tenants
+    for each statement execute function ml_private.erase_deleted_tenants();
+
 ------------------------------------------------------------------------------------------------
 -- Lineage
 ------------------------------------------------------------------------------------------------

@@ -27,14 +27,14 @@ def pgmlops(*args: str, url: str | None = None, env: dict[str, str] | None = Non
 def test_version_names_the_schema_head() -> None:
     run = pgmlops("version")
     assert run.returncode == 0, run.stderr
-    assert "schema head 0002_queue" in run.stdout
+    assert "schema head 0003_features" in run.stdout
 
 
 def test_migrate_creates_the_schema_on_an_empty_database(server: Server) -> None:
     url = server.empty_database()
     run = pgmlops("migrate", url=url)
     assert run.returncode == 0, run.stderr
-    assert "revision 0002_queue" in run.stdout
+    assert "revision 0003_features" in run.stdout
     run = pgmlops("migrate", "--downgrade", url=url)
     assert "revision 0001_foundation" in run.stdout
 
@@ -122,3 +122,41 @@ def test_the_readme_main_command_runs_on_the_embedded_default(embedded_env: dict
     assert "jobs succeeded" in run.stdout and "59" in run.stdout
     assert "jobs failed" in run.stdout
     assert "partitioning=native" in run.stdout and "timescaledb=False" in run.stdout
+
+
+def test_features_create_ingest_list_and_show(fresh_db_url: str, tmp_path: Any) -> None:
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        tenant = make_tenant(conn)
+    (tmp_path / "schema.json").write_text('{"spend": {"dtype": "float", "min": 0}, "plan": {"dtype": "category"}}')
+    data = tmp_path / "customers.csv"
+    data.write_text("customer,event_time,spend,plan\nc1,2026-01-01T00:00:00Z,10.5,pro\nc2,2026-01-02,3,free\n"
+                    "c1,2026-01-03,11,pro\n")
+    run = pgmlops("features", "create", "customers", "--entity", "customer", "--schema", f"@{tmp_path / 'schema.json'}",
+                  "--ttl", "30 days", "--tenant", tenant, url=fresh_db_url)
+    assert run.returncode == 0, run.stderr
+    assert "(customers@1)" in run.stdout
+    run = pgmlops("features", "ingest", "customers", str(data), "--tenant", tenant, url=fresh_db_url)
+    assert run.returncode == 0, run.stderr
+    lines = {cells[0]: cells[1] for cells in ([c.strip() for c in line.split("│") if c.strip()]
+                                              for line in run.stdout.splitlines()) if len(cells) == 2}
+    assert (lines["rows"], lines["written"], lines["quarantined"], lines["online updated"]) == ("3", "3", "0", "2")
+    run = pgmlops("features", "list", "--tenant", tenant, url=fresh_db_url)
+    assert run.returncode == 0, run.stderr
+    assert "customers" in run.stdout and "30 days" in run.stdout
+    run = pgmlops("features", "show", "customers@1", "--tenant", tenant, url=fresh_db_url)
+    assert run.returncode == 0, run.stderr
+    assert "min=0" in run.stdout and "entities in the online store: 2" in run.stdout
+
+
+def test_features_ingest_reports_the_bad_row_and_writes_nothing(fresh_db_url: str, tmp_path: Any) -> None:
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        tenant = make_tenant(conn)
+        conn.execute("select set_config('pgmlops.tenant_id', %s, false)", (tenant,))
+        conn.execute("""select ml.create_feature_group('customers', 'customer', '{"spend": {"dtype": "float", "min": 0}}')""")
+    data = tmp_path / "customers.csv"
+    data.write_text("customer,event_time,spend\nc1,2026-01-01,10.5\nc2,2026-01-02,-3\n")
+    run = pgmlops("features", "ingest", "customers", str(data), "--tenant", tenant, url=fresh_db_url)
+    assert run.returncode == 1
+    assert "[22023]" in run.stderr and "row 2" in run.stderr and "spend: must be >= 0, got -3" in run.stderr
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        assert conn.execute("select count(*) from ml.feature_values").fetchone() == (0,)

@@ -42,19 +42,27 @@ def scalar(url: str, sql: str, *args: Any) -> Any:
 def test_upgrade_downgrade_and_upgrade_again(server: Server) -> None:
     url = server.empty_database()
     migrations.upgrade(url)
-    assert migrations.current(url) == migrations.head() == "0002_queue"
+    assert migrations.current(url) == migrations.head() == "0003_features"
     before = objects(url)
     with psycopg.connect(url, autocommit=True) as conn:
         tenant = conn.execute("select ml.create_tenant('survivor')").fetchone()[0]
 
-    migrations.downgrade(url)  # the latest revision: the queue goes, the foundation stays
+    migrations.downgrade(url)  # the latest revision: the feature store goes, the queue stays
+    assert migrations.current(url) == "0002_queue"
+    assert scalar(url, "select to_regclass('ml.feature_values')") is None
+    assert scalar(url, "select to_regprocedure('ml.ingest(text,jsonb,text)')") is None
+    assert scalar(url, "select count(*) from ml_private.tenant_tables where table_name like 'ml.feature%%'") == 0
+    assert scalar(url, "select count(*) from pg_namespace where nspname = 'ml_datasets'") == 0
+    assert scalar(url, "select to_regclass('ml.jobs')") is not None
+    assert scalar(url, "select name from ml.tenants where id = %s", tenant) == "survivor"
+
+    migrations.downgrade(url)  # and the queue: the foundation stays
     assert migrations.current(url) == "0001_foundation"
     assert scalar(url, "select to_regclass('ml.jobs')") is None
     assert scalar(url, "select to_regprocedure('ml.enqueue(text,jsonb,integer,timestamp with time zone,integer)')") is None
-    assert scalar(url, "select name from ml.tenants where id = %s", tenant) == "survivor"
 
     migrations.upgrade(url)
-    assert migrations.current(url) == "0002_queue"
+    assert migrations.current(url) == "0003_features"
     assert objects(url) == before
 
 
@@ -66,7 +74,7 @@ def test_downgrade_to_base_removes_everything_pgmlops_made(server: Server) -> No
     assert objects(url) == {"tables": [], "functions": [], "policies": [], "triggers": []}
     assert scalar(url, "select count(*) from pg_namespace where nspname in ('ml', 'ml_private', 'auth')") == 0
     migrations.upgrade(url)
-    assert migrations.current(url) == "0002_queue"
+    assert migrations.current(url) == "0003_features"
 
 
 def test_upgrade_twice_is_a_no_op(db_url: str) -> None:
@@ -159,7 +167,7 @@ def test_migrations_round_trip_on_the_embedded_server(embedded_server: Server, b
     url = embedded_server.empty_database()
     migrations.upgrade(url)
     migrations.downgrade(url)
-    assert migrations.current(url) == "0001_foundation"
-    migrations.upgrade(url)
     assert migrations.current(url) == "0002_queue"
+    migrations.upgrade(url)
+    assert migrations.current(url) == "0003_features"
     assert scalar(url, "select ml.capabilities() ->> 'partitioning'") == "native"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import psycopg
 import typer
@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from pgmlops import __version__, _embedded, migrations, queue, tenants
+from pgmlops import __version__, _embedded, features, migrations, queue, tenants
 from pgmlops import events as events_mod
 from pgmlops.db import connect, resolve_url
 from pgmlops.errors import PgmlopsError
@@ -26,9 +26,11 @@ app = typer.Typer(help="pgmlops: SQL-native MLOps on PostgreSQL and Supabase.", 
 db_app = typer.Typer(help="The embedded PostgreSQL (used when no DATABASE_URL is set).", no_args_is_help=True)
 supabase_app = typer.Typer(help="Supabase project files.", no_args_is_help=True)
 tenants_app = typer.Typer(help="Tenants and members.", no_args_is_help=True)
+features_app = typer.Typer(help="The feature store: groups, ingestion, lookups.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(supabase_app, name="supabase")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(features_app, name="features")
 
 
 class _State:
@@ -161,6 +163,109 @@ def tenants_list() -> None:
     for r in rows:
         table.add_row(str(r[0]), r[1], str(r[2]), f"{r[3]:%Y-%m-%d %H:%M}")
     console.print(table)
+
+
+# -- features ------------------------------------------------------------------------------------
+
+Tenant = Annotated[str, typer.Option(envvar="PGMLOPS_TENANT", help="Tenant id to act for.")]
+
+
+def _tenant_conn(tenant: str) -> psycopg.Connection[Any]:
+    conn = connect(state.url, autocommit=True)
+    conn.execute("select set_config('pgmlops.tenant_id', %s, false)", (tenant,))
+    return conn
+
+
+def _json_arg(value: str, field: str) -> Any:
+    """``value`` as JSON, or the JSON in the file it names (``@file.json`` or an existing path)."""
+    text = value
+    if value.startswith("@") or Path(value).is_file():
+        text = Path(value.removeprefix("@")).read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"{field}: not valid JSON ({exc})") from exc
+
+
+@features_app.command("create")
+def features_create(
+    name: str,
+    entity: Annotated[str, typer.Option(help="What the rows describe; also the join key unless --join-key.")],
+    schema: Annotated[str, typer.Option(help="Feature schema as JSON, or @file.json.")],
+    tenant: Tenant = "",
+    ttl: Annotated[str | None, typer.Option(help="Max age of a value when read, e.g. '30 days'.")] = None,
+    description: Annotated[str | None, typer.Option(help="What the group holds.")] = None,
+    join_key: Annotated[str | None, typer.Option(help="Key column (default: the entity).")] = None,
+    event_time_column: Annotated[str, typer.Option(help="Event time column.")] = "event_time",
+) -> None:
+    """Create a feature group (or its next version) and print its id and version."""
+    with _tenant_conn(tenant) as conn:
+        group_id = features.create_group(conn, name, entity, _json_arg(schema, "schema"), ttl=ttl, description=description,
+                                         join_key=join_key, event_time_column=event_time_column)
+        info = features.describe(conn, f"{name}")
+    console.print(f"{group_id} ({name}@{info['version']})")
+
+
+@features_app.command("ingest")
+def features_ingest(
+    group: Annotated[str, typer.Argument(help="Group name, or name@version.")],
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A .csv (with header) or .parquet file.")],
+    tenant: Tenant = "",
+    on_error: Annotated[str, typer.Option(help="reject: one bad row fails all; quarantine: keep bad rows aside.")] = "reject",
+) -> None:
+    """Validate and load a CSV or Parquet file into a feature group, with a progress bar."""
+    from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    is_csv = file.suffix.lower() == ".csv"
+    if is_csv:
+        total: int | None = file.stat().st_size
+        columns = [TextColumn("[bold]sending"), BarColumn(), DownloadColumn(), TimeElapsedColumn()]
+    else:
+        import pyarrow.parquet as pq
+
+        total = pq.ParquetFile(file).metadata.num_rows
+        columns = [TextColumn("[bold]sending rows"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with _tenant_conn(tenant) as conn, Progress(*columns, console=err_console) as progress:
+        task = progress.add_task("ingest", total=total)
+        result = features.ingest(conn, group, file, on_error=on_error, source_name=file.name,
+                                 progress=lambda done: progress.update(task, completed=done))
+        progress.update(task, description="validated")
+    table = Table(title=f"ingested {file.name} into {result.group}@{result.version}", show_header=False)
+    for field in ("rows", "written", "inserted", "updated", "quarantined", "superseded", "online_updated"):
+        table.add_row(field.replace("_", " "), f"{getattr(result, field):,}")
+    table.add_row("ingestion id", result.ingestion_id)
+    console.print(table)
+
+
+@features_app.command("list")
+def features_list(tenant: Tenant = "") -> None:
+    """Feature groups and their versions."""
+    with _tenant_conn(tenant) as conn:
+        groups = features.list_groups(conn)
+    table = Table("name", "version", "status", "entity", "join key", "ttl", "features", "entities", "created")
+    for g in groups:
+        table.add_row(g["name"], str(g["version"]), g["status"], g["entity"], g["join_key"], str(g["ttl"] or ""),
+                      str(g["features"]), f"{g['entities']:,}", f"{g['created_at']:%Y-%m-%d %H:%M}")
+    console.print(table)
+
+
+@features_app.command("show")
+def features_show(group: Annotated[str, typer.Argument(help="Group name, or name@version.")], tenant: Tenant = "") -> None:
+    """A feature group's schema, versions and size."""
+    with _tenant_conn(tenant) as conn:
+        info = features.describe(conn, group)
+    console.print(f"[bold]{info['name']}@{info['version']}[/bold] ({info['status']}) entity {info['entity']} "
+                  f"key {info['join_key']} time {info['event_time_column']} ttl {info['ttl'] or 'none'}")
+    if info.get("description"):
+        console.print(info["description"])
+    table = Table("feature", "dtype", "nullable", "rules", "description")
+    for f in info["features"]:
+        rules = ", ".join(f"{k}={json.dumps(f[k])}" for k in ("min", "max", "allowed", "regex", "max_length") if k in f)
+        dtype = f"vector({f['dim']})" if f["dtype"] == "vector" else f["dtype"]
+        table.add_row(f["name"], dtype, "yes" if f["nullable"] else "no", rules, f.get("description") or "")
+    console.print(table)
+    console.print("versions: " + ", ".join(f"{v['version']} ({v['status']})" for v in info["versions"])
+                  + f"; entities in the online store: {info['entities']:,}")
 
 
 # -- jobs --------------------------------------------------------------------------------------

@@ -128,7 +128,7 @@ def list_groups(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     """Every feature group version the caller can see (through RLS), newest version first per name."""
     with _sql_errors():
         cur = conn.execute(
-            """select g.name, g.version, g.status, g.entity, g.join_key, g.ttl, jsonb_array_length(g.features),
+            """select g.name, g.version, g.status, g.entity, g.join_key, g.ttl::text, jsonb_array_length(g.features),
                       g.created_at, (select count(*) from ml.feature_online o
                                      where o.tenant_id = g.tenant_id and o.group_id = g.id),
                       g.description

@@ -142,12 +142,16 @@ begin
                              and a.atttypid = 'uuid'::regtype),
                        format('%s: %s is a non-null uuid', r.tbl, r.key_col));
         if r.tbl <> 'ml.tenants'::regclass then
+            -- Either a foreign key that cascades, or (bulk tables without one) the statement
+            -- trigger on ml.tenants that erases every registered table's rows of a deleted tenant.
             return next ok(exists (
                                select 1 from pg_constraint k
                                join pg_attribute a on a.attrelid = k.conrelid and a.attnum = k.conkey[1]
                                where k.conrelid = r.tbl and k.contype = 'f' and k.confrelid = 'ml.tenants'::regclass
-                                 and cardinality(k.conkey) = 1 and a.attname = 'tenant_id' and k.confdeltype = 'c'),
-                           format('%s: tenant_id references ml.tenants on delete cascade', r.tbl));
+                                 and cardinality(k.conkey) = 1 and a.attname = 'tenant_id' and k.confdeltype = 'c')
+                           or exists (select 1 from pg_trigger g where g.tgrelid = 'ml.tenants'::regclass
+                                      and g.tgname = 'tenants_erase_rows' and g.tgenabled <> 'D'),
+                           format('%s: tenant_id references ml.tenants on delete cascade, or the tenant erasure trigger covers it', r.tbl));
         end if;
 
         return next is(pgmlops_tests.privileges_of('anon', r.tbl), '{}'::text[],
