@@ -273,6 +273,8 @@ declare
     v_valid       bigint;
     v_online      bigint;
     v_result      jsonb;
+    v_native      boolean := (select mode = 'native' from ml_private.time_partitioned_tables
+                              where table_name = 'ml.feature_values');
 begin
     if p_on_error is null or p_on_error not in ('reject', 'quarantine') then
         raise exception 'on_error: must be reject or quarantine, got %', coalesce(quote_literal(p_on_error), 'NULL')
@@ -349,7 +351,7 @@ begin
     get diagnostics v_valid = row_count;
 
     -- Native partitioning: make the partitions the data needs (one call per chunk it touches).
-    if (select mode from ml_private.time_partitioned_tables where table_name = 'ml.feature_values') = 'native' then
+    if v_native then
         for v_chunk in
             select distinct lower(ml_private.partition_bounds('ml.feature_values', event_time)) as at
             from pg_temp._pgmlops_valid
@@ -358,14 +360,27 @@ begin
         end loop;
     end if;
 
-    with written as (
+    if v_native then
+        -- A natively partitioned table cannot return xmax, so count the keys already stored first.
+        select v_valid - count(*) into v_inserted from pg_temp._pgmlops_valid v
+        where exists (select 1 from ml.feature_values f
+                      where f.tenant_id = p_group.tenant_id and f.group_id = p_group.id
+                        and f.entity_key = v.entity_key and f.event_time = v.event_time);
         insert into ml.feature_values as fv (tenant_id, group_id, entity_key, event_time, values, ingestion_id)
         select p_group.tenant_id, p_group.id, entity_key, event_time, values, v_ingestion from pg_temp._pgmlops_valid
         on conflict (tenant_id, group_id, entity_key, event_time)
-        do update set values = excluded.values, ingested_at = now(), ingestion_id = excluded.ingestion_id
-        returning (xmax = 0) as inserted
-    )
-    select count(*), count(*) filter (where inserted) into v_written, v_inserted from written;
+        do update set values = excluded.values, ingested_at = now(), ingestion_id = excluded.ingestion_id;
+        get diagnostics v_written = row_count;
+    else
+        with written as (
+            insert into ml.feature_values as fv (tenant_id, group_id, entity_key, event_time, values, ingestion_id)
+            select p_group.tenant_id, p_group.id, entity_key, event_time, values, v_ingestion from pg_temp._pgmlops_valid
+            on conflict (tenant_id, group_id, entity_key, event_time)
+            do update set values = excluded.values, ingested_at = now(), ingestion_id = excluded.ingestion_id
+            returning (xmax = 0) as inserted  -- a row inserted, not updated, has no xmax
+        )
+        select count(*), count(*) filter (where inserted) into v_written, v_inserted from written;
+    end if;
 
     insert into ml.feature_online as o (tenant_id, group_id, entity_key, event_time, values)
     select distinct on (entity_key) p_group.tenant_id, p_group.id, entity_key, event_time, values

@@ -62,6 +62,11 @@ class Server:
             conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(self.template)))
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(self.template)))
         migrations.upgrade(self.url(self.template))
+        # Clones need a template nobody is connected to; TimescaleDB's scheduler would connect.
+        with self._admin() as conn:
+            conn.execute(sql.SQL("alter database {} with allow_connections false").format(sql.Identifier(self.template)))
+            conn.execute("select pg_terminate_backend(pid) from pg_stat_activity where datname = %s and pid <> pg_backend_pid()",
+                         (self.template,))
 
     def url(self, dbname: str) -> str:
         return _with_db(self.admin_url, dbname)

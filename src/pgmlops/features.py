@@ -25,6 +25,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from pgmlops._feature_stats import compute_stats, latest_stats, stats_summary
 from pgmlops.errors import translate
 
 if TYPE_CHECKING:
@@ -33,13 +34,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IngestResult",
+    "compute_stats",
     "create_group",
     "describe",
     "ingest",
     "ingest_rows",
+    "latest_stats",
     "list_groups",
     "online_features",
     "set_status",
+    "stats_summary",
 ]
 
 # Rows per COPY batch when converting DataFrames and Parquet files to CSV for COPY.
