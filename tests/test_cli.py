@@ -36,7 +36,7 @@ def test_migrate_creates_the_schema_on_an_empty_database(server: Server) -> None
     assert run.returncode == 0, run.stderr
     assert "revision 0003_features" in run.stdout
     run = pgmlops("migrate", "--downgrade", url=url)
-    assert "revision 0001_foundation" in run.stdout
+    assert "revision 0002_queue" in run.stdout
 
 
 def test_enqueue_worker_and_jobs_work_together(fresh_db_url: str) -> None:

@@ -68,6 +68,9 @@ def run_sql_files_tracked(revision: str, names: list[str]) -> None:
                           where b.revision = '_before:{revision}' and b.kind = o.kind and b.name = o.name)
         on conflict do nothing;
         delete from ml_private.revision_objects where revision = '_before:{revision}';
+        -- Every new function is executable by PUBLIC, and ALTER DEFAULT PRIVILEGES IN SCHEMA cannot
+        -- take that back: revoke it here; the SQL files grant each function to the roles it serves.
+        revoke execute on all functions in schema ml, ml_private from public;
     """)
 
 
