@@ -29,7 +29,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "==> installing pgmlops and its test dependencies into .venv" >&2
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# torch first, pinned: the CPU build; an unpinned resolution would pull CUDA packages.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check 'torch==2.13.0'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,torch]'
 
 export PGMLOPS_TEST_DATABASE_URL="$admin_url"
 export PATH="$PWD/.venv/bin:$PATH"
