@@ -1,0 +1,794 @@
+"""Feature groups and validated ingestion: ml.create_feature_group, ml.ingest, ml.ingest_staged,
+the online store and ml.get_online_features, on the real server.
+
+Every test gets a tenant of its own, so group names repeat freely and counts are per tenant.
+Rules are checked on both write paths: JSON rows (``ml.ingest``) and bulk rows staged with COPY
+(``ml.ingest_staged`` through ``pgmlops.features.ingest``).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from pgmlops import features
+from pgmlops.errors import DatabaseError, InvalidState
+from pgmlops.tenants import as_user
+
+from .conftest import act_for, make_tenant
+
+Conn = psycopg.Connection[Any]
+
+T0 = "2026-01-01T00:00:00Z"
+T1 = "2026-01-02T00:00:00Z"
+T2 = "2026-01-03T00:00:00Z"
+STORE = ("feature_values", "feature_online", "feature_ingestions", "feature_quarantine")
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def create(conn: Conn, schema: Any, name: str = "g", *, ttl: str | None = None, status: str = "active") -> str:
+    """Create feature group ``name`` about entity ``card`` (join key ``card``); returns its id."""
+    row = conn.execute("select ml.create_feature_group(%s, 'card', %s, ttl => %s::interval, status => %s)",
+                       (name, Jsonb(schema), ttl, status)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def ingest(conn: Conn, rows: list[dict[str, Any]], group: str = "g", on_error: str = "reject") -> dict[str, Any]:
+    """ml.ingest (the JSON path); returns its counts."""
+    row = conn.execute("select ml.ingest(%s, %s, %s)", (group, Jsonb(rows), on_error)).fetchone()
+    assert row is not None
+    return dict(row[0])
+
+
+def ingest_bulk(conn: Conn, rows: list[dict[str, Any]], group: str = "g", on_error: str = "reject") -> dict[str, Any]:
+    """pgmlops.features.ingest of a DataFrame of text (the COPY + ml.ingest_staged path); returns its counts."""
+    result = features.ingest(conn, group, pd.DataFrame(rows, dtype=object), on_error=on_error)
+    return {name: getattr(result, name) for name in result.__dataclass_fields__}
+
+
+PATHS = {"json": ingest, "bulk": ingest_bulk}
+
+
+def stored(conn: Conn, tenant: str) -> dict[str, int]:
+    """Rows per feature store table for ``tenant``."""
+    counts = {}
+    for table in STORE:
+        row = conn.execute(f"select count(*) from ml.{table} where tenant_id = %s", (tenant,)).fetchone()
+        assert row is not None
+        counts[table] = int(row[0])
+    return counts
+
+
+def offline(conn: Conn, group: str = "g") -> list[tuple[str, str, dict[str, Any]]]:
+    """(entity key, event time in UTC ISO, values) of the group version's feature_values, in key/time order."""
+    gid = conn.execute("select ml.feature_group(%s) ->> 'id'", (group,)).fetchone()
+    assert gid is not None
+    rows = conn.execute(
+        """select entity_key, to_char(event_time at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), values
+           from ml.feature_values where group_id = %s order by entity_key, event_time""", (gid[0],)).fetchall()
+    return [(k, t, v) for k, t, v in rows]
+
+
+def online(conn: Conn, refs: list[str], keys: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    rows = conn.execute("select entity_key, values from ml.get_online_features(%s, %s)", (refs, keys)).fetchall()
+    return [(k, v) for k, v in rows]
+
+
+def message(exc: BaseException) -> str:
+    if isinstance(exc, psycopg.Error):
+        return exc.diag.message_primary or ""
+    return str(exc.args[0])
+
+
+def detail(exc: BaseException) -> str:
+    if isinstance(exc, psycopg.Error):
+        return exc.diag.message_detail or ""
+    assert isinstance(exc, DatabaseError)
+    return exc.detail or ""
+
+
+@contextmanager
+def refused(sqlstate: str, match: str | None = None) -> Iterator[pytest.ExceptionInfo[BaseException]]:
+    """Expect an error with ``sqlstate`` (from psycopg or pgmlops) whose message matches ``match``."""
+    with pytest.raises((psycopg.Error, DatabaseError)) as info:
+        yield info
+    assert getattr(info.value, "sqlstate", None) == sqlstate, f"{info.value.sqlstate}: {info.value}"  # type: ignore[attr-defined]
+    if match is not None:
+        assert re.search(match, message(info.value)), message(info.value)
+
+
+def member(conn: Conn, tenant: str, role: str) -> str:
+    user = str(uuid.uuid4())
+    conn.execute("select ml.add_tenant_member(%s, %s, %s)", (tenant, user, role))
+    return user
+
+
+# -- creating feature groups -----------------------------------------------------------------------
+
+
+def test_create_feature_group_returns_the_new_versions_id(conn: Conn, tenant: str) -> None:
+    gid = create(conn, {"x": {"dtype": "int"}})
+    row = conn.execute("select name, version from ml.feature_groups where id = %s", (gid,)).fetchone()
+    assert row == ("g", 1)
+
+
+def test_creating_an_existing_name_makes_its_next_version(conn: Conn, tenant: str) -> None:
+    first = create(conn, {"x": {"dtype": "int"}})
+    second = create(conn, {"x": {"dtype": "int"}, "y": {"dtype": "text"}})
+    versions = conn.execute("select id::text, version from ml.feature_groups where tenant_id = %s order by version",
+                            (tenant,)).fetchall()
+    assert versions == [(first, 1), (second, 2)]
+
+
+def test_an_older_version_stays_readable_as_name_at_version(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    create(conn, {"y": {"dtype": "text"}})
+    old = conn.execute("select ml.feature_group('g@1')").fetchone()
+    assert old is not None
+    assert (old[0]["version"], [f["name"] for f in old[0]["features"]]) == (1, ["x"])
+
+
+def test_feature_group_by_name_shows_the_current_version(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    create(conn, {"y": {"dtype": "text"}})
+    current = conn.execute("select ml.feature_group('g')").fetchone()
+    assert current is not None
+    assert current[0]["version"] == 2
+    assert current[0]["versions"] == [{"version": 1, "status": "active"}, {"version": 2, "status": "active"}]
+
+
+def test_the_schema_is_stored_normalized(conn: Conn, tenant: str) -> None:
+    create(conn, [{"name": "v", "dtype": " Vector(3) "}, {"name": "n", "dtype": "int", "nullable": False, "min": 0}])
+    group = conn.execute("select ml.feature_group('g')").fetchone()
+    assert group is not None
+    assert group[0]["features"] == [
+        {"name": "v", "dtype": "vector", "dim": 3, "nullable": True},
+        {"name": "n", "dtype": "int", "nullable": False, "min": 0},
+    ]
+
+
+BAD_SCHEMAS = {
+    "unknown dtype": ({"x": {"dtype": "money"}},
+                      'schema.x.dtype: must be one of int, float, bool, text, category, timestamp, vector(n); got "money"'),
+    "missing dtype": ({"x": {"nullable": True}},
+                      "schema.x.dtype: must be one of int, float, bool, text, category, timestamp, vector(n); got null"),
+    "unknown rule key": ({"x": {"dtype": "int", "maximum": 3}},
+                         "schema.x.maximum: unknown rule (known: dtype, nullable, min, max, allowed, regex, max_length, description)"),
+    "min above max": ({"x": {"dtype": "int", "min": 5, "max": 1}}, "schema.x: min (5) is greater than max (1)"),
+    "timestamp min above max": ({"x": {"dtype": "timestamp", "min": "2026-01-02", "max": "2026-01-01"}},
+                                'schema.x: min ("2026-01-02") is greater than max ("2026-01-01")'),
+    "min that is not a number": ({"x": {"dtype": "float", "min": "0"}}, "schema.x.min: must be a number for dtype float"),
+    "min that is not a timestamp": ({"x": {"dtype": "timestamp", "min": "2026-02-30"}},
+                                    "schema.x.min: must be an ISO timestamp for dtype timestamp"),
+    "min on text": ({"x": {"dtype": "text", "min": 1}}, "schema.x.min: applies to int, float and timestamp features, not text"),
+    "invalid regex": ({"x": {"dtype": "text", "regex": "(ab"}}, "schema.x.regex: not a valid regular expression: "),
+    "regex on int": ({"x": {"dtype": "int", "regex": "^1$"}}, "schema.x.regex: applies to text and category features, not int"),
+    "empty allowed": ({"x": {"dtype": "category", "allowed": []}}, "schema.x.allowed: must be a non-empty array"),
+    "allowed of the wrong type": ({"x": {"dtype": "int", "allowed": ["1"]}}, "schema.x.allowed: every value must be a number"),
+    "allowed on bool": ({"x": {"dtype": "bool", "allowed": [True]}},
+                        "schema.x.allowed: applies to int, float, text and category features, not bool"),
+    "max_length zero": ({"x": {"dtype": "text", "max_length": 0}}, "schema.x.max_length: must be a positive integer"),
+    "max_length fractional": ({"x": {"dtype": "text", "max_length": 2.5}}, "schema.x.max_length: must be a positive integer"),
+    "max_length beyond int": ({"x": {"dtype": "text", "max_length": 3000000000}}, "schema.x.max_length: "),
+    "nullable not a boolean": ({"x": {"dtype": "int", "nullable": "yes"}}, "schema.x.nullable: must be true or false"),
+    "vector(0)": ({"x": {"dtype": "vector(0)"}}, "schema.x.dtype: vector dimension must be 1 to 16000, got 0"),
+    "vector too long": ({"x": {"dtype": "vector(16001)"}}, "schema.x.dtype: vector dimension must be 1 to 16000, got 16001"),
+    "vector beyond int": ({"x": {"dtype": "vector(99999999999)"}},
+                          "schema.x.dtype: vector dimension must be 1 to 16000, got 99999999999"),
+    "feature named as the join key": ({"card": {"dtype": "text"}},
+                                      "schema.card: the name 'card' is reserved (join key, event time or a pgmlops column)"),
+    "feature named as the event time": ({"event_time": {"dtype": "timestamp"}},
+                                        "schema.event_time: the name 'event_time' is reserved (join key, event time or a "
+                                        "pgmlops column)"),
+    "feature named label": ({"label": {"dtype": "int"}},
+                            "schema.label: the name 'label' is reserved (join key, event time or a pgmlops column)"),
+    "feature name with capitals": ({"Amount": {"dtype": "int"}},
+                                   "schema: feature name 'Amount' must be lowercase letters, digits and _ "
+                                   "(1 to 63, not starting with a digit)"),
+    "feature declared twice": ([{"name": "x", "dtype": "int"}, {"name": "x", "dtype": "float"}], "schema.x: declared twice"),
+    "spec not an object": ({"x": "int"}, "schema.x: a feature spec must be an object"),
+    "empty object": ({}, "schema: must declare at least one feature"),
+    "empty array": ([], "schema: must declare at least one feature"),
+    "not an object or array": ("int", "schema: must be an object {feature: spec} or an array of specs, got string"),
+}
+
+
+@pytest.mark.parametrize("schema, says", BAD_SCHEMAS.values(), ids=BAD_SCHEMAS.keys())
+def test_a_bad_schema_is_refused_naming_the_field_and_the_rule(conn: Conn, tenant: str, schema: Any, says: str) -> None:
+    with refused("22023") as info:
+        create(conn, schema)
+    assert message(info.value).startswith(says)
+
+
+@pytest.mark.parametrize("ttl", ["-1 day", "0 seconds"])
+def test_a_ttl_that_is_not_positive_is_refused(conn: Conn, tenant: str, ttl: str) -> None:
+    with refused("22023", r"^ttl: must be a positive interval or NULL, got "):
+        create(conn, {"x": {"dtype": "int"}}, ttl=ttl)
+
+
+@pytest.mark.parametrize("name", ["Customer", "1st", "a-b", ""])
+def test_a_group_name_that_is_not_lowercase_snake_case_is_refused(conn: Conn, tenant: str, name: str) -> None:
+    with refused("22023", r"^name: .* must be lowercase letters, digits and _"):
+        create(conn, {"x": {"dtype": "int"}}, name=name)
+
+
+def test_a_viewer_cannot_create_a_group(conn: Conn, tenant: str) -> None:
+    viewer = member(conn, tenant, "viewer")
+    with refused("42501"), conn.transaction(), as_user(conn, viewer, tenant_id=tenant):
+        create(conn, {"x": {"dtype": "int"}})
+    assert conn.execute("select count(*) from ml.feature_groups where tenant_id = %s", (tenant,)).fetchone() == (0,)
+
+
+def test_a_failed_creation_writes_nothing(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+
+    def written() -> Any:
+        return conn.execute("""select (select count(*) from ml.feature_groups where tenant_id = %(t)s),
+                                      (select count(*) from ml.events where tenant_id = %(t)s)""", {"t": tenant}).fetchone()
+
+    before = written()
+    with refused("22023"):
+        create(conn, {"x": {"dtype": "int", "min": 2, "max": 1}})
+    assert written() == before
+    assert conn.execute("select ml.feature_group('g') -> 'version'").fetchone() == (1,)
+
+
+# -- status and versions ---------------------------------------------------------------------------
+
+
+def test_an_archived_version_refuses_ingestion_and_writes_nothing(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    conn.execute("select ml.set_feature_group_status('g', 1, 'archived')")
+    with refused("55000", r"^feature group g version 1 is archived and refuses writes$"):
+        ingest(conn, [{"card": "a", "event_time": T0, "x": 1}], group="g@1")
+    assert stored(conn, tenant) == dict.fromkeys(STORE, 0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_an_archived_version_refuses_ingestion_from_python_as_invalid_state(conn: Conn, tenant: str, path: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    features.set_status(conn, "g", 1, "archived")
+    with pytest.raises(InvalidState):
+        if path == "json":
+            features.ingest_rows(conn, "g@1", [{"card": "a", "event_time": T0, "x": 1}])
+        else:
+            ingest_bulk(conn, [{"card": "a", "event_time": T0, "x": "1"}], group="g@1")
+    assert stored(conn, tenant) == dict.fromkeys(STORE, 0)
+
+
+def test_an_archived_version_stays_readable(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    ingest(conn, [{"card": "a", "event_time": T0, "x": 1}])
+    conn.execute("select ml.set_feature_group_status('g', 1, 'archived')")
+    assert online(conn, ["g@1:x"], ["a"]) == [("a", {"g@1:x": 1})]
+
+
+def test_archiving_is_final(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    conn.execute("select ml.set_feature_group_status('g', 1, 'archived')")
+    with refused("55000", r"^feature group g version 1 is archived; archiving is final$"):
+        conn.execute("select ml.set_feature_group_status('g', 1, 'active')")
+
+
+def test_an_unversioned_reference_names_the_newest_active_version(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})                    # 1 active
+    create(conn, {"x": {"dtype": "int"}})                    # 2 active
+    create(conn, {"x": {"dtype": "int"}}, status="draft")    # 3 draft
+    ingest(conn, [{"card": "a", "event_time": T0, "x": 1}])
+    assert conn.execute("select ml.feature_group('g') -> 'version'").fetchone() == (2,)
+    assert conn.execute("select g.version from ml.feature_groups g join ml.feature_values v on v.group_id = g.id"
+                        " where g.tenant_id = %s", (tenant,)).fetchall() == [(2,)]
+
+
+def test_archiving_the_current_version_makes_the_previous_active_one_current(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    create(conn, {"x": {"dtype": "int"}})
+    conn.execute("select ml.set_feature_group_status('g', 2, 'archived')")
+    assert conn.execute("select ml.feature_group('g') -> 'version'").fetchone() == (1,)
+
+
+def test_without_an_active_version_the_newest_unarchived_one_is_current(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}}, status="deprecated")
+    create(conn, {"x": {"dtype": "int"}}, status="draft")
+    create(conn, {"x": {"dtype": "int"}}, status="archived")
+    assert conn.execute("select ml.feature_group('g') -> 'version'").fetchone() == (2,)
+
+
+# -- validation: one rule at a time, on both paths -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A feature spec, a value that keeps it and one that breaks it, as JSON and as text (bulk)."""
+
+    spec: dict[str, Any]
+    good_json: Any
+    bad_json: Any
+    json_says: str
+    good_text: str | None = None
+    bad_text: str | None = None
+    bulk_says: str | None = None
+
+
+RULES = {
+    "int dtype": Rule({"dtype": "int"}, 3, 1.5, "x: must be of type int, got 1.5",
+                      "3", "1.5", 'x: must be of type int, got "1.5"'),
+    "int dtype, a string": Rule({"dtype": "int"}, 3, "3", 'x: must be of type int, got "3"',
+                                "3", "three", 'x: must be of type int, got "three"'),
+    "float dtype": Rule({"dtype": "float"}, 1.5, "1.5", 'x: must be of type float, got "1.5"',
+                        "1.5", "1,5", 'x: must be of type float, got "1,5"'),
+    "bool dtype": Rule({"dtype": "bool"}, True, "true", 'x: must be of type bool, got "true"',
+                       "true", "maybe", 'x: must be of type bool, got "maybe"'),
+    "text dtype": Rule({"dtype": "text"}, "hello", 5, "x: must be of type text, got 5"),
+    "category dtype": Rule({"dtype": "category"}, "a", ["a"], 'x: must be of type category, got ["a"]'),
+    "timestamp dtype": Rule({"dtype": "timestamp"}, "2026-02-28T12:00:00Z", "2026-02-30",
+                            'x: must be of type timestamp, got "2026-02-30"',
+                            "2026-02-28T12:00:00Z", "2026-02-30", 'x: must be of type timestamp, got "2026-02-30"'),
+    "vector length": Rule({"dtype": "vector(2)"}, [1, 2.5], [1, 2, 3], "x: must be of type vector(2), got [1, 2, 3]",
+                          "[1, 2.5]", "[1,2,3]", 'x: must be of type vector(2), got "[1,2,3]"'),
+    "vector elements": Rule({"dtype": "vector(2)"}, [1, 2], [1, "a"], 'x: must be of type vector(2), got [1, "a"]',
+                            "[1,2]", "[1,a]", 'x: must be of type vector(2), got "[1,a]"'),
+    "nullable false": Rule({"dtype": "float", "nullable": False}, 0.0, None, "x: must not be null",
+                           "0", None, "x: must not be null"),
+    "min": Rule({"dtype": "float", "min": 0}, 0, -0.5, "x: must be >= 0, got -0.5",
+                "0", "-0.5", "x: must be >= 0, got -0.5"),
+    "max": Rule({"dtype": "int", "max": 10}, 10, 11, "x: must be <= 10, got 11",
+                "10", "11", "x: must be <= 10, got 11"),
+    "timestamp min": Rule({"dtype": "timestamp", "min": "2020-01-01T00:00:00Z"}, "2020-01-01T00:00:00Z", "2019-12-31T23:59:59Z",
+                          'x: must be >= 2020-01-01T00:00:00Z, got "2019-12-31T23:59:59+00:00"',
+                          "2020-01-01T00:00:00Z", "2019-12-31T23:59:59Z",
+                          'x: must be >= 2020-01-01T00:00:00Z, got "2019-12-31T23:59:59Z"'),
+    "timestamp max": Rule({"dtype": "timestamp", "max": "2030-01-01T00:00:00Z"}, "2030-01-01T01:00:00+01:00",
+                          "2030-01-01T00:00:01Z", 'x: must be <= 2030-01-01T00:00:00Z, got "2030-01-01T00:00:01+00:00"',
+                          "2030-01-01T01:00:00+01:00", "2030-01-01T00:00:01Z",
+                          'x: must be <= 2030-01-01T00:00:00Z, got "2030-01-01T00:00:01Z"'),
+    "allowed category": Rule({"dtype": "category", "allowed": ["free", "pro"]}, "pro", "gold",
+                             'x: must be one of ["free", "pro"], got "gold"',
+                             "pro", "gold", 'x: must be one of ["free", "pro"], got "gold"'),
+    "allowed int": Rule({"dtype": "int", "allowed": [1, 2, 3]}, 3, 4, "x: must be one of [1, 2, 3], got 4",
+                        "3", "4", "x: must be one of [1, 2, 3], got 4"),
+    "regex": Rule({"dtype": "text", "regex": "^[A-Z]{2}[0-9]+$"}, "AB12", "ab12", 'x: must match ^[A-Z]{2}[0-9]+$, got "ab12"',
+                  "AB12", "ab12", 'x: must match ^[A-Z]{2}[0-9]+$, got "ab12"'),
+    "max_length": Rule({"dtype": "text", "max_length": 3}, "abc", "abcd", "x: must be at most 3 characters, got 4 characters",
+                       "abc", "abcd", "x: must be at most 3 characters, got 4 characters"),
+}
+BULK_RULES = {name: rule for name, rule in RULES.items() if rule.bulk_says is not None}
+
+
+def two_rows(second: dict[str, Any], good: Any) -> list[dict[str, Any]]:
+    """A valid row 1, then row 2 (card k2 at T0) with ``second``'s fields."""
+    return [{"card": "k1", "event_time": T0, "x": good}, {"card": "k2", "event_time": T0, **second}]
+
+
+@pytest.mark.parametrize("rule", RULES.values(), ids=RULES.keys())
+def test_json_rows_that_keep_a_rule_are_written(conn: Conn, tenant: str, rule: Rule) -> None:
+    create(conn, {"x": rule.spec})
+    assert ingest(conn, [{"card": "k1", "event_time": T0, "x": rule.good_json}])["written"] == 1
+
+
+@pytest.mark.parametrize("rule", RULES.values(), ids=RULES.keys())
+def test_json_rows_that_break_a_rule_fail_the_batch_naming_row_key_time_feature_and_rule(
+        conn: Conn, tenant: str, rule: Rule) -> None:
+    create(conn, {"x": rule.spec})
+    with refused("22023") as info:
+        ingest(conn, two_rows({"x": rule.bad_json}, rule.good_json))
+    assert message(info.value) == f"row 2 (card 'k2', event_time '{T0}'): {rule.json_says}"
+
+
+@pytest.mark.parametrize("rule", BULK_RULES.values(), ids=BULK_RULES.keys())
+def test_bulk_rows_that_keep_a_rule_are_written(conn: Conn, tenant: str, rule: Rule) -> None:
+    create(conn, {"x": rule.spec})
+    assert ingest_bulk(conn, [{"card": "k1", "event_time": T0, "x": rule.good_text}])["written"] == 1
+
+
+@pytest.mark.parametrize("rule", BULK_RULES.values(), ids=BULK_RULES.keys())
+def test_bulk_rows_that_break_a_rule_fail_the_batch_naming_row_key_time_feature_and_rule(
+        conn: Conn, tenant: str, rule: Rule) -> None:
+    create(conn, {"x": rule.spec})
+    with refused("22023") as info:
+        ingest_bulk(conn, two_rows({"x": rule.bad_text}, rule.good_text))
+    assert message(info.value) == f"row 2 (card 'k2', event_time '{T0}'): {rule.bulk_says}"
+
+
+KEY_AND_TIME_RULES = {
+    "missing join key": ({"event_time": T0}, f"row 2 (card null, event_time '{T0}'): card: must not be null or empty"),
+    "empty join key": ({"card": "  ", "event_time": T0}, f"row 2 (card null, event_time '{T0}'): card: must not be null or empty"),
+    "unparsable event time": ({"card": "k2", "event_time": "2026-02-30"},
+                              "row 2 (card 'k2', event_time '2026-02-30'): event_time: must be a timestamp, got '2026-02-30'"),
+    "missing event time": ({"card": "k2"}, "row 2 (card 'k2', event_time null): event_time: must be a timestamp, got null"),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("row, says", KEY_AND_TIME_RULES.values(), ids=KEY_AND_TIME_RULES.keys())
+def test_a_row_without_a_usable_key_or_event_time_fails_the_batch(
+        conn: Conn, tenant: str, path: str, row: dict[str, Any], says: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    rows = [{"card": "k1", "event_time": T0}, row]
+    if path == "bulk":
+        rows = [{"card": r.get("card"), "event_time": r.get("event_time")} for r in rows]
+    with refused("22023") as info:
+        PATHS[path](conn, rows)
+    assert message(info.value) == says
+
+
+def test_a_json_key_that_is_not_a_feature_fails_the_batch(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    with refused("22023") as info:
+        ingest(conn, two_rows({"x": 1, "y": 2}, 1))
+    assert message(info.value) == f"row 2 (card 'k2', event_time '{T0}'): y: is not a feature of group g version 1"
+
+
+def test_a_json_row_that_is_not_an_object_fails_the_batch(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    with refused("22023", r"^row 1 .*values: must be a JSON object$"):
+        conn.execute("select ml.ingest('g', '[5]')")
+
+
+def test_the_error_lists_every_rule_the_first_bad_row_broke(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int", "max": 10}, "y": {"dtype": "text", "nullable": False}})
+    with refused("22023") as info:
+        ingest(conn, [{"card": "k1", "event_time": T0, "x": 11}])
+    assert message(info.value) == f"row 1 (card 'k1', event_time '{T0}'): x: must be <= 10, got 11; y: must not be null"
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_error_detail_counts_the_invalid_rows(conn: Conn, tenant: str, path: str) -> None:
+    create(conn, {"x": {"dtype": "int", "max": 10}})
+    rows = [{"card": f"k{i}", "event_time": T0, "x": v} for i, v in enumerate([1, 11, 2, 12], start=1)]
+    if path == "bulk":
+        rows = [{**r, "x": str(r["x"])} for r in rows]
+    with refused("22023") as info:
+        PATHS[path](conn, rows)
+    assert message(info.value).startswith("row 2 (card 'k2'")
+    assert detail(info.value) == (
+        "2 of 4 rows break the rules of feature group g version 1; nothing was written. First ones:\n"
+        "row 2: x: must be <= 10, got 11\n"
+        "row 4: x: must be <= 10, got 12")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_rejected_batch_writes_nothing(conn: Conn, tenant: str, path: str) -> None:
+    create(conn, {"x": {"dtype": "int", "max": 10}})
+    ingest(conn, [{"card": "k1", "event_time": T0, "x": 1}])
+    before = stored(conn, tenant)
+    rows: list[dict[str, Any]] = [{"card": "k1", "event_time": T1, "x": 2}, {"card": "k3", "event_time": T0, "x": 99}]
+    if path == "bulk":
+        rows = [{**r, "x": str(r["x"])} for r in rows]
+    with refused("22023"):
+        PATHS[path](conn, rows)
+    assert stored(conn, tenant) == before
+    assert online(conn, ["g:x"], ["k1"]) == [("k1", {"g:x": 1})]
+
+
+def test_on_error_must_be_reject_or_quarantine(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    with refused("22023", r"^on_error: must be reject or quarantine, got 'skip'$"):
+        ingest(conn, [{"card": "k1", "event_time": T0, "x": 1}], on_error="skip")
+
+
+@pytest.mark.parametrize("rows", ["[]", "{}", "null"])
+def test_json_rows_must_be_a_non_empty_array(conn: Conn, tenant: str, rows: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    with refused("22023", r"^rows: must be a non-empty JSON array of objects"):
+        conn.execute("select ml.ingest('g', %s::jsonb)", (None if rows == "null" else rows,))
+
+
+# -- values as stored --------------------------------------------------------------------------------
+
+
+def test_json_values_are_stored_in_one_canonical_form(conn: Conn, tenant: str) -> None:
+    create(conn, {"n": {"dtype": "int"}, "t": {"dtype": "timestamp"}, "f": {"dtype": "float"}})
+    ingest(conn, [{"card": "k1", "event_time": "2026-01-01T02:00:00+02:00", "n": 3.0, "t": "2026-01-01 10:00", "f": None}])
+    assert offline(conn) == [("k1", T0, {"n": 3, "t": "2026-01-01T10:00:00+00:00"})]
+    assert conn.execute("select (values -> 'n')::text from ml.feature_values where tenant_id = %s", (tenant,)).fetchone() == ("3",)
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-inf"])
+def test_bulk_floats_must_be_finite(conn: Conn, tenant: str, text: str) -> None:
+    """JSON has no NaN or infinity: a float feature must hold a JSON number, whichever path wrote it."""
+    create(conn, {"x": {"dtype": "float"}})
+    with refused("22023") as info:
+        ingest_bulk(conn, [{"card": "k1", "event_time": T0, "x": text}])
+    assert message(info.value) == f"row 1 (card 'k1', event_time '{T0}'): x: must be of type float, got \"{text}\""
+
+
+def test_an_infinite_event_time_is_refused(conn: Conn, tenant: str) -> None:
+    """An event time of 'infinity' would pin the online store to that row for ever and defeat the TTL."""
+    create(conn, {"x": {"dtype": "int"}})
+    with refused("22023", r"event_time: must be"):
+        ingest(conn, [{"card": "k1", "event_time": "infinity", "x": 1}])
+
+
+# -- quarantine ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_quarantine_accounts_for_every_row(conn: Conn, tenant: str, path: str) -> None:
+    create(conn, {"x": {"dtype": "int", "max": 10}})
+    rows: list[dict[str, Any]] = [
+        {"card": "k1", "event_time": T0, "x": 1},
+        {"card": "k2", "event_time": T0, "x": 99},   # invalid
+        {"card": "k1", "event_time": T0, "x": 2},    # supersedes row 1
+        {"card": "k3", "event_time": T0},            # absent = null
+    ]
+    if path == "bulk":
+        rows = [{**r, "x": None if r.get("x") is None else str(r["x"])} for r in rows]
+    result = PATHS[path](conn, rows, on_error="quarantine")
+    assert {k: result[k] for k in ("rows", "written", "inserted", "updated", "quarantined", "superseded")} == {
+        "rows": 4, "written": 2, "inserted": 2, "updated": 0, "quarantined": 1, "superseded": 1}
+    assert result["rows"] == result["written"] + result["quarantined"] + result["superseded"]
+
+
+def test_quarantine_keeps_the_row_as_received_with_every_rule_it_broke(conn: Conn, tenant: str) -> None:
+    create(conn, [{"name": "x", "dtype": "int", "max": 10}, {"name": "c", "dtype": "category", "allowed": ["a"]},
+                  {"name": "s", "dtype": "text"}])
+    result = ingest(conn, [{"card": "k1", "event_time": T0, "x": 1},
+                           {"card": "k2", "event_time": "2026-01-01 00:00", "x": 11, "c": "b", "s": "fine", "zz": True}],
+                    on_error="quarantine")
+    rows = conn.execute("""select ingestion_id::text, row_number, entity_key, event_time, values, errors
+                           from ml.feature_quarantine where tenant_id = %s""", (tenant,)).fetchall()
+    assert rows == [(result["ingestion_id"], 2, "k2", "2026-01-01 00:00", {"x": 11, "c": "b", "s": "fine", "zz": True},
+                     ["x: must be <= 10, got 11", 'c: must be one of ["a"], got "b"', "zz: is not a feature of group g version 1"])]
+
+
+def test_quarantine_keeps_rows_without_a_usable_key_or_time_too(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    ingest(conn, [{"event_time": "someday", "x": 1}], on_error="quarantine")
+    assert conn.execute("select row_number, entity_key, event_time, errors from ml.feature_quarantine where tenant_id = %s",
+                        (tenant,)).fetchall() == [
+        (1, None, "someday", ["card: must not be null or empty", "event_time: must be a timestamp, got 'someday'"])]
+
+
+def test_quarantine_loads_the_valid_rows(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int", "max": 10}})
+    ingest(conn, [{"card": "k1", "event_time": T0, "x": 1}, {"card": "k2", "event_time": T0, "x": 11},
+                  {"card": "k3", "event_time": T0, "x": 3}], on_error="quarantine")
+    assert offline(conn) == [("k1", T0, {"x": 1}), ("k3", T0, {"x": 3})]
+    assert online(conn, ["g:x"], ["k1", "k2", "k3"]) == [("k1", {"g:x": 1}), ("k2", {"g:x": None}), ("k3", {"g:x": 3})]
+
+
+def test_the_ingestion_is_recorded_with_its_counts(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int", "max": 10}})
+    result = ingest(conn, [{"card": "k1", "event_time": T0, "x": 1}, {"card": "k2", "event_time": T0, "x": 11}],
+                    on_error="quarantine")
+    row = conn.execute("""select source, on_error, rows_in, written, quarantined, superseded, finished_at is not null
+                          from ml.feature_ingestions where id = %s""", (result["ingestion_id"],)).fetchone()
+    assert row == ("ml.ingest", "quarantine", 2, 1, 1, 0, True)
+
+
+# -- writing the same key and time again ---------------------------------------------------------------
+
+
+def test_reingesting_the_same_key_and_event_time_updates_in_place(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    ingest(conn, [{"card": "k1", "event_time": T0, "x": 1}])
+    result = ingest(conn, [{"card": "k1", "event_time": T0, "x": 2}])
+    assert (result["written"], result["inserted"], result["updated"]) == (1, 0, 1)
+    assert offline(conn) == [("k1", T0, {"x": 2})]
+    assert online(conn, ["g:x"], ["k1"]) == [("k1", {"g:x": 2})]
+
+
+def test_the_same_instant_in_another_offset_is_the_same_event_time(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    ingest(conn, [{"card": "k1", "event_time": T0, "x": 1}])
+    result = ingest(conn, [{"card": "k1", "event_time": "2026-01-01T05:30:00+05:30", "x": 2}])
+    assert result["updated"] == 1 and offline(conn) == [("k1", T0, {"x": 2})]
+
+
+def test_an_update_replaces_the_whole_row(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}, "y": {"dtype": "int"}})
+    ingest(conn, [{"card": "k1", "event_time": T0, "x": 1, "y": 1}])
+    ingest(conn, [{"card": "k1", "event_time": T0, "x": 2}])
+    assert offline(conn) == [("k1", T0, {"x": 2})]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_key_and_time_repeated_in_one_batch_keeps_the_last_row(conn: Conn, tenant: str, path: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    rows: list[dict[str, Any]] = [{"card": "k1", "event_time": T0, "x": v} for v in (1, 2, 3)]
+    if path == "bulk":
+        rows = [{**r, "x": str(r["x"])} for r in rows]
+    result = PATHS[path](conn, rows)
+    assert (result["rows"], result["written"], result["superseded"]) == (3, 1, 2)
+    assert offline(conn) == [("k1", T0, {"x": 3})]
+
+
+# -- the online store ----------------------------------------------------------------------------------
+
+
+def test_the_online_store_keeps_the_newest_event_time_per_entity(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    ingest(conn, [{"card": "k1", "event_time": T2, "x": 3}, {"card": "k1", "event_time": T0, "x": 1},
+                  {"card": "k1", "event_time": T1, "x": 2}])
+    assert online(conn, ["g:x"], ["k1"]) == [("k1", {"g:x": 3})]
+
+
+def test_a_late_older_row_lands_offline_but_does_not_overwrite_the_online_value(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    ingest(conn, [{"card": "k1", "event_time": T1, "x": 2}])
+    late = ingest(conn, [{"card": "k1", "event_time": T0, "x": 1}])
+    assert late["online_updated"] == 0
+    assert offline(conn) == [("k1", T0, {"x": 1}), ("k1", T1, {"x": 2})]
+    assert online(conn, ["g:x"], ["k1"]) == [("k1", {"g:x": 2})]
+
+
+def test_online_lookup_returns_one_row_per_key_in_the_order_given_repeats_included(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    ingest(conn, [{"card": "a", "event_time": T0, "x": 1}, {"card": "b", "event_time": T0, "x": 2}])
+    assert online(conn, ["g:x"], ["b", "a", "b"]) == [("b", {"g:x": 2}), ("a", {"g:x": 1}), ("b", {"g:x": 2})]
+
+
+def test_a_key_never_ingested_comes_back_with_every_feature_null(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}, "y": {"dtype": "text"}})
+    ingest(conn, [{"card": "a", "event_time": T0, "x": 1, "y": "one"}])
+    assert online(conn, ["g:x", "g:y"], ["nobody"]) == [("nobody", {"g:x": None, "g:y": None})]
+
+
+def test_a_feature_absent_from_the_latest_row_comes_back_null(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}, "y": {"dtype": "text"}})
+    ingest(conn, [{"card": "a", "event_time": T0, "x": 1, "y": "one"}, {"card": "a", "event_time": T1, "x": 2}])
+    assert online(conn, ["g:y", "g:x"], ["a"]) == [("a", {"g:y": None, "g:x": 2})]
+
+
+def test_values_older_than_the_group_ttl_come_back_null(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}}, ttl="1 day")
+    now = datetime.now(UTC)
+    ingest(conn, [{"card": "stale", "event_time": (now - timedelta(days=2)).isoformat(), "x": 1},
+                  {"card": "fresh", "event_time": (now - timedelta(hours=1)).isoformat(), "x": 2}])
+    assert online(conn, ["g:x"], ["stale", "fresh"]) == [("stale", {"g:x": None}), ("fresh", {"g:x": 2})]
+
+
+def test_values_are_keyed_by_the_references_as_written_across_groups(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}}, name="g")
+    create(conn, {"plan": {"dtype": "category"}}, name="h")
+    ingest(conn, [{"card": "a", "event_time": T0, "x": 1}])
+    ingest(conn, [{"card": "a", "event_time": T0, "plan": "pro"}], group="h")
+    assert online(conn, ["h@1:plan", "g:x"], ["a"]) == [("a", {"h@1:plan": "pro", "g:x": 1})]
+
+
+def test_a_group_at_version_reference_reads_that_version(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    ingest(conn, [{"card": "a", "event_time": T0, "x": 1}])
+    create(conn, {"x": {"dtype": "int"}})
+    ingest(conn, [{"card": "a", "event_time": T0, "x": 2}])
+    assert online(conn, ["g@1:x", "g:x"], ["a"]) == [("a", {"g@1:x": 1, "g:x": 2})]
+
+
+def test_an_unknown_group_is_not_found(conn: Conn, tenant: str) -> None:
+    with refused("P0002", r"^feature group 'nope' does not exist$"):
+        online(conn, ["nope:x"], ["a"])
+
+
+def test_an_unknown_version_is_not_found(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    with refused("P0002", r"^feature group 'g' has no 7 version$"):
+        online(conn, ["g@7:x"], ["a"])
+
+
+def test_an_unknown_feature_is_an_undefined_column_listing_the_features(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}, "y": {"dtype": "int"}})
+    with refused("42703", r"^features\[2\]: feature group g version 1 has no feature 'z' \(it has: x, y\)$"):
+        online(conn, ["g:x", "g:z"], ["a"])
+
+
+@pytest.mark.parametrize("ref", ["g.x", "g:", ":x", "g:x:y", "G:x", "g@one:x"])
+def test_a_malformed_reference_is_refused(conn: Conn, tenant: str, ref: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    with refused("22023"):
+        online(conn, [ref], ["a"])
+
+
+def test_a_feature_named_twice_is_refused(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    with refused("22023", r"^features: each feature may be named once$"):
+        online(conn, ["g:x", "g:x"], ["a"])
+
+
+def test_online_lookup_needs_at_least_one_key(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    with refused("22023", r"^entity_keys: must name at least one key$"):
+        online(conn, ["g:x"], [])
+
+
+# -- tenants and roles ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def other_tenant_member(conn: Conn, tenant: str) -> tuple[str, str]:
+    """(tenant B, an owner of B who is not a member of ``tenant``); ``tenant`` has group g with one row."""
+    create(conn, {"x": {"dtype": "int"}})
+    ingest(conn, [{"card": "a", "event_time": T0, "x": 1}])
+    theirs = make_tenant(conn)
+    stranger = member(conn, theirs, "owner")
+    act_for(conn, None)
+    return theirs, stranger
+
+
+def test_a_member_of_another_tenant_cannot_ingest_into_the_group(
+        conn: Conn, tenant: str, other_tenant_member: tuple[str, str]) -> None:
+    theirs, stranger = other_tenant_member
+    with refused("P0002"), conn.transaction(), as_user(conn, stranger, tenant_id=theirs):
+        ingest(conn, [{"card": "a", "event_time": T1, "x": 2}])
+    with refused("42501"), conn.transaction(), as_user(conn, stranger, tenant_id=tenant):
+        ingest(conn, [{"card": "a", "event_time": T1, "x": 2}])
+    assert stored(conn, tenant)["feature_values"] == 1
+
+
+def test_a_member_of_another_tenant_cannot_read_the_group(conn: Conn, tenant: str, other_tenant_member: tuple[str, str]) -> None:
+    theirs, stranger = other_tenant_member
+    with conn.transaction(), as_user(conn, stranger, tenant_id=theirs):
+        for table in STORE + ("feature_groups",):
+            assert conn.execute(f"select count(*) from ml.{table}").fetchone() == (0,), table
+        with refused("P0002"), conn.transaction():
+            online(conn, ["g:x"], ["a"])
+        with refused("P0002"), conn.transaction():
+            conn.execute("select ml.feature_group('g')")
+    with refused("42501"), conn.transaction(), as_user(conn, stranger, tenant_id=tenant):
+        online(conn, ["g:x"], ["a"])
+
+
+def test_a_viewer_reads_online_features_but_cannot_ingest(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    ingest(conn, [{"card": "a", "event_time": T0, "x": 1}])
+    viewer = member(conn, tenant, "viewer")
+    act_for(conn, None)
+    with conn.transaction(), as_user(conn, viewer, tenant_id=tenant):
+        assert online(conn, ["g:x"], ["a"]) == [("a", {"g:x": 1})]
+    with refused("42501"), conn.transaction(), as_user(conn, viewer, tenant_id=tenant):
+        ingest(conn, [{"card": "a", "event_time": T1, "x": 2}])
+    assert stored(conn, tenant)["feature_values"] == 1
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_an_ml_engineer_ingests(conn: Conn, tenant: str, path: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    engineer = member(conn, tenant, "ml_engineer")
+    act_for(conn, None)
+    with conn.transaction(), as_user(conn, engineer, tenant_id=tenant):
+        PATHS[path](conn, [{"card": "a", "event_time": T0, "x": "1" if path == "bulk" else 1}])
+        assert online(conn, ["g:x"], ["a"]) == [("a", {"g:x": 1})]
+    row = conn.execute("select created_by::text from ml.feature_ingestions where tenant_id = %s", (tenant,)).fetchone()
+    assert row == (engineer,)
+
+
+def test_ingest_staged_refuses_a_table_that_is_not_a_temp_table(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    with refused("22023", r"^staging: ml\.tenants is not a temporary table of this session$"):
+        conn.execute("select ml.ingest_staged('g', 'ml.tenants')")
+    assert stored(conn, tenant) == dict.fromkeys(STORE, 0)
+
+
+def test_ingest_staged_refuses_another_sessions_temp_table(conn: Conn, tenant: str, db_url: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    with psycopg.connect(db_url, autocommit=True) as other:
+        other.execute("create temp table theirs (card text, event_time text, x text)")
+        other.execute("insert into theirs values ('a', %s, '1')", (T0,))
+        oid = other.execute("select 'theirs'::regclass::oid").fetchone()
+        assert oid is not None
+        with refused("22023", r"is not a temporary table of this session$"):
+            conn.execute("select ml.ingest_staged('g', %s::oid::regclass)", (oid[0],))
+    assert stored(conn, tenant) == dict.fromkeys(STORE, 0)
+
+
+def test_ingest_staged_reads_the_callers_own_temp_table(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    with conn.transaction():
+        conn.execute("create temp table mine (card text, event_time text, x text) on commit drop")
+        conn.execute("insert into mine values ('a', %s, '1'), ('b', %s, ' 2 ')", (T0, T0))
+        result = conn.execute("select ml.ingest_staged('g', 'mine', source => 'test')").fetchone()
+    assert result is not None and result[0]["written"] == 2
+    assert offline(conn) == [("a", T0, {"x": 1}), ("b", T0, {"x": 2})]
