@@ -122,12 +122,18 @@ as $$
     select case
         -- The fast form: plain casts, which raise on bad text (ml.ingest_staged then retries
         -- with the guarded form below). Vectors always take the guarded form.
-        when p_fast and p_spec ->> 'dtype' in ('int', 'float', 'bool', 'timestamp') then format('nullif(btrim(%s), %L)::%s', p_col, '',
-            case p_spec ->> 'dtype' when 'int' then 'bigint' when 'float' then 'float8' when 'bool' then 'boolean' else 'timestamptz' end)
+        -- Each accepts exactly what the guarded form accepts: no NaN or infinities, no hex or
+        -- underscores in ints (PostgreSQL 16+ reads them), booleans always guarded.
+        when p_fast and p_spec ->> 'dtype' = 'int' then format(
+            'case when translate(%1$s, E''0123456789+-. \t\r\n'', '''') = '''' then nullif(btrim(%1$s), '''')::bigint end', p_col)
+        when p_fast and p_spec ->> 'dtype' = 'float' then format(
+            'nullif(nullif(nullif(nullif(btrim(%1$s), '''')::float8, ''NaN''), ''Infinity''), ''-Infinity'')', p_col)
+        when p_fast and p_spec ->> 'dtype' = 'timestamp' then format('nullif(btrim(%s), %L)::timestamptz', p_col, '')
         else case p_spec ->> 'dtype'
         when 'int' then format(
-            'case when %1$s ~ ''^\s*[+-]?[0-9]{1,18}\s*$'' then %1$s::bigint
-                  when %1$s ~ ''^\s*[+-]?[0-9]{1,18}\.0*\s*$'' then split_part(%1$s, ''.'', 1)::bigint end', p_col)
+            'case when %1$s ~ ''^\s*[+-]?[0-9]{1,19}(\.0*)?\s*$''
+                  then case when split_part(btrim(%1$s), ''.'', 1)::numeric between -9223372036854775808 and 9223372036854775807
+                            then split_part(btrim(%1$s), ''.'', 1)::bigint end end', p_col)
         when 'float' then format(
             'case when %1$s ~* ''^\s*[+-]?([0-9]{1,200}\.?[0-9]*|\.[0-9]+)(e[+-]?[0-9]{1,2})?\s*$'' then %1$s::float8 end', p_col)
         when 'bool' then format(
@@ -294,7 +300,8 @@ begin
         create temp table _pgmlops_ingest on commit drop as
         select c.row_no, c.entity_key, c.event_time_raw, c.event_time, c.values,
                case when c.entity_key is null then array[%L] else '{}'::text[] end
-               || case when c.event_time is null
+               || case when c.event_time is null or not isfinite(c.event_time)
+                            or lower(btrim(c.event_time_raw)) in ('now', 'today', 'tomorrow', 'yesterday', 'epoch')
                        then array[format('%s: must be a timestamp, got %%s', coalesce(quote_literal(left(c.event_time_raw, 80)), 'null'))]
                        else '{}'::text[] end
                || c.errors as errors
@@ -345,7 +352,7 @@ begin
 
     -- The last row of each (entity, time) in the batch wins; ON CONFLICT cannot touch a row twice.
     create temp table _pgmlops_valid on commit drop as
-    select distinct on (entity_key, event_time) entity_key, event_time, values
+    select distinct on (entity_key, event_time) entity_key, event_time, jsonb_strip_nulls(values) as values
     from pg_temp._pgmlops_ingest where cardinality(errors) = 0
     order by entity_key, event_time, row_no desc;
     get diagnostics v_valid = row_count;

@@ -288,21 +288,22 @@ begin
         v_dtype := lower(btrim(v_item ->> 'dtype'));
         v_dim := null;
         if v_dtype ~ '^vector\(\s*\d+\s*\)$' then
-            v_dim := substring(v_dtype from '\d+')::int;
-            if v_dim not between 1 and 16000 then
-                raise exception '%.dtype: vector dimension must be 1 to 16000, got %', v_path, v_dim using errcode = '22023';
+            if substring(v_dtype from '\d+')::numeric not between 1 and 16000 then
+                raise exception '%.dtype: vector dimension must be 1 to 16000, got %', v_path, substring(v_dtype from '\d+')::numeric
+                    using errcode = '22023';
             end if;
+            v_dim := substring(v_dtype from '\d+')::int;
             v_dtype := 'vector';
         elsif v_dtype is null or v_dtype not in ('int', 'float', 'bool', 'text', 'category', 'timestamp') then
             raise exception '%.dtype: must be one of int, float, bool, text, category, timestamp, vector(n); got %',
                 v_path, coalesce(v_item -> 'dtype', 'null'::jsonb) using errcode = '22023';
         end if;
 
-        v_norm := jsonb_build_object('name', v_name, 'dtype', v_dtype,
-                                     'nullable', coalesce((v_item -> 'nullable')::text::boolean, true));
         if v_item ? 'nullable' and jsonb_typeof(v_item -> 'nullable') <> 'boolean' then
             raise exception '%.nullable: must be true or false', v_path using errcode = '22023';
         end if;
+        v_norm := jsonb_build_object('name', v_name, 'dtype', v_dtype,
+                                     'nullable', coalesce((v_item -> 'nullable')::text::boolean, true));
         if v_dim is not null then
             v_norm := v_norm || jsonb_build_object('dim', v_dim);
         end if;
@@ -369,9 +370,10 @@ begin
                 raise exception '%.max_length: applies to text and category features, not %', v_path, v_dtype
                     using errcode = '22023';
             end if;
-            if jsonb_typeof(v_item -> 'max_length') <> 'number' or (v_item ->> 'max_length')::numeric < 1
+            if jsonb_typeof(v_item -> 'max_length') <> 'number'
+               or (v_item ->> 'max_length')::numeric not between 1 and 2147483647
                or (v_item ->> 'max_length')::numeric <> trunc((v_item ->> 'max_length')::numeric) then
-                raise exception '%.max_length: must be a positive integer', v_path using errcode = '22023';
+                raise exception '%.max_length: must be a positive integer up to 2147483647', v_path using errcode = '22023';
             end if;
             v_norm := v_norm || jsonb_build_object('max_length', (v_item ->> 'max_length')::int);
         end if;

@@ -218,7 +218,7 @@ def _copy_sql(stage: str, columns: Sequence[str], header: bool) -> sql.Composed:
 
 def _stage_csv(conn: psycopg.Connection[Any], path: Path, progress: Progress | None) -> str:
     """COPY a CSV file as it is (no parsing in Python) into a new stage table."""
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # a BOM (Excel) is not part of the first name
         try:
             header = next(csv.reader(f))
         except StopIteration:
