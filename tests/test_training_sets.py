@@ -219,6 +219,9 @@ def test_random_spines_match_pandas_merge_asof_row_for_row(any_db_url: str, seed
         assert list(frame.columns) == columns
         assert normalized(frame, columns) == normalized(expected, columns)
         assert frame["amount"].notna().sum() > 100 and frame["amount"].isna().sum() > 50  # both cases exercised
+        if conn.execute("select ml.capabilities() ->> 'partitioning'").fetchone()[0] == "native":
+            # The early merchant rows were read from the DEFAULT partition, next to the ranged ones.
+            assert conn.execute("select count(*) from ml.feature_values_default").fetchone()[0] == 8
 
 
 # -- the spine -------------------------------------------------------------------------------------
@@ -396,6 +399,17 @@ def test_training_set_returns_a_typed_dataframe_in_row_order(conn: Conn, tenant:
     assert frame.iloc[0]["tier"] == "" and frame.iloc[1]["tier"] is None  # an empty string is not a null
     assert frame.iloc[0]["seen"] == pd.Timestamp(at(-1)) and pd.isna(frame.iloc[1]["visits"])
     assert frame.attrs["dataset"].name == "ds"
+
+
+def test_the_spine_may_be_a_dataframe(conn: Conn, tenant: str) -> None:
+    customers(conn)
+    ingest(conn, "customers", [{"customer_id": "c1", "event_time": at(0), "amount": 1.0}])
+    spine_frame = pd.DataFrame({"customer_id": ["c1", "c2", "c1"], "event_time": pd.to_datetime([at(1), at(1), at(-1)], utc=True),
+                                "label": [True, False, None]})
+    frame = datasets.training_set(conn, "ds", spine_frame, ["customers:amount"], label="label")
+    assert normalized(frame, ["customer_id", "event_time", "label", "amount"]) == [
+        ("c1", at(-1), None, None), ("c1", at(1), True, 1.0), ("c2", at(1), False, None)]
+    assert conn.execute("select count(*) from pg_class where relname like '_pgmlops_spine%'").fetchone()[0] == 0
 
 
 def test_load_dataset_by_id_by_name_and_by_name_at_version(conn: Conn, tenant: str) -> None:

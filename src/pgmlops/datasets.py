@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import numpy as np
 import pandas as pd
@@ -63,14 +63,16 @@ class DatasetInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def create_training_set(conn: Conn, name: str, spine: str, features: Sequence[str], label: str | None = None,
+def create_training_set(conn: Conn, name: str, spine: str | pd.DataFrame, features: Sequence[str], label: str | None = None,
                         transformations: Sequence[Mapping[str, Any]] | None = None) -> UUID:
     """Build a point-in-time correct training set in the database (``ml.create_training_set``).
 
     Args:
         name: lowercase letters, digits and ``_``; building a name again makes a new version.
         spine: a table name or a query (run with the caller's rights) giving one column per join
-            key (or ``entity_key``), ``event_time`` and, when ``label`` is given, the label.
+            key (or ``entity_key``), ``event_time`` and, when ``label`` is given, the label; or a
+            DataFrame with those columns, copied into a temporary table first (naive datetimes
+            are read as UTC).
         features: ``'group:feature'`` or ``'group@version:feature'`` references.
         label: the spine column holding the label.
         transformations: specs such as ``{"type": "standardize", "column": "amount"}``; see
@@ -87,17 +89,21 @@ def create_training_set(conn: Conn, name: str, spine: str, features: Sequence[st
             spine column (42703); nothing was written.
     """
     try:
-        row = conn.execute(
-            "select ml.create_training_set(%s, %s, %s, %s, %s::jsonb)",
-            (name, spine, list(features), label, json.dumps(list(transformations or []))),
-        ).fetchone()
+        with conn.transaction():
+            spine_text = _stage_spine(conn, spine) if isinstance(spine, pd.DataFrame) else spine
+            row = conn.execute(
+                "select ml.create_training_set(%s, %s, %s, %s, %s::jsonb)",
+                (name, spine_text, list(features), label, json.dumps(list(transformations or []))),
+            ).fetchone()
+            if spine_text is not spine:
+                conn.execute(sql.SQL("drop table {}").format(sql.SQL(spine_text)))
     except psycopg.Error as exc:
         raise translate(exc) from exc
     assert row is not None
     return UUID(str(row[0]))
 
 
-def training_set(conn: Conn, name: str, spine: str, features: Sequence[str], label: str | None = None,
+def training_set(conn: Conn, name: str, spine: str | pd.DataFrame, features: Sequence[str], label: str | None = None,
                  transformations: Sequence[Mapping[str, Any]] | None = None) -> pd.DataFrame:
     """Build a training set (see :func:`create_training_set`) and return its rows as a DataFrame
     (see :func:`load_dataset`). On a connection outside a transaction the build is committed first."""
@@ -211,6 +217,36 @@ def drop_dataset(conn: Conn, dataset: UUID | str) -> bool:
 # -- helpers ----------------------------------------------------------------------------------
 
 
+def _spine_sql_type(series: pd.Series) -> str:  # type: ignore[type-arg]
+    dtype = series.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        return "timestamptz"
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return "timestamp"
+    if pd.api.types.is_bool_dtype(dtype):
+        return "boolean"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "bigint"
+    if pd.api.types.is_float_dtype(dtype):
+        return "double precision"
+    inferred = pd.api.types.infer_dtype(series, skipna=True)  # object columns: what their values are
+    return {"boolean": "boolean", "integer": "bigint", "floating": "double precision", "mixed-integer-float": "double precision",
+            "datetime": "timestamptz", "date": "date"}.get(inferred, "text")
+
+
+def _stage_spine(conn: Conn, frame: pd.DataFrame) -> str:
+    """Copy ``frame`` into a new temporary table (dropped at commit); returns its qualified name."""
+    name = f"pg_temp._pgmlops_spine_frame_{uuid4().hex[:12]}"
+    columns = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(str(c)), sql.SQL(_spine_sql_type(frame[c])))
+                                 for c in frame.columns)
+    conn.execute(sql.SQL("create temp table {} ({}) on commit drop").format(sql.SQL(name), columns))
+    text = frame.to_csv(index=False, header=False, na_rep="\\N", date_format="%Y-%m-%dT%H:%M:%S.%f%z")
+    with conn.cursor().copy(sql.SQL("copy {} from stdin with (format csv, null '\\N')").format(sql.SQL(name))) as copy:
+        copy.write(text)
+    return name
+
+
+
 def _dataset_filter(dataset: UUID | str) -> tuple[sql.Composable, tuple[Any, ...]]:
     if isinstance(dataset, UUID):
         return sql.SQL("d.id = %s"), (dataset,)
@@ -291,7 +327,7 @@ def _parse_array(text: str) -> np.ndarray[Any, np.dtype[np.float64]]:
 
 
 def _jsonable(value: Any) -> Any:
-    if value is None:
+    if value is None or value is pd.NA or value is pd.NaT:
         return None
     if isinstance(value, float) and np.isnan(value):
         return None
@@ -303,8 +339,6 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value.tolist()]
     if isinstance(value, np.generic):
         return _jsonable(value.item())
-    if value is pd.NA or value is pd.NaT:
-        return None
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
