@@ -27,16 +27,16 @@ def pgmlops(*args: str, url: str | None = None, env: dict[str, str] | None = Non
 def test_version_names_the_schema_head() -> None:
     run = pgmlops("version")
     assert run.returncode == 0, run.stderr
-    assert "schema head 0003_features" in run.stdout
+    assert "schema head 0004_training" in run.stdout
 
 
 def test_migrate_creates_the_schema_on_an_empty_database(server: Server) -> None:
     url = server.empty_database()
     run = pgmlops("migrate", url=url)
     assert run.returncode == 0, run.stderr
-    assert "revision 0003_features" in run.stdout
+    assert "revision 0004_training" in run.stdout
     run = pgmlops("migrate", "--downgrade", url=url)
-    assert "revision 0002_queue" in run.stdout
+    assert "revision 0003_features" in run.stdout
 
 
 def test_enqueue_worker_and_jobs_work_together(fresh_db_url: str) -> None:

@@ -42,12 +42,23 @@ def scalar(url: str, sql: str, *args: Any) -> Any:
 def test_upgrade_downgrade_and_upgrade_again(server: Server) -> None:
     url = server.empty_database()
     migrations.upgrade(url)
-    assert migrations.current(url) == migrations.head() == "0003_features"
+    assert migrations.current(url) == migrations.head() == "0004_training"
     before = objects(url)
     with psycopg.connect(url, autocommit=True) as conn:
         tenant = conn.execute("select ml.create_tenant('survivor')").fetchone()[0]
 
-    migrations.downgrade(url)  # the latest revision: the feature store goes, the queue stays
+    migrations.downgrade(url)  # the latest revision: training and the registry go, the feature store stays
+    assert migrations.current(url) == "0003_features"
+    assert scalar(url, "select to_regclass('ml.model_versions')") is None
+    assert scalar(url, "select to_regclass('ml.runs')") is None
+    assert scalar(url, "select to_regprocedure('ml.train(text,uuid,text,jsonb,jsonb)')") is None
+    assert scalar(url, "select count(*) from ml_private.tenant_tables where table_name in "
+                       "('ml.projects', 'ml.runs', 'ml.run_metrics', 'ml.models', 'ml.model_versions', 'ml.audit_log')") == 0
+    assert scalar(url, "select count(*) from ml.job_kinds where kind in ('train', 'tune_trial', 'tune')") == 0
+    assert scalar(url, "select count(*) from pg_namespace where nspname = 'optuna'") == 0
+    assert scalar(url, "select to_regclass('ml.feature_values')") is not None
+
+    migrations.downgrade(url)  # then the feature store goes, the queue stays
     assert migrations.current(url) == "0002_queue"
     assert scalar(url, "select to_regclass('ml.feature_values')") is None
     assert scalar(url, "select to_regprocedure('ml.ingest(text,jsonb,text)')") is None
@@ -62,7 +73,7 @@ def test_upgrade_downgrade_and_upgrade_again(server: Server) -> None:
     assert scalar(url, "select to_regprocedure('ml.enqueue(text,jsonb,integer,timestamp with time zone,integer)')") is None
 
     migrations.upgrade(url)
-    assert migrations.current(url) == "0003_features"
+    assert migrations.current(url) == "0004_training"
     assert objects(url) == before
 
 
@@ -74,7 +85,7 @@ def test_downgrade_to_base_removes_everything_pgmlops_made(server: Server) -> No
     assert objects(url) == {"tables": [], "functions": [], "policies": [], "triggers": []}
     assert scalar(url, "select count(*) from pg_namespace where nspname in ('ml', 'ml_private', 'auth')") == 0
     migrations.upgrade(url)
-    assert migrations.current(url) == "0003_features"
+    assert migrations.current(url) == "0004_training"
 
 
 def test_upgrade_twice_is_a_no_op(db_url: str) -> None:
@@ -167,7 +178,7 @@ def test_migrations_round_trip_on_the_embedded_server(embedded_server: Server, b
     url = embedded_server.empty_database()
     migrations.upgrade(url)
     migrations.downgrade(url)
-    assert migrations.current(url) == "0002_queue"
-    migrations.upgrade(url)
     assert migrations.current(url) == "0003_features"
+    migrations.upgrade(url)
+    assert migrations.current(url) == "0004_training"
     assert scalar(url, "select ml.capabilities() ->> 'partitioning'") == "native"

@@ -1,0 +1,1 @@
+-- pgmlops: tuning (being written)
