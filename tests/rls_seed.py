@@ -66,3 +66,29 @@ def tenant_and_members(conn: Conn, tenant: str) -> None:
 def echo_job(conn: Conn, tenant: str) -> None:
     """An echo job; ml.enqueue also publishes its job.queued event."""
     conn.execute("select ml.enqueue('echo', %s)", (Jsonb({"message": f"rls seed for {tenant}"}),))
+
+
+@seeds("ml.feature_groups", "ml.feature_values", "ml.feature_online", "ml.feature_ingestions",
+       "ml.feature_quarantine")
+def feature_group_with_values(conn: Conn, tenant: str) -> None:
+    """A feature group and one ingestion in quarantine mode: a valid row (values, online store)
+    and an invalid one (quarantine)."""
+    conn.execute("select ml.create_feature_group('rls_customer', 'customer', %s, '30 days')",
+                 (Jsonb({"spend": {"dtype": "float", "min": 0}}),))
+    conn.execute("select ml.ingest('rls_customer', %s, 'quarantine')", (Jsonb([
+        {"customer": "c1", "event_time": "2026-01-01T00:00:00Z", "spend": 10.5},
+        {"customer": "c2", "event_time": "2026-01-01T00:00:00Z", "spend": -1},
+    ]),))
+
+
+@seeds("ml.datasets", "ml.lineage")
+def training_set(conn: Conn, tenant: str) -> None:
+    """A training set over the group above (registered in ml.datasets, with lineage from the group)."""
+    conn.execute("select ml.create_training_set('rls_training', "
+                 "$$select 'c1' as customer, timestamptz '2026-01-02' as event_time$$, array['rls_customer:spend'])")
+
+
+@seeds("ml.feature_stats")
+def feature_stats(conn: Conn, tenant: str) -> None:
+    """Statistics of the group above."""
+    conn.execute("select ml.compute_feature_stats('rls_customer')")

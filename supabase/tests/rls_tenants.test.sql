@@ -182,6 +182,9 @@ $$;
 --   ml.tenants, ml.tenant_members   by ml.create_tenant / ml.add_tenant_member above
 --   ml.jobs                         an echo job per tenant (ids jobA, jobB)
 --   ml.events                       job.queued, published by ml.enqueue
+--   ml.feature_*                    a feature group, one ingestion in quarantine mode
+--   ml.datasets, ml.lineage         a training set over that group
+--   ml.feature_stats                ml.compute_feature_stats of that group
 --==============================================================================================
 
 do $$
@@ -194,6 +197,20 @@ begin
         -- ml.jobs and ml.events
         insert into pgmlops_tests.ids (name, id)
         values ('job' || v_tenant, ml.enqueue('echo', jsonb_build_object('message', v_tenant))::text);
+
+        -- ml.feature_groups, feature_values, feature_online, feature_ingestions, feature_quarantine:
+        -- a group and one ingestion in quarantine mode (a valid row and an invalid one).
+        perform ml.create_feature_group('rls_customer', 'customer', '{"spend": {"dtype": "float", "min": 0}}', '30 days');
+        perform ml.ingest('rls_customer', '[{"customer": "c1", "event_time": "2026-01-01T00:00:00Z", "spend": 10.5},
+                                            {"customer": "c2", "event_time": "2026-01-01T00:00:00Z", "spend": -1}]',
+                          'quarantine');
+
+        -- ml.datasets and ml.lineage: a training set over that group.
+        perform ml.create_training_set('rls_training', $q$select 'c1' as customer, timestamptz '2026-01-02' as event_time$q$,
+                                       array['rls_customer:spend']);
+
+        -- ml.feature_stats
+        perform ml.compute_feature_stats('rls_customer');
 
         -- Later tables here.
     end loop;
