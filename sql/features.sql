@@ -496,12 +496,16 @@ returns table (ord int, ref text, group_id uuid, group_name text, version int, f
                dtype text, ttl interval, join_key text, event_time_column text)
 language plpgsql stable security definer
 set search_path = ''
+-- A few references per call: the default estimate (1000 rows) makes the planner scan the whole
+-- online store instead of probing its key.
+rows 10
 as $$
 declare
     v_i     int;
     v_ref   text;
     v_parts text[];
     v_group ml.feature_groups;
+    v_last  text;
     v_spec  jsonb;
 begin
     if p_refs is null or cardinality(p_refs) = 0 then
@@ -517,7 +521,10 @@ begin
             raise exception 'features[%]: % is not a feature reference (group:feature or group@version:feature)',
                 v_i, coalesce(quote_literal(v_ref), 'NULL') using errcode = '22023';
         end if;
-        v_group := ml_private.find_feature_group(p_tenant, v_parts[1]);
+        if v_last is distinct from v_parts[1] then  -- references of one group usually come together
+            v_group := ml_private.find_feature_group(p_tenant, v_parts[1]);
+            v_last := v_parts[1];
+        end if;
         select f into v_spec from jsonb_array_elements(v_group.features) f where f ->> 'name' = btrim(v_parts[2]);
         if v_spec is null then
             raise exception 'features[%]: feature group % version % has no feature % (it has: %)', v_i,
