@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -92,3 +94,35 @@ def training_set(conn: Conn, tenant: str) -> None:
 def feature_stats(conn: Conn, tenant: str) -> None:
     """Statistics of the group above."""
     conn.execute("select ml.compute_feature_stats('rls_customer')")
+
+
+@seeds("ml.projects", "ml.runs", "ml.run_metrics", "ml.models", "ml.model_versions", "ml.model_aliases",
+       "ml.promotion_policies", "ml.model_approvals", "ml.audit_log")
+def registered_model(conn: Conn, tenant: str) -> None:
+    """A project, a finished run on the training set above with per-step metrics, a registered
+    version of its model (small bytes, their real SHA-256), an alias and a promotion policy, and
+    the tenant owner's approval (approvals are people's: made with the owner's claims). The
+    registry changes are written to ml.audit_log."""
+    conn.execute("select ml.create_project('rls-project', 'classification', 'label')")
+    run = conn.execute(
+        "select ml.start_run(p.id, null, 'logistic_regression', '{}', '{}', d.id, '{\"sklearn\": \"rls\"}')"
+        " from ml.projects p, ml.datasets d where p.tenant_id = %(t)s and p.name = 'rls-project'"
+        " and d.tenant_id = %(t)s and d.name = 'rls_training'", {"t": tenant}).fetchone()
+    assert run is not None
+    conn.execute("select ml.log_run_metrics(%s, 1, '{\"loss\": 0.5}')", (run[0],))
+    conn.execute("select ml.finish_run(%s, 'succeeded', '{\"roc_auc\": 0.9}', 0.1, 3, 0.2)", (run[0],))
+    artifact = f"rls artifact {tenant}".encode()
+    conn.execute("select ml.register_model_version(%s, 'rls-model', %s, 'skops', %s, %s, null)",
+                 (run[0], artifact, hashlib.sha256(artifact).hexdigest(),
+                  Jsonb({"inputs": [{"name": "spend", "dtype": "float"}], "outputs": [{"name": "label", "dtype": "int"}]})))
+    conn.execute("select ml.set_alias('rls-model', 'challenger', 1)")
+    conn.execute("select ml.set_promotion_policy('rls-project', 'champion', '{\"min_approvals\": 1}')")
+    owner = conn.execute("select user_id from ml.tenant_members where tenant_id = %s and role = 'owner' limit 1",
+                         (tenant,)).fetchone()
+    assert owner is not None, "the RLS tests make every tenant with an owner"
+    conn.execute("select set_config('request.jwt.claims', %s, false)",
+                 (json.dumps({"sub": str(owner[0]), "role": "authenticated"}),))
+    try:
+        conn.execute("select ml.approve('rls-model', 1, 'approved', 'rls seed')")
+    finally:
+        conn.execute("select set_config('request.jwt.claims', '', false)")

@@ -185,11 +185,17 @@ $$;
 --   ml.feature_*                    a feature group, one ingestion in quarantine mode
 --   ml.datasets, ml.lineage         a training set over that group
 --   ml.feature_stats                ml.compute_feature_stats of that group
+--   ml.projects, runs, run_metrics, a project, a finished run on that training set with metrics,
+--   models, model_versions,         a registered version (small bytes, their real SHA-256), the
+--   model_aliases,                  alias challenger, a promotion policy, the owner's approval
+--   promotion_policies,             (made with the owner's claims: approvals are people's), and
+--   model_approvals, audit_log      the audit rows of those changes
 --==============================================================================================
 
 do $$
 declare
     v_tenant text;
+    v_run    uuid;
 begin
     foreach v_tenant in array array['A', 'B'] loop
         perform set_config('pgmlops.tenant_id', pgmlops_tests.id(v_tenant), true);
@@ -211,6 +217,26 @@ begin
 
         -- ml.feature_stats
         perform ml.compute_feature_stats('rls_customer');
+
+        -- ml.projects, runs, run_metrics, models, model_versions, model_aliases, promotion_policies,
+        -- model_approvals, audit_log: a run on that training set, its registered model version, an
+        -- alias, a policy, and the owner's approval.
+        perform ml.create_project('rls-project', 'classification', 'label');
+        select ml.start_run(p.id, null, 'logistic_regression', '{}', '{}', d.id, '{"sklearn": "rls"}') into v_run
+        from ml.projects p, ml.datasets d
+        where p.tenant_id = pgmlops_tests.id(v_tenant)::uuid and p.name = 'rls-project'
+          and d.tenant_id = pgmlops_tests.id(v_tenant)::uuid and d.name = 'rls_training';
+        perform ml.log_run_metrics(v_run, 1, '{"loss": 0.5}');
+        perform ml.finish_run(v_run, 'succeeded', '{"roc_auc": 0.9}', 0.1, 3, 0.2);
+        perform ml.register_model_version(v_run, 'rls-model', convert_to('rls artifact ' || v_tenant, 'UTF8'), 'skops',
+                                          encode(sha256(convert_to('rls artifact ' || v_tenant, 'UTF8')), 'hex'),
+                                          '{"inputs": [{"name": "spend", "dtype": "float"}], "outputs": [{"name": "label", "dtype": "int"}]}',
+                                          null);
+        perform ml.set_alias('rls-model', 'challenger', 1);
+        perform ml.set_promotion_policy('rls-project', 'champion', '{"min_approvals": 1}');
+        perform set_config('request.jwt.claims', pgmlops_tests.claims('owner' || v_tenant)::text, true);
+        perform ml.approve('rls-model', 1, 'approved', 'rls seed');
+        perform set_config('request.jwt.claims', '', true);
 
         -- Later tables here.
     end loop;
