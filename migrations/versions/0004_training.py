@@ -1,4 +1,4 @@
-"""Training, tuning, tracking and the model registry: algorithms, projects, runs, models, versions, aliases, approvals, promotion policies, audit log.
+"""Training, tuning and the model registry: algorithms, projects, runs, models, versions, aliases, approvals, policies, audit log.
 
 Revision ID: 0004_training
 Revises: 0003_features
