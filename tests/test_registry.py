@@ -593,3 +593,19 @@ def test_load_model_checks_the_artifact(conn: Conn, tenant: str, project: tuple[
     conn.execute("update ml.model_versions set artifact = artifact || '\\x00'::bytea, artifact_size = artifact_size + 1")
     with pytest.raises(artifacts.ArtifactError):
         registry.load_model(conn, "churn@1")
+
+
+def test_deleting_a_tenant_erases_its_projects_runs_models_and_audit(conn: Conn, tenant: str, project: tuple[str, str]) -> None:
+    run = str(one(conn, "select ml.start_run(%s, null, 'ridge', '{}', '{}', %s, '{}')", *project))
+    conn.execute("select ml.log_run_metrics(%s, 1, '{\"loss\": 1}')", (run,))
+    register(conn, project, run=run)
+    conn.execute("select ml.set_alias('churn', 'challenger', 1)")
+    conn.execute("select ml.set_promotion_policy('churn', 'champion', '{}')")
+    engineer = as_member(conn, tenant, "ml_engineer")
+    with conn.transaction(), as_user(conn, engineer, tenant_id=tenant):
+        conn.execute("select ml.approve('churn', 1, 'approved')")
+    act_for(conn, None)
+    conn.execute("delete from ml.tenants where id = %s", (tenant,))
+    for table in ("projects", "runs", "run_metrics", "models", "model_versions", "model_aliases", "model_approvals",
+                  "promotion_policies", "audit_log"):
+        assert one(conn, f"select count(*) from ml.{table} where tenant_id = %s", tenant) == 0, table
