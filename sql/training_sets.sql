@@ -109,16 +109,19 @@ as $$
     end
 $$;
 
--- ml_private.feature_value_sql(p_dtype text, p_values text, p_key text) returns text
+-- ml_private.feature_value_sql(p_dtype text, p_values text, p_key text, p_stored boolean default false)
+-- returns text
 -- A SQL expression reading key p_key of the jsonb expression p_values as the dtype's column
--- type. A missing key or JSON null gives NULL. Used for stored feature values and for scoring
--- input alike.
-create function ml_private.feature_value_sql(p_dtype text, p_values text, p_key text) returns text
+-- type. A missing key or JSON null gives NULL. Used for stored feature values (p_stored: ints
+-- are stored as integers, so they take the direct cast, a third faster) and for scoring input
+-- (where 3.0 is accepted as an int).
+create function ml_private.feature_value_sql(p_dtype text, p_values text, p_key text, p_stored boolean default false)
+returns text
 language sql immutable
 set search_path = ''
 as $$
     select case p_dtype
-        when 'int' then format('((%s ->> %L)::numeric)::bigint', p_values, p_key)
+        when 'int' then format(case when p_stored then '(%s ->> %L)::bigint' else '((%s ->> %L)::numeric)::bigint' end, p_values, p_key)
         when 'float' then format('(%s ->> %L)::double precision', p_values, p_key)
         when 'bool' then format('(%s ->> %L)::boolean', p_values, p_key)
         when 'timestamp' then format('(%s ->> %L)::timestamptz', p_values, p_key)
@@ -581,8 +584,9 @@ $$;
 -- returns table (relation text, range_start timestamptz, range_end timestamptz)
 -- The tables holding ml.feature_values rows with event times in [p_from, p_to]: the
 -- hypertable's chunks or the native partitions, each with its time range, plus (range NULL) a
--- native DEFAULT partition holding rows of the group. When a chunk in range is compressed, the
--- hypertable itself, range NULL (it decompresses; the chunks could not be read directly).
+-- native DEFAULT partition holding rows of the group. When a chunk in range is compressed, or
+-- two chunks share a time range (space partitioning), the hypertable itself, range NULL (it
+-- decompresses; ordered probing needs chunks that do not overlap in time).
 create function ml_private.feature_value_partitions(p_tenant uuid, p_group uuid, p_from timestamptz, p_to timestamptz)
 returns table (relation text, range_start timestamptz, range_end timestamptz)
 language plpgsql stable
@@ -594,9 +598,14 @@ declare
     v_has   boolean;
 begin
     if (select t.mode from ml_private.time_partitioned_tables t where t.table_name = 'ml.feature_values') = 'hypertable' then
-        execute 'select exists (select 1 from timescaledb_information.chunks c
-                                 where c.hypertable_schema = ''ml'' and c.hypertable_name = ''feature_values''
-                                   and c.range_end > $1 and c.range_start <= $2 and c.is_compressed)'
+        -- Compressed chunks, or chunks sharing a time range (space partitioning): the hypertable.
+        execute 'with c as (select c.range_start, c.range_end, c.is_compressed from timescaledb_information.chunks c
+                            where c.hypertable_schema = ''ml'' and c.hypertable_name = ''feature_values''
+                              and c.range_end > $1 and c.range_start <= $2)
+                 select exists (select 1 from c where c.is_compressed)
+                     or exists (select 1 from c a join c b on a.range_start < b.range_end and b.range_start < a.range_end
+                                where (a.range_start, a.range_end) <> (b.range_start, b.range_end))
+                     or (select count(*) <> count(distinct c.range_start) from c)'
             into v_has using p_from, p_to;
         if v_has then
             return query select 'ml.feature_values'::text, null::timestamptz, null::timestamptz;
@@ -636,15 +645,16 @@ $$;
 --                            p_from timestamptz, p_to timestamptz) returns text
 -- A LATERAL subquery (text) giving `values` of the group's latest row with entity_key = p_key
 -- and p_time - p_ttl <= event_time <= p_time (p_key, p_time: SQL expressions of the outer row),
--- for outer times in [p_from, p_to]: one backward index probe of the unique
+-- for outer times in [p_from, p_to], by backward probes of the unique
 -- (tenant_id, group_id, entity_key, event_time) index.
 -- Why not simply `from ml.feature_values ... order by event_time desc limit 1`: that works, but
 -- TimescaleDB's runtime chunk exclusion (and native partition pruning) runs again for every
--- outer row, and cost five times the probe itself. Here each chunk or partition is probed
--- directly, newest first, in a UNION ALL under LIMIT 1: a chunk starting after the outer time
--- (or ending before its TTL window) is skipped by a one-time filter, and the first chunk with a
--- row has the answer, since chunks do not overlap. Unbounded relations (a DEFAULT partition,
--- or the hypertable when chunks are compressed) are probed too and the latest row wins.
+-- outer row and costs five times the probe itself. Chunks (or partitions) are probed directly
+-- instead: first the one the outer time falls in (a CASE on the time picks it, so one probe
+-- runs), and only when it has no row, the older ones newest first (a UNION ALL under LIMIT 1,
+-- each behind a one-time filter on its range; chunks do not overlap, so the first row found is
+-- the latest). Unbounded relations (a DEFAULT partition, or the hypertable when chunks are
+-- compressed) are probed as well, and the latest row wins.
 create function ml_private.as_of_probe_sql(p_tenant uuid, p_group uuid, p_ttl interval, p_key text, p_time text,
                                            p_from timestamptz, p_to timestamptz)
 returns text
@@ -652,25 +662,38 @@ language plpgsql stable
 set search_path = ''
 as $$
 declare
-    v_cond    text := format('v.tenant_id = %L and v.group_id = %L and v.entity_key = %s and v.event_time <= %s%s',
-                             p_tenant, p_group, p_key, p_time,
-                             case when p_ttl is null then '' else format(' and v.event_time >= %s - %L::interval', p_time, p_ttl) end);
+    v_cond   text := format('v.tenant_id = %L and v.group_id = %L and v.entity_key = %s and v.event_time <= %s%s',
+                            p_tenant, p_group, p_key, p_time,
+                            case when p_ttl is null then '' else format(' and v.event_time >= %s - %L::interval', p_time, p_ttl) end);
+    v_own     text;
+    v_older   text;
     v_ordered text;
     v_others  text;
 begin
-    -- No LIMIT per chunk (the outer one stops the Append at the first row): 20% faster.
-    select string_agg(format('(select v.event_time, v.values from %s v where %s >= %L::timestamptz%s and %s order by v.event_time desc)',
-                             p.relation, p_time, p.range_start,
+    select 'case ' || string_agg(format('when %s >= %L::timestamptz then (select v.values from %s v where %s order by v.event_time desc limit 1)',
+                                        p_time, p.range_start, p.relation, v_cond), ' ' order by p.range_start desc) || ' end',
+           -- No LIMIT per chunk: the outer one stops the Append at the first row.
+           string_agg(format('(select v.values from %s v where %s >= %L::timestamptz%s and %s order by v.event_time desc)',
+                             p.relation, p_time, p.range_end,
                              case when p_ttl is null then '' else format(' and %s - %L::interval < %L::timestamptz', p_time, p_ttl, p.range_end) end,
-                             v_cond), ' union all ' order by p.range_start desc) filter (where p.range_start is not null),
-           string_agg(format('(select v.event_time, v.values from %s v where %s order by v.event_time desc limit 1)', p.relation, v_cond),
-                      ' union all ') filter (where p.range_start is null)
-    into v_ordered, v_others
-    from ml_private.feature_value_partitions(p_tenant, p_group, coalesce(p_from - p_ttl, '-infinity'), p_to) p;
+                             v_cond), ' union all ' order by p.range_start desc),
+           string_agg(format('(select v.event_time, v.values from %s v where %s >= %L::timestamptz and %s order by v.event_time desc)',
+                             p.relation, p_time, p.range_start, v_cond), ' union all ' order by p.range_start desc)
+    into v_own, v_older, v_ordered
+    from ml_private.feature_value_partitions(p_tenant, p_group, coalesce(p_from - p_ttl, '-infinity'), p_to) p
+    where p.range_start is not null;
+    select string_agg(format('(select v.event_time, v.values from %s v where %s order by v.event_time desc limit 1)', p.relation, v_cond),
+                      ' union all ')
+    into v_others
+    from ml_private.feature_value_partitions(p_tenant, p_group, coalesce(p_from - p_ttl, '-infinity'), p_to) p
+    where p.range_start is null;
 
     if v_others is null then
-        return coalesce(format('select x.values from (%s) x limit 1', v_ordered), 'select null::jsonb as values where false');
+        -- OFFSET 0 keeps the subquery whole: flattened, its expression would run once per feature.
+        return coalesce(format('select coalesce(%s, (select x.values from (%s) x limit 1)) as values offset 0', v_own, v_older),
+                        'select null::jsonb as values');
     end if;
+    -- With unbounded relations: the latest of what the ranged chunks (newest first) and they hold.
     return format('select y.values from (%s%s) y order by y.event_time desc limit 1',
                   coalesce(format('(select x.event_time, x.values from (%s) x limit 1) union all ', v_ordered), ''), v_others);
 end
@@ -684,7 +707,7 @@ $$;
 -- returns jsonb
 -- Everything about a training set that needs the owner's rights, checked: the acting tenant
 -- (a writing role), the name, the features (resolved and given output column names) and the
--- transformation specs (normalized). Returns {tenant_id, version, features: [{ref, group_id,
+-- transformation specs (normalized). Returns {tenant_id, features: [{ref, group_id,
 -- group_name, version, feature, dtype, column, sql_type}], groups: [{group_id, name, version,
 -- join_key, ttl, features}], transformations}. A feature is named by itself, or
 -- <group>__<feature> (<group>_v<version>__<feature> between versions of one group) when its
@@ -697,6 +720,7 @@ create function ml_private.training_set_plan(p_name text, p_features text[], p_l
 returns jsonb
 language plpgsql stable security definer
 set search_path = ''
+set intervalstyle = 'postgres'
 as $$
 declare
     v_tenant   uuid;
@@ -761,14 +785,15 @@ $$;
 -- ml_private.materialize_training_set(p_name text, p_spine_text text, p_features text[], p_label text,
 --                                     p_transformations jsonb, p_spine regclass) returns uuid
 -- Builds and registers a training set from p_spine, which must be a temporary table of the
--- calling session (ml.create_training_set fills it as the caller), with columns spine_row
--- bigint (unique: it becomes row_id), one text column per key (each group's join key, or
--- entity_key), event_time timestamptz, the label (a boolean, number, string or date/time type)
--- and the window_aggregate outputs. For each spine row and group it takes the latest
+-- calling session (ml.create_training_set fills it as the caller), with one text column per key
+-- (each group's join key, or entity_key), event_time timestamptz, the label (a boolean, number,
+-- string or date/time type) and the window_aggregate outputs. It numbers the spine rows in
+-- (keys, event_time, label) order (row_id: equal content gives equal datasets, and probing in
+-- key order is twice as fast as in any order), takes for each row and group the latest
 -- feature_values row of the acting tenant with spine time - ttl <= event_time <= spine time (see
 -- ml_private.as_of_probe_sql), freezes the transformation statistics, writes
--- ml_datasets."<name>_<8 hex>" (row_id = spine_row, its primary key), protects it, records
--- lineage and publishes 'dataset.created'. Returns the dataset id.
+-- ml_datasets."<name>_<8 hex>" (primary key row_id), protects it, records lineage and publishes
+-- 'dataset.created'. Returns the dataset id.
 -- Raises 22023 a spine that is not the caller's temp table or has no rows, 22004 a NULL
 -- event_time, 42703 a missing spine column, 42804 a column of the wrong type, and what
 -- ml_private.training_set_plan raises.
@@ -830,9 +855,6 @@ begin
                and a.atttypid >= 16384) then
         raise exception 'spine: only built-in column types are accepted' using errcode = '42804';
     end if;
-    if (v_types ->> 'spine_row') is distinct from 'bigint' then
-        raise exception 'spine: column spine_row bigint is missing' using errcode = '42703';
-    end if;
     if (v_types ->> 'event_time') is distinct from 'timestamp with time zone' then
         raise exception 'spine: column event_time timestamptz is missing' using errcode = '42703';
     end if;
@@ -886,7 +908,7 @@ begin
                                        format('s.%I', v_group ->> 'key_column'), 's.event_time', lower(v_range), upper(v_range)), v_n);
         for v_f in select value from jsonb_array_elements(v_plan -> 'features')
                    where (value ->> 'group_id') = (v_group ->> 'group_id') loop
-            v_select := v_select || format('%s as %I', ml_private.feature_value_sql(v_f ->> 'dtype', format('g%s.values', v_n), v_f ->> 'feature'),
+            v_select := v_select || format('%s as %I', ml_private.feature_value_sql(v_f ->> 'dtype', format('g%s.values', v_n), v_f ->> 'feature', true),
                                            v_f ->> 'column');
         end loop;
     end loop;
@@ -908,7 +930,17 @@ begin
                 'name', v_o ->> 'name', 'type', ml_private.feature_sql_type(v_o ->> 'kind'), 'role', 'aggregate'));
         end loop;
     end loop;
-    v_raw := format('select s.spine_row, %s from %s s%s', array_to_string(v_select, ', '), p_spine, v_joins);
+    -- Keys in C collation: sorting a million keys in a libc locale costs three times as much.
+    v_raw := format('select s.spine_row, %s from (select row_number() over (order by %s) as spine_row, %s from %s s0) s%s',
+                    array_to_string(v_select, ', '),
+                    array_to_string(array(select format('s0.%I%s', c, case when c = any (v_key_cols) then ' collate "C"' else '' end)
+                                          from unnest(v_key_cols || array['event_time']
+                                                      || case when p_label is null then '{}'::text[] else array[p_label] end) c), ', '),
+                    (select string_agg(format('s0.%I', c), ', ') from unnest(v_key_cols || array['event_time']
+                        || case when p_label is null then '{}'::text[] else array[p_label] end
+                        || array(select o ->> 'name' from jsonb_array_elements(v_plan -> 'transformations') t, jsonb_array_elements(t -> 'outputs') o
+                                 where t ->> 'type' = 'window_aggregate')) c),
+                    p_spine, v_joins);
 
     -- Statistics are frozen over the joined rows, so those are staged first when a spec needs them.
     v_needs_raw := exists (select 1 from jsonb_array_elements(v_plan -> 'transformations') t
@@ -958,8 +990,6 @@ begin
                       where c ->> 'role' in ('feature', 'aggregate', 'transformed') and not (c ->> 'name') = any (v_consumed)
                       order by n);
 
-    -- row_id is the spine row's number: spine rows are numbered in (keys, event_time, label)
-    -- order, so equal content gives equal datasets, and are probed in that order (index locality).
     execute format('create table %s as select r.spine_row as row_id, %L::uuid as tenant_id, %s from (%s) r',
                    v_table, v_tenant,
                    (select string_agg(case when c ->> 'role' = 'transformed' then format('%s as %I', v_exprs ->> (c ->> 'name'), c ->> 'name')
@@ -1208,14 +1238,8 @@ begin
         drop table pg_temp._pgmlops_spine;
     end if;
     execute format(
-        'create temp table _pgmlops_spine on commit drop as
-         select (row_number() over (order by %1$s))::bigint as spine_row, %2$s from (select %3$s from pg_temp._pgmlops_spine_source s) x%4$s
-         order by %1$s',
-        -- Keys in C collation: sorting a million keys in a libc locale costs three times as much.
-        array_to_string(array(select format('x.%I%s', c, case when c = any (v_keys) then ' collate "C"' else '' end)
-                              from unnest(v_keys || array['event_time'] || case when label is null then '{}'::text[] else array[label] end) c), ', '),
+        'create temp table _pgmlops_spine on commit drop as select %s from (select %s from pg_temp._pgmlops_spine_source s) x%s',
         array_to_string(v_outer, ', '), array_to_string(v_inner, ', '), v_joins);
-    execute 'analyze pg_temp._pgmlops_spine';
     -- The function owner reads it: a superuser may anyway; another owner (e.g. Supabase's postgres) is granted it.
     select pg_catalog.pg_get_userbyid(p.proowner) into v_owner from pg_catalog.pg_proc p
     where p.oid = 'ml_private.materialize_training_set(text, text, text[], text, jsonb, regclass)'::regprocedure;
@@ -1240,7 +1264,8 @@ $$;
 -- scored with exactly the math it was trained on. `features` is one object or an array of
 -- objects holding raw values by the dataset's column names (features as named in the dataset,
 -- event_time, the spine keys); an object gives an object, an array an array in the same order.
--- Each result holds the dataset's `inputs`, in order. Absent or null values are NULL inputs.
+-- Each result holds the dataset's `inputs`. Absent or null values are NULL inputs; timestamps
+-- without an offset are UTC.
 -- Windowed aggregates: given in the row (all outputs of the spec), or computed from the spec's
 -- source with the caller's rights for the row's key and event_time (now() when absent).
 -- Unknown keys are ignored. Raises 22023 `features` not an object or array of objects, or a
@@ -1250,6 +1275,7 @@ $$;
 create function ml.apply_transformations(dataset uuid, features jsonb) returns jsonb
 language plpgsql stable
 set extra_float_digits = 1
+set timezone = 'UTC'
 as $$
 declare
     v_ds      record;
@@ -1357,7 +1383,7 @@ grant execute on function
     ml_private.materialize_training_set(text, text, text[], text, jsonb, regclass)
 to authenticated, service_role;
 grant execute on function
-    ml_private.feature_value_sql(text, text, text),
+    ml_private.feature_value_sql(text, text, text, boolean),
     ml_private.feature_sql_type(text),
     ml_private.transformation_sql(jsonb, jsonb),
     ml_private.window_aggregate_sql(jsonb, text, text, text, text, text)
