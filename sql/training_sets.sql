@@ -153,10 +153,11 @@ $$;
 
 -- ml_private.dataset_content_hash(p_table regclass, p_columns text[], p_text_columns text[] default '{}')
 -- returns text
--- 'sha256:<hex>' over the rows of p_table in row_id order, each row reduced to the 64-bit
--- hash_record_extended of p_columns (8 bytes a row in memory; hashing values, not their text
--- forms, is three times faster). p_text_columns are hashed as text instead (labels of types
--- without a hash function); settings that change text forms are pinned.
+-- 'sha256:<hex>' of the row count and the exact sum of the 64-bit hash_record_extended of every
+-- (row_id, p_columns...) row: the row_id in each row makes it depend on the order, and a sum
+-- needs neither a sort nor memory (hashing values, not their text forms, is three times
+-- faster; summing instead of chaining halves it again). p_text_columns are hashed as text
+-- (labels of types without a hash function); settings that change text forms are pinned.
 create function ml_private.dataset_content_hash(p_table regclass, p_columns text[], p_text_columns text[] default '{}')
 returns text
 language plpgsql stable
@@ -170,7 +171,7 @@ declare
     v_hash text;
 begin
     execute format(
-        'select ''sha256:'' || encode(sha256(coalesce(string_agg(int8send(hash_record_extended(row(%s), 0)), ''''::bytea order by d.row_id), ''''::bytea)), ''hex'')
+        'select ''sha256:'' || encode(sha256(convert_to(count(*) || '':'' || coalesce(sum(hash_record_extended(row(d.row_id, %s), 0)::numeric), 0), ''UTF8'')), ''hex'')
          from %s d',
         (select string_agg(format(case when c = any (p_text_columns) then 'd.%I::text' else 'd.%I' end, c), ', ' order by n)
          from unnest(p_columns) with ordinality x (c, n)), p_table)
@@ -997,7 +998,6 @@ begin
                     from jsonb_array_elements(v_columns) with ordinality x (c, n)),
                    case when v_needs_raw then 'select * from pg_temp._pgmlops_raw' else v_raw end);
     execute format('alter table %s add primary key (row_id)', v_table);
-    execute format('alter table %s alter column tenant_id set not null', v_table);
     perform ml_private.protect_dataset_table(v_table::regclass);
     if v_needs_raw then
         drop table pg_temp._pgmlops_raw;
