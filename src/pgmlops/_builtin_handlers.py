@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pgmlops import _training_handlers  # noqa: F401  (registers train)
 from pgmlops.handlers import JobContext, PermanentError, handler
 
 
