@@ -198,13 +198,15 @@ $$;
 --   {"type": "cyclical",    "column": t, "period": "hour" | "weekday", "timezone": "UTC"}
 --         t_<period>_sin, t_<period>_cos of 2π·hour/24 (hour 0..23) or 2π·weekday/7 (Monday 0),
 --         for a timestamp feature or event_time, in the given time zone
---   {"type": "window_aggregate", "source": table or query, "key": k, "time": t, "value": v,
+--   {"type": "window_aggregate", "source": table or view, "key": k, "time": t, "value": v,
 --    "aggregates": ["count", "sum", "avg", "min", "max"], "windows": ["1h", "24h", "7d", "30d"],
 --    "spine_key": spine key column, "prefix": p}
 --         p_<aggregate>_<window> over the source's rows with k = the spine key and
 --         spine time - window < t <= spine time. count counts rows (0 when none); sum, avg, min
 --         and max use the non-null v (sum 0, the others NULL when none). The source is read with
---         the caller's rights, at build and at scoring. Naive (timestamp) times are UTC.
+--         the caller's rights, at build and at scoring, and stored schema-qualified. A query is
+--         refused: it would run again with the rights of whoever scores (name a view instead).
+--         Naive (timestamp) times are UTC.
 -- Options for every kind: "output" (single-output kinds) or "prefix" (one_hot, cyclical,
 -- window_aggregate) name the outputs; "keep": true keeps the input column among the model
 -- inputs (by default a transformed column is replaced by its outputs).
@@ -367,7 +369,13 @@ begin
                                            jsonb_build_object('name', v_prefix || '_cos', 'kind', 'float'));
         when 'window_aggregate' then
             if jsonb_typeof(v_spec -> 'source') is distinct from 'string' or btrim(v_spec ->> 'source') = '' then
-                raise exception '%.source: must name the events table or give a query', v_path using errcode = '22023';
+                raise exception '%.source: must name the events table (or a view)', v_path using errcode = '22023';
+            end if;
+            -- A name, not a query: the source runs again whenever anyone scores with the dataset,
+            -- with that caller's rights; a view runs with its owner's, as PostgreSQL intends.
+            if v_spec ->> 'source' ~* '^[[:space:](]*(select|with|values|table)[[:space:](]' then
+                raise exception '%.source: must name a table or view, not give a query (create a view for it)', v_path
+                    using errcode = '22023';
             end if;
             foreach v_key in array array['key', 'time', 'value', 'spine_key'] loop
                 if (v_spec ? v_key or v_key in ('key', 'time'))
@@ -1091,6 +1099,7 @@ declare
     v_type     record;
     v_id       uuid;
     v_owner    text;
+    v_transformations jsonb := case when jsonb_typeof(transformations) = 'array' then transformations end;
 begin
     if name is null or name !~ '^[a-z][a-z0-9_]{0,47}$' then
         raise exception 'name: % must be lowercase letters, digits and _ (1 to 48, starting with a letter)',
@@ -1181,20 +1190,19 @@ begin
         v_i := v_i + 1;
         continue when v_spec ->> 'type' <> 'window_aggregate';
         v_n := v_n + 1;
-        v_src := regexp_replace(v_spec ->> 'source', '[;[:space:]]+$', '');
-        if v_src ~* '^\(*[[:space:]]*(select|with|values|table)[[:space:](]' then
-            v_src := '(' || v_src || ')';
-        else
-            begin
-                v_src := v_src::regclass::text;
-            exception when invalid_name or undefined_table or invalid_schema_name or syntax_error then
-                raise exception 'transformations[%].source: % is neither a readable table name nor a query: %', v_i,
-                    quote_literal(v_spec ->> 'source'), sqlerrm using errcode = '22023';
-            end;
-            if not pg_catalog.has_table_privilege(v_src::regclass, 'SELECT') then
-                raise exception 'transformations[%].source: permission denied for table %', v_i, v_src using errcode = '42501';
-            end if;
+        begin
+            select format('%I.%I', n.nspname, c.relname) into v_src
+            from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+            where c.oid = (v_spec ->> 'source')::regclass;
+        exception when invalid_name or undefined_table or invalid_schema_name or syntax_error then
+            raise exception 'transformations[%].source: % is not a table or view: %', v_i,
+                quote_literal(v_spec ->> 'source'), sqlerrm using errcode = '22023';
+        end;
+        if not pg_catalog.has_table_privilege(v_src::regclass, 'SELECT') then
+            raise exception 'transformations[%].source: permission denied for table %', v_i, v_src using errcode = '42501';
         end if;
+        -- Stored schema-qualified, so scoring reads this relation whatever the scorer's search_path.
+        v_transformations := jsonb_set(v_transformations, array[v_i::text, 'source'], to_jsonb(v_src));
         if to_regclass(format('pg_temp.%I', '_pgmlops_events_' || v_n)) is not null then
             execute format('drop view pg_temp.%I', '_pgmlops_events_' || v_n);
         end if;
@@ -1247,7 +1255,7 @@ begin
         execute format('grant select on pg_temp._pgmlops_spine to %I', v_owner);
     end if;
 
-    v_id := ml_private.materialize_training_set(name, spine, features, label, transformations, 'pg_temp._pgmlops_spine'::regclass);
+    v_id := ml_private.materialize_training_set(name, spine, features, label, v_transformations, 'pg_temp._pgmlops_spine'::regclass);
 
     drop table pg_temp._pgmlops_spine;
     drop view pg_temp._pgmlops_spine_source;
@@ -1316,9 +1324,7 @@ begin
     -- Windowed aggregates: provided, or computed from the source as the caller.
     for v_spec in select value from jsonb_array_elements(v_ds.transformations) where value ->> 'type' = 'window_aggregate' loop
         v_n := v_n + 1;
-        v_src := regexp_replace(v_spec ->> 'source', '[;[:space:]]+$', '');
-        v_src := case when v_src ~* '^\(*[[:space:]]*(select|with|values|table)[[:space:](]' then '(' || v_src || ')'
-                      else v_src::regclass::text end;
+        v_src := (v_spec ->> 'source')::regclass::text;
         -- The (base) types of the source's key and time, from a typed NULL: no row is read.
         execute format(
             'select format_type(coalesce(nullif(kt.typbasetype, 0), kt.oid), null), format_type(coalesce(nullif(tt.typbasetype, 0), tt.oid), null)
