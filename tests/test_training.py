@@ -315,6 +315,15 @@ def test_a_random_split_holds_out_test_size_of_the_rows_reproducibly() -> None:
     assert set(first.test_index).isdisjoint(first.train_index)
 
 
+def test_split_names_the_rows_fit_trains_and_tests_on() -> None:
+    frame = generated(120)
+    frame.loc[[3, 7], "label"] = np.nan
+    train_rows, test_rows = training.split(frame, "classification", "label", {"random_state": 3})
+    result = fit(frame, "classification", "label", "knn", options={"random_state": 3})
+    assert list(train_rows) == list(result.train_index) and list(test_rows) == list(result.test_index)
+    assert {3, 7}.isdisjoint(set(train_rows) | set(test_rows))
+
+
 def test_cross_validation_reports_the_mean_and_std_of_each_metric_over_the_folds() -> None:
     frame = breast_cancer(300)
     result = fit(frame, "classification", "target", "logistic_regression", options={"cv_folds": 3, "random_state": 5})

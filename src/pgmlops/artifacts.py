@@ -139,7 +139,9 @@ def dump(model: Any) -> tuple[bytes, str, str]:
 def _dump_skops(obj: Any) -> bytes:
     import skops.io as sio
 
-    data: bytes = sio.dumps(obj)
+    # Deflated: a skops file is one .npy per array, and numpy headers and tree arrays compress
+    # 5 to 15 times (a 2.7 MB forest becomes 0.37 MB) for a few milliseconds.
+    data: bytes = sio.dumps(obj, compression=zipfile.ZIP_DEFLATED)
     _check_skops(data)
     return data
 
@@ -269,10 +271,10 @@ def referenced_types(data: bytes, format: str = "skops") -> tuple[set[str], set[
         raise ArtifactError(f"unknown artifact format {format!r} (known: {', '.join(FORMATS)})")
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            info = archive.getinfo("schema.json")
-            if info.file_size > _MAX_ENTRY_BYTES:
-                raise ArtifactError("skops artifact: schema.json is too large")
-            schema = json.loads(archive.read(info))
+            oversize = [i.filename for i in archive.infolist() if i.file_size > _MAX_ENTRY_BYTES]
+            if oversize:
+                raise ArtifactError(f"skops artifact: entries too large to unpack: {', '.join(oversize[:5])}")
+            schema = json.loads(archive.read("schema.json"))
     except ArtifactError:
         raise
     except (zipfile.BadZipFile, KeyError, ValueError) as exc:

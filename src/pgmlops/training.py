@@ -43,6 +43,7 @@ __all__ = [
     "create_project",
     "fit",
     "load_dataset",
+    "split",
     "train",
 ]
 
@@ -449,6 +450,67 @@ class _Stepper:
         estimator.set_params(warm_start=False)
 
 
+# -- rows ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    frame: pd.DataFrame  # without the rows whose label is missing
+    y: np.ndarray[Any, Any] | None
+    classes: list[Any] | None
+    dropped: int
+    train_pos: np.ndarray[Any, Any]
+    test_pos: np.ndarray[Any, Any]
+
+
+def _prepare(frame: pd.DataFrame, task: str, target: str | None, opts: Mapping[str, Any],
+             time_column: str | None) -> _Prepared:
+    """Labels checked and converted, rows without one dropped, and the split."""
+    dropped = 0
+    y: np.ndarray[Any, Any] | None = None
+    classes: list[Any] | None = None
+    if task in ("classification", "regression"):
+        if not target:
+            raise TrainingError(f"label: a {task} task needs a label column (target)")
+        if target not in frame.columns:
+            raise TrainingError(f"label: column {target!r} is missing from the data")
+        present = frame[target].notna().to_numpy()
+        dropped = int((~present).sum())
+        frame = frame.loc[present]
+        if len(frame) == 0:
+            raise TrainingError(f"label {target!r}: every row's label is missing")
+        y = _label_values(frame[target], task, target)
+        if task == "classification":
+            classes = [_jsonable(c) for c in np.unique(y)]
+            if len(classes) < 2:
+                raise TrainingError(f"label {target!r}: one class only ({classes[0]!r}): a classifier needs two or more")
+    elif target and target in frame.columns:
+        y = _anomaly_labels(frame[target], target)
+    times = frame[time_column] if time_column and time_column in frame.columns else None
+    train_pos, test_pos = _split(len(frame), opts, y if task == "classification" else None, times)
+    if task == "classification":
+        assert y is not None
+        if len(np.unique(y[train_pos])) < 2:
+            raise TrainingError(f"label {target!r}: the training rows hold one class only")
+    return _Prepared(frame, y, classes, dropped, train_pos, test_pos)
+
+
+def split(dataset_frame: pd.DataFrame, task: str, target: str | None, options: Mapping[str, Any] | None = None, *,
+          event_time: str | None = None) -> tuple[pd.Index, pd.Index]:
+    """The index labels of the training rows and of the test rows :func:`fit` would use with
+    the same arguments (rows without a label are in neither). Tuning trains its trials on the
+    training rows only, so the refit's test rows stay unseen.
+
+    Raises:
+        TrainingError: as :func:`fit` for the label, the options and the split.
+    """
+    opts = _normalize_options(task, options)
+    _, time_column = _resolve_columns(dataset_frame, target, None, event_time)
+    prepared = _prepare(dataset_frame, task, target, opts, time_column)
+    index = prepared.frame.index
+    return index[prepared.train_pos], index[prepared.test_pos]
+
+
 # -- fit -------------------------------------------------------------------------------------------
 
 
@@ -516,36 +578,10 @@ def _fit(dataset_frame: pd.DataFrame, task: str, target: str | None, algorithm: 
         raise TrainingError(f"data: expected a pandas DataFrame, got {type(dataset_frame).__name__}")
     input_names, time_column = _resolve_columns(dataset_frame, target, inputs, event_time)
 
-    # -- labels
-    frame = dataset_frame
-    dropped = 0
-    y_all: np.ndarray[Any, Any] | None = None
-    classes: list[Any] | None = None
-    if task in ("classification", "regression"):
-        if not target:
-            raise TrainingError(f"label: a {task} task needs a label column (target)")
-        if target not in frame.columns:
-            raise TrainingError(f"label: column {target!r} is missing from the data")
-        present = frame[target].notna().to_numpy()
-        dropped = int((~present).sum())
-        frame = frame.loc[present]
-        if len(frame) == 0:
-            raise TrainingError(f"label {target!r}: every row's label is missing")
-        y_all = _label_values(frame[target], task, target)
-        if task == "classification":
-            classes = [_jsonable(c) for c in np.unique(y_all)]
-            if len(classes) < 2:
-                raise TrainingError(f"label {target!r}: one class only ({classes[0]!r}): a classifier needs two or more")
-    elif target and target in frame.columns:
-        y_all = _anomaly_labels(frame[target], target)
-    n = len(frame)
-
-    times = frame[time_column] if time_column and time_column in frame.columns else None
-    train_pos, test_pos = _split(n, opts, y_all if task == "classification" else None, times)
-    if task == "classification":
-        assert y_all is not None
-        if len(np.unique(y_all[train_pos])) < 2:
-            raise TrainingError(f"label {target!r}: the training rows hold one class only")
+    prepared = _prepare(dataset_frame, task, target, opts, time_column)
+    frame, y_all, classes, train_pos, test_pos = (prepared.frame, prepared.y, prepared.classes, prepared.train_pos,
+                                                  prepared.test_pos)
+    dropped = prepared.dropped
 
     columns = [{"name": c, "dtype": _algorithms.input_dtype(frame[c])} for c in input_names]
     X = frame[input_names]
