@@ -698,13 +698,16 @@ begin
     where p.range_start is null;
 
     if v_others is null then
+        if v_own is null then
+            return 'select null::jsonb as values';
+        end if;
         -- OFFSET 0 keeps the subquery whole: flattened, its expression would run once per feature.
-        return coalesce(format('select coalesce(%s, (select x.values from (%s) x limit 1)) as values offset 0', v_own, v_older),
-                        'select null::jsonb as values');
+        return format('select coalesce(%s, (select x.values from (%s) x limit 1)) as values offset 0', v_own, v_older);
     end if;
     -- With unbounded relations: the latest of what the ranged chunks (newest first) and they hold.
     return format('select y.values from (%s%s) y order by y.event_time desc limit 1',
-                  coalesce(format('(select x.event_time, x.values from (%s) x limit 1) union all ', v_ordered), ''), v_others);
+                  case when v_ordered is null then ''
+                       else format('(select x.event_time, x.values from (%s) x limit 1) union all ', v_ordered) end, v_others);
 end
 $$;
 

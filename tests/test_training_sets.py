@@ -100,6 +100,14 @@ def test_the_latest_row_supplies_all_of_its_groups_features_even_null_ones(conn:
     assert [(r["amount"], r["visits"]) for r in rows(conn, dataset)] == [(2.0, None)]
 
 
+def test_a_group_without_any_value_gives_null_features(any_db_url: str) -> None:
+    with psycopg.connect(any_db_url, autocommit=True) as conn:  # a new database: no chunk or partition holds values
+        act_for(conn, make_tenant(conn))
+        customers(conn, ttl="1 day")
+        dataset = build(conn, "ds", spine(conn, ("c1", 1)), ["customers:amount"])
+        assert amounts(conn, dataset) == [("c1", at(1), None)]
+
+
 def test_spine_rows_without_any_value_and_duplicate_rows_are_kept(conn: Conn, tenant: str) -> None:
     customers(conn)
     ingest(conn, "customers", [{"customer_id": "c1", "event_time": at(0), "amount": 1.0}])
