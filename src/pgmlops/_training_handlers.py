@@ -128,8 +128,9 @@ def run_training(conn: Conn, *, project_id: UUID | str, dataset_id: UUID | str, 
         if report is not None:
             report(step, value)
 
-    # Iterative learners report every step anyway; only they (and tuning) pay for step checks.
-    staged = report is not None or (should_stop is not None and spec.iterative)
+    # Torch models call back every epoch anyway, so they check should_stop for free; boosting
+    # with a report is fitted in warm-started chunks, which only pruning is worth.
+    staged = report is not None or (should_stop is not None and spec.stage_param == "epochs")
     try:
         row = conn.execute(
             "select ml.start_run(%s, %s, %s, %s, %s, %s, %s, %s, %s)",

@@ -354,12 +354,12 @@ def _iterations_done(estimator: Any, param: str) -> int:
 class _Stepper:
     """Fits an estimator stage by stage and evaluates it on the held-out rows.
 
-    Torch models call back after each epoch. Boosting is warm-started in at most
-    BOOSTING_CHUNKS fits (each fit has a fixed cost: a warm start per iteration would cost ten
-    times the boosting on small data), and every iteration inside a chunk is evaluated from
-    staged predictions, so report() still sees each one and a pruned trial stops within a
-    chunk's time. Forests grow in FOREST_STAGES when a report is wanted. At most MAX_STEPS
-    steps are evaluated (every ceil(total / MAX_STEPS)-th, and the last).
+    Torch models call back after each epoch. Boosting is evaluated from staged predictions;
+    with a report it is warm-started in at most BOOSTING_CHUNKS fits (each fit has a fixed
+    cost: a warm start per iteration would cost ten times the boosting on small data), so
+    report() still sees every iteration and a pruned trial stops within a chunk's time.
+    Forests grow in FOREST_STAGES when a report is wanted. At most MAX_STEPS steps are
+    evaluated (every ceil(total / MAX_STEPS)-th, and the last).
     """
 
     def __init__(self, task: str, spec: _algorithms.Algorithm, X_test: Any, y_test: np.ndarray[Any, Any] | None,
@@ -412,8 +412,9 @@ class _Stepper:
     def _fit_boosting(self, estimator: Any, X: Any, y: Any, param: str) -> None:
         total = int(getattr(estimator, param))
         every = _every(total)
-        chunk = max(1, math.ceil(total / BOOSTING_CHUNKS))
-        estimator.set_params(warm_start=True)
+        # Without a report nobody can stop the fit early: one fit, then the staged predictions.
+        chunk = max(1, math.ceil(total / BOOSTING_CHUNKS)) if self.report is not None else total
+        estimator.set_params(warm_start=chunk < total)
         done = 0
         target = 0
         while target < total:
