@@ -825,7 +825,6 @@ declare
     v_id         uuid := gen_random_uuid();
     v_table      text := format('%I.%I', 'ml_datasets', p_name || '_' || left(replace(v_id::text, '-', ''), 8));
     v_version    int;
-    v_cols       text[];
     v_types      jsonb;
     v_group      jsonb;
     v_groups     jsonb := '[]';
@@ -860,8 +859,8 @@ begin
             using errcode = '22023', hint = 'Call ml.create_training_set, which makes it.';
     end if;
     -- Only built-in column types: no function of the caller's runs with the owner's rights.
-    select jsonb_object_agg(a.attname, format_type(a.atttypid, a.atttypmod)), array_agg(a.attname::text order by a.attnum)
-    into v_types, v_cols
+    select jsonb_object_agg(a.attname, format_type(a.atttypid, a.atttypmod))
+    into v_types
     from pg_attribute a where a.attrelid = p_spine and a.attnum > 0 and not a.attisdropped;
     if exists (select 1 from pg_attribute a where a.attrelid = p_spine and a.attnum > 0 and not a.attisdropped
                and a.atttypid >= 16384) then

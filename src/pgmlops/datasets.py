@@ -6,7 +6,7 @@ import io
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -60,7 +60,6 @@ class DatasetInfo:
     time_range: tuple[datetime | None, datetime | None] | None
     source_groups: list[dict[str, Any]]
     created_at: datetime
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def create_training_set(conn: Conn, name: str, spine: str | pd.DataFrame, features: Sequence[str], label: str | None = None,
@@ -106,7 +105,8 @@ def create_training_set(conn: Conn, name: str, spine: str | pd.DataFrame, featur
 def training_set(conn: Conn, name: str, spine: str | pd.DataFrame, features: Sequence[str], label: str | None = None,
                  transformations: Sequence[Mapping[str, Any]] | None = None) -> pd.DataFrame:
     """Build a training set (see :func:`create_training_set`) and return its rows as a DataFrame
-    (see :func:`load_dataset`). On a connection outside a transaction the build is committed first."""
+    (see :func:`load_dataset`). The build runs in a transaction block of its own (a savepoint
+    when the connection is already in a transaction)."""
     dataset_id = create_training_set(conn, name, spine, features, label, transformations)
     return load_dataset(conn, dataset_id)
 
