@@ -20,14 +20,17 @@ Conventions (also in docs/training.md):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
 from sklearn import metrics as skm
 
 __all__ = [
+    "ANOMALY_DETECTION",
+    "CLASSIFICATION",
     "HIGHER_IS_BETTER",
+    "REGRESSION",
     "anomaly_metrics",
     "classification_metrics",
     "default_metric",
@@ -63,55 +66,72 @@ def _guard(fn: Any, *args: Any, **kwargs: Any) -> float | None:
         return None
 
 
-def classification_metrics(y_true: Any, y_pred: Any, proba: Any, classes: Sequence[Any]) -> dict[str, float]:
-    """accuracy, precision, recall, f1, roc_auc, pr_auc, log_loss and brier.
+CLASSIFICATION = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "log_loss", "brier")
+REGRESSION = ("mae", "rmse", "r2", "mape")
+ANOMALY_DETECTION = ("roc_auc", "pr_auc", "precision_at_k")
+
+
+def classification_metrics(y_true: Any, y_pred: Any, proba: Any, classes: Sequence[Any],
+                           names: Collection[str] = CLASSIFICATION) -> dict[str, float]:
+    """accuracy, precision, recall, f1, roc_auc, pr_auc, log_loss and brier (or ``names`` of them).
 
     Args:
         y_true: the true labels.
         y_pred: the predicted labels (``predict``).
         proba: class probabilities (``predict_proba``), one column per entry of ``classes``.
         classes: the model's classes, in the order of ``proba``'s columns.
+        names: the metrics wanted (per-step evaluation asks for one).
     """
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
     proba = np.asarray(proba, dtype=np.float64)
     labels = list(classes)
-    out: dict[str, Any] = {"accuracy": skm.accuracy_score(y_true, y_pred)}
-    if len(labels) == 2:
-        positive = labels[1]
-        average: dict[str, Any] = {"average": "binary", "pos_label": positive}
-    else:
-        average = {"average": "macro", "labels": labels}
-    out["precision"] = skm.precision_score(y_true, y_pred, zero_division=0, **average)
-    out["recall"] = skm.recall_score(y_true, y_pred, zero_division=0, **average)
-    out["f1"] = skm.f1_score(y_true, y_pred, zero_division=0, **average)
-    out["log_loss"] = _guard(skm.log_loss, y_true, proba, labels=labels)
-    if len(labels) == 2:
-        is_positive = (y_true == labels[1]).astype(int)
-        out["roc_auc"] = _guard(skm.roc_auc_score, is_positive, proba[:, 1])
-        out["pr_auc"] = _guard(skm.average_precision_score, is_positive, proba[:, 1])
-        out["brier"] = _guard(skm.brier_score_loss, is_positive, proba[:, 1])
-    else:
-        out["roc_auc"] = _guard(skm.roc_auc_score, y_true, proba, multi_class="ovr", average="macro", labels=labels)
-        onehot = np.column_stack([(y_true == c).astype(int) for c in labels])
+    binary = len(labels) == 2
+    average: dict[str, Any] = {"average": "binary", "pos_label": labels[1]} if binary else {"average": "macro", "labels": labels}
+    is_positive = (y_true == labels[1]).astype(int) if binary else None
+    onehot = None if binary else np.column_stack([(y_true == c).astype(int) for c in labels])
+
+    def pr_auc() -> float | None:
+        if binary:
+            return _guard(skm.average_precision_score, is_positive, proba[:, 1])
+        assert onehot is not None
         present = onehot.sum(axis=0) > 0
         # average_precision_score is undefined for a class absent from y_true: macro over the rest.
-        out["pr_auc"] = _guard(skm.average_precision_score, onehot[:, present], proba[:, present], average="macro") \
-            if present.any() else None
-        out["brier"] = float(np.mean([np.mean((proba[:, k] - onehot[:, k]) ** 2) for k in range(len(labels))]))
-    return _finite(out)
+        if not present.any():
+            return None
+        return _guard(skm.average_precision_score, onehot[:, present], proba[:, present], average="macro")
+
+    def brier() -> float | None:
+        if binary:
+            return _guard(skm.brier_score_loss, is_positive, proba[:, 1])
+        assert onehot is not None
+        return float(np.mean([np.mean((proba[:, k] - onehot[:, k]) ** 2) for k in range(len(labels))]))
+
+    compute: dict[str, Callable[[], Any]] = {
+        "accuracy": lambda: skm.accuracy_score(y_true, y_pred),
+        "precision": lambda: skm.precision_score(y_true, y_pred, zero_division=0, **average),
+        "recall": lambda: skm.recall_score(y_true, y_pred, zero_division=0, **average),
+        "f1": lambda: skm.f1_score(y_true, y_pred, zero_division=0, **average),
+        "roc_auc": lambda: _guard(skm.roc_auc_score, is_positive, proba[:, 1]) if binary else
+            _guard(skm.roc_auc_score, y_true, proba, multi_class="ovr", average="macro", labels=labels),
+        "pr_auc": pr_auc,
+        "log_loss": lambda: _guard(skm.log_loss, y_true, proba, labels=labels),
+        "brier": brier,
+    }
+    return _finite({name: compute[name]() for name in CLASSIFICATION if name in names})
 
 
-def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
-    """mae, rmse, r2 and mape (scikit-learn's MAPE: a fraction, not a percentage)."""
+def regression_metrics(y_true: Any, y_pred: Any, names: Collection[str] = REGRESSION) -> dict[str, float]:
+    """mae, rmse, r2 and mape (scikit-learn's MAPE: a fraction, not a percentage), or ``names`` of them."""
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
-    return _finite({
-        "mae": skm.mean_absolute_error(y_true, y_pred),
-        "rmse": skm.root_mean_squared_error(y_true, y_pred),
-        "r2": _guard(skm.r2_score, y_true, y_pred) if len(y_true) >= 2 else None,
-        "mape": skm.mean_absolute_percentage_error(y_true, y_pred),
-    })
+    compute: dict[str, Callable[[], Any]] = {
+        "mae": lambda: skm.mean_absolute_error(y_true, y_pred),
+        "rmse": lambda: skm.root_mean_squared_error(y_true, y_pred),
+        "r2": lambda: _guard(skm.r2_score, y_true, y_pred) if len(y_true) >= 2 else None,
+        "mape": lambda: skm.mean_absolute_percentage_error(y_true, y_pred),
+    }
+    return _finite({name: compute[name]() for name in REGRESSION if name in names})
 
 
 def precision_at_k(is_anomaly: Any, scores: Any, k: int) -> float:
@@ -123,18 +143,20 @@ def precision_at_k(is_anomaly: Any, scores: Any, k: int) -> float:
     return float(is_anomaly[top].mean())
 
 
-def anomaly_metrics(is_anomaly: Any, scores: Any, k: int | None = None) -> dict[str, float]:
-    """roc_auc, pr_auc and precision_at_k of anomaly ``scores`` against labels (1 = anomaly).
-
-    ``k`` defaults to the number of true anomalies. Nothing is returned without both classes.
+def anomaly_metrics(is_anomaly: Any, scores: Any, k: int | None = None,
+                    names: Collection[str] = ANOMALY_DETECTION) -> dict[str, float]:
+    """roc_auc, pr_auc and precision_at_k (or ``names`` of them) of anomaly ``scores`` against
+    labels (1 = anomaly). ``k`` defaults to the number of true anomalies. Nothing is returned
+    without both classes.
     """
     is_anomaly = np.asarray(is_anomaly).astype(int)
     scores = np.asarray(scores, dtype=np.float64)
     anomalies = int(is_anomaly.sum())
     if anomalies == 0 or anomalies == len(is_anomaly):
         return {}
-    return _finite({
-        "roc_auc": _guard(skm.roc_auc_score, is_anomaly, scores),
-        "pr_auc": _guard(skm.average_precision_score, is_anomaly, scores),
-        "precision_at_k": precision_at_k(is_anomaly, scores, k or anomalies),
-    })
+    compute: dict[str, Callable[[], Any]] = {
+        "roc_auc": lambda: _guard(skm.roc_auc_score, is_anomaly, scores),
+        "pr_auc": lambda: _guard(skm.average_precision_score, is_anomaly, scores),
+        "precision_at_k": lambda: precision_at_k(is_anomaly, scores, k or anomalies),
+    }
+    return _finite({name: compute[name]() for name in ANOMALY_DETECTION if name in names})
