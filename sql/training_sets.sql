@@ -1043,8 +1043,9 @@ $$;
 -- ml.create_training_set(name text, spine text, features text[], label text default null,
 --                        transformations jsonb default '[]') returns uuid
 -- Builds a point-in-time correct training set (see the header) and returns its id in
--- ml.datasets; the rows are in its table_name, ordered by row_id. Building the same name again
--- makes a new version.
+-- ml.datasets; the rows are in its table_name, row_id numbering them in (keys, event_time,
+-- label) order (so equal content gives an equal table and content hash). Building the same
+-- name again makes a new version. Runs with work_mem 256MB (one sort of the spine).
 --   name      lowercase letters, digits and _ (1 to 48, starting with a letter)
 --   spine     a table or view name (resolved with the caller's search_path) or a query (SELECT,
 --             WITH, VALUES or TABLE), run with the caller's rights. Its columns:
