@@ -126,3 +126,13 @@ def registered_model(conn: Conn, tenant: str) -> None:
         conn.execute("select ml.approve('rls-model', 1, 'approved', 'rls seed')")
     finally:
         conn.execute("select set_config('request.jwt.claims', '', false)")
+
+
+@seeds("ml.tuning_studies")
+def tuning_study(conn: Conn, tenant: str) -> None:
+    """A one-trial study of an anomaly-detection project (no target, so the unlabelled training
+    set above will do); its jobs join ml.jobs."""
+    conn.execute("select ml.create_project('rls-anomalies', 'anomaly_detection', null)")
+    conn.execute("select ml.tune('rls-anomalies', d.id, 'isolation_forest', %s, 1) from ml.datasets d"
+                 " where d.tenant_id = %s and d.name = 'rls_training'",
+                 (Jsonb({"n_estimators": {"type": "int", "low": 10, "high": 50}}), tenant))

@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pgmlops import _training_handlers  # noqa: F401  (registers train)
+from pgmlops import (
+    _training_handlers,  # noqa: F401  (registers train)
+    _tuning_handlers,  # noqa: F401  (registers tune_trial and tune)
+)
 from pgmlops.handlers import JobContext, PermanentError, handler
 
 
