@@ -117,11 +117,13 @@ def test_db_url_fails_when_the_embedded_server_is_not_running(tmp_path: Any) -> 
 
 
 def test_the_readme_main_command_runs_on_the_embedded_default(embedded_env: dict[str, str]) -> None:
-    run = pgmlops("demo", "--jobs", "60", "--workers", "2", env=embedded_env, timeout=300)
+    run = pgmlops("demo", "--trials", "6", "--workers", "2", env=embedded_env, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "jobs succeeded" in run.stdout and "59" in run.stdout
-    assert "jobs failed" in run.stdout
     assert "partitioning=native" in run.stdout and "timescaledb=False" in run.stdout
+    assert "569 rows validated and ingested" in run.stdout
+    assert "training set diagnosis v1: 569 rows" in run.stdout
+    assert "leaderboard" in run.stdout and "registered model diagnosis version 1" in run.stdout
+    assert "6 trials on 2 workers" in run.stdout
 
 
 def test_features_create_ingest_list_and_show(fresh_db_url: str, tmp_path: Any) -> None:

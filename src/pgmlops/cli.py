@@ -582,13 +582,14 @@ def events(
 
 @app.command()
 def demo(
-    jobs: Annotated[int, typer.Option(min=1, max=100000, help="Echo jobs to run.")] = 200,
+    trials: Annotated[int, typer.Option(min=2, max=200, help="Tuning trials.")] = 12,
     workers: Annotated[int, typer.Option(min=1, max=16, help="Worker processes.")] = 2,
 ) -> None:
-    """Run the whole loop on the embedded default (or DATABASE_URL) and print a summary."""
+    """Run the whole loop on the embedded default (or DATABASE_URL): features, a point-in-time
+    training set, tuning on worker processes, a registered model version."""
     from pgmlops.demo import run_demo
 
-    run_demo(state.url, jobs=jobs, workers=workers, console=console)
+    run_demo(state.url, trials=trials, workers=workers, console=console)
 
 
 @app.command()
