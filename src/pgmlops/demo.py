@@ -96,7 +96,7 @@ def run_demo(url: str | None = None, *, trials: int = 12, workers: int = 2,
                                                   [f"tumor:{c}" for c in _feature_columns(measurements)], label="malignant")
         info = datasets.dataset_info(conn, dataset_id)
         console.print(f"[green]✓[/green] training set {info.name} v{info.version}: {info.row_count} rows, point in time "
-                      f"(content hash {info.content_hash.split(":")[-1][:12]})")
+                      f"(content hash {info.content_hash.split(':')[-1][:12]})")
 
         conn.execute("select ml.create_project('diagnosis', 'classification', 'malignant', 'Is the tumor malignant?')")
         row = conn.execute("select ml.tune('diagnosis', %s, %s, %s, %s, %s)",
