@@ -293,6 +293,34 @@ def test_cancelling_the_tune_job_cancels_the_slots_and_fails_the_study(studio: t
     assert tuning.study_progress(conn, study)["status"] == "failed"
 
 
+def test_a_retried_slot_takes_over_the_trial_its_last_attempt_finished(studio: tuple[str, Conn, str, str]) -> None:
+    """A worker that told Optuna its trial's result but died before its job committed: the
+    slot's retry records that trial and settles the slot with it, running no second trial."""
+    from pgmlops import _tuning_handlers
+    from pgmlops.handlers import JobContext
+
+    _, conn, _, dataset = studio
+    job = tune(conn, dataset, n_trials=1, options={"pruner": "none"})
+    study = str(tuning.study_id_of(conn, job))
+    (first_attempt,) = queue.claim(conn, "w1", ["tune_trial"])
+    with conn.transaction(force_rollback=True):  # the attempt's own writes never commit
+        first = _tuning_handlers.tune_trial(JobContext(job=first_attempt, conn=conn, worker_id="w1"))
+    assert first["state"] == "complete" and states(conn, study) == {"COMPLETE": 1}
+    conn.execute("update ml.jobs set lease_expires_at = now() - interval '1 second' where id = %s", (first_attempt.id,))
+
+    (retry,) = queue.claim(conn, "w2", ["tune_trial"])
+    assert (retry.id, retry.attempts) == (first_attempt.id, 2)
+    with conn.transaction():
+        second = _tuning_handlers.tune_trial(JobContext(job=retry, conn=conn, worker_id="w2"))
+        queue.complete(conn, retry.id, "w2", second)
+    assert (second["trial"], second["state"], second["value"]) == (first["trial"], "complete", first["value"])
+    assert states(conn, study) == {"COMPLETE": 1}
+    assert conn.execute("select trial_number, status from ml.runs where study_id = %s", (study,)).fetchall() == [
+        (first["trial"], "succeeded")]
+    assert one(conn, "select status from ml.tuning_studies where id = %s", study) == "refitting"
+    assert one(conn, "select run_after <= now() from ml.jobs where id = %s", job)
+
+
 # -- studies run by worker processes -----------------------------------------------------------
 
 
