@@ -321,6 +321,29 @@ def test_a_retried_slot_takes_over_the_trial_its_last_attempt_finished(studio: t
     assert one(conn, "select run_after <= now() from ml.jobs where id = %s", job)
 
 
+@pytest.mark.parametrize("space, options", [
+    (SPACE, {"sampler": "random", "pruner": "none"}),
+    # A single-valued distribution never reaches the sampler; "l2" sorts first in jsonb's key order.
+    ({"l2_regularization": {"type": "categorical", "choices": [0.5]}, **SPACE}, {"pruner": "none"}),
+], ids=["random sampler", "single-valued parameter first"])
+def test_a_slot_completes_whatever_sampler_draws_its_parameters(studio: tuple[str, Conn, str, str], space: Any,
+                                                                 options: Any) -> None:
+    from pgmlops import _tuning_handlers
+    from pgmlops.handlers import JobContext
+
+    _, conn, _, dataset = studio
+    job = tune(conn, dataset, space, n_trials=1, options=options)
+    study = str(tuning.study_id_of(conn, job))
+    (slot,) = queue.claim(conn, "w1", ["tune_trial"])
+    with conn.transaction():
+        out = _tuning_handlers.tune_trial(JobContext(job=slot, conn=conn, worker_id="w1"))
+        queue.complete(conn, slot.id, "w1", out)
+    assert out["state"] == "complete", out
+    assert states(conn, study) == {"COMPLETE": 1}
+    (trial,) = tuning.trials(conn, study)
+    assert set(trial["params"]) == set(space)
+
+
 # -- studies run by worker processes -----------------------------------------------------------
 
 

@@ -179,15 +179,21 @@ def _new_trial(storage: Any, row: dict[str, Any], job_id: int, attempt: int) -> 
     would leave a moment in which a dying worker leaves an untagged, never-failed trial), in a
     study object whose sampler is seeded by random_state and the trial's number: workers that
     start together must not all draw the same first configuration."""
-    study_id = storage.get_study_id_from_name(tuning.study_name(row["id"]))
     template = FrozenTrial(number=0, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
                            datetime_complete=None, params={}, distributions={},
                            user_attrs={"job_id": job_id, "attempt": attempt}, system_attrs={},
                            intermediate_values={}, trial_id=0)
-    trial_id = storage.create_new_trial(study_id, template_trial=template)
+    # The seed depends on the trial's number, known only once the trial exists; the study object
+    # is made with a provisional seed, and its sampler reseeded below.
+    study = _optuna_study(storage, row, 0)
+    # Through the study's own (cached) storage: a trial created behind the cache's back is unknown
+    # to it until a sampler happens to list the trials, and set_trial_param then fails (random
+    # sampler, single-valued distributions).
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
     number = storage.get_trial_number_from_id(trial_id)
     seed = (int(row["options"].get("random_state", 42)) + number) % 2**32
-    return optuna.Trial(_optuna_study(storage, row, seed), trial_id)
+    study.sampler = _sampler(row["options"], seed)
+    return optuna.Trial(study, trial_id)
 
 
 # -- data -----------------------------------------------------------------------------------------
