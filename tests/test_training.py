@@ -375,7 +375,7 @@ def test_a_report_that_raises_stops_the_fit_there() -> None:
             raise Pruned
 
     with pytest.raises(Pruned):
-        fit(breast_cancer(200), "classification", "target", "mlp", {"epochs": 50, "hidden_sizes": [8]}, report=report)
+        fit(breast_cancer(200), "classification", "target", "mlp", {"epochs": 20, "hidden_sizes": [8]}, report=report)
     assert seen == [1, 2, 3]
 
 

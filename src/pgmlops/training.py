@@ -59,7 +59,7 @@ ALGORITHMS: dict[str, tuple[str, ...]] = {name: spec.tasks for name, spec in _al
 # At most this many evaluated steps per fit: a step every ceil(total / MAX_STEPS) iterations
 # or epochs, and always the last. Evaluating after every one of 1000 boosting iterations would
 # cost more than the boosting.
-MAX_STEPS = 50
+MAX_STEPS = 25
 # Boosting is warm-started in at most this many fits; forests, which are not iterative
 # learners, grow in this many stages when a report callback is given.
 BOOSTING_CHUNKS = 10
@@ -332,7 +332,9 @@ def _staged_outputs(task: str, estimator: Any, X: Any, classes: Sequence[Any] | 
         assert classes is not None
         own = list(estimator.classes_)
         columns = [own.index(c) if c in own else None for c in classes]
-        for labels, proba in zip(estimator.staged_predict(X), estimator.staged_predict_proba(X), strict=True):
+        # Labels from the probabilities (what predict does), not a second staged pass over X.
+        for proba in estimator.staged_predict_proba(X):
+            labels = np.asarray(own)[np.argmax(proba, axis=1)]
             if own != list(classes):
                 proba = np.column_stack([proba[:, j] if j is not None else np.zeros(len(proba)) for j in columns])
             yield labels, proba
