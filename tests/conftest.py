@@ -112,7 +112,7 @@ def server() -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def embedded_server() -> Iterator[Server]:
     """The embedded PostgreSQL 18 in a private data directory, with a migrated template."""
-    from pgmlops import _embedded
+    from pgmlops import embedded as _embedded
 
     saved = {k: os.environ.get(k) for k in ("PGMLOPS_HOME", "PGMLOPS_EMBEDDED_PORT")}
     os.environ["PGMLOPS_HOME"] = EMBEDDED_HOME

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pgmlops.handlers import JobContext, handler
+from pgmlops.jobs.handlers import JobContext, handler
 
 SETUP_SQL = """
 create table if not exists public.test_effects (

@@ -8,7 +8,8 @@ import os
 import time
 from typing import Any
 
-from pgmlops import _tuning_handlers, training
+from pgmlops import training
+from pgmlops.tuning import _handlers as _tuning_handlers
 
 SLOW_TRIAL_SECONDS = float(os.environ.get("PGMLOPS_TEST_SLOW_TRIAL_SECONDS", "2"))
 

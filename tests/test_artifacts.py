@@ -20,8 +20,10 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from pgmlops import _algorithms, artifacts, training
-from pgmlops.artifacts import ArtifactError
+from pgmlops import training
+from pgmlops.models import artifacts
+from pgmlops.models.artifacts import ArtifactError
+from pgmlops.training import _algorithms
 
 SMALL = {
     "random_forest": {"n_estimators": 5}, "extra_trees": {"n_estimators": 5}, "gradient_boosting": {"n_estimators": 5},

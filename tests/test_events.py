@@ -8,7 +8,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgmlops import events, queue
+from pgmlops import events
+from pgmlops.jobs import queue
 
 from .conftest import act_for, make_tenant
 

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from pgmlops import _feature_stats as feature_stats
 from pgmlops.errors import AccessDenied, InvalidInput, NotFound
+from pgmlops.features import _stats as feature_stats
 from pgmlops.tenants import as_user
 
 from .conftest import act_for, make_tenant

@@ -9,8 +9,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgmlops import queue
 from pgmlops.errors import InvalidInput, LeaseLost, NotFound
+from pgmlops.jobs import queue
 
 from .conftest import act_for, make_tenant
 

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from pgmlops import registry
+from pgmlops import models as registry
 from pgmlops.errors import AccessDenied, InvalidState, NotFound
 from pgmlops.tenants import as_user
 
@@ -578,7 +578,7 @@ def test_the_python_registry_api(conn: Conn, tenant: str, project: tuple[str, st
 
 
 def test_load_model_checks_the_artifact(conn: Conn, tenant: str, project: tuple[str, str]) -> None:
-    artifacts = pytest.importorskip("pgmlops.artifacts")
+    from pgmlops.models import artifacts
     from sklearn.linear_model import LogisticRegression
 
     fitted = LogisticRegression().fit([[0.0], [1.0], [2.0], [3.0]], [0, 0, 1, 1])

@@ -18,9 +18,11 @@ from sklearn.base import clone
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine, make_classification
 from sklearn.model_selection import StratifiedKFold
 
-from pgmlops import artifacts, datasets, features, training
+from pgmlops import features, training
+from pgmlops import features as datasets
+from pgmlops.jobs.worker import Worker
+from pgmlops.models import artifacts
 from pgmlops.training import TrainingError, fit
-from pgmlops.worker import Worker
 
 from .conftest import act_for, make_tenant
 

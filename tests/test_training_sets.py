@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from pgmlops import datasets
+from pgmlops import features as datasets
 from pgmlops.errors import AccessDenied, InvalidInput, NotFound
 from pgmlops.tenants import as_user
 

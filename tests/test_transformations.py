@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pgmlops import datasets
+from pgmlops import features as datasets
 from pgmlops.tenants import as_user
 
 from .conftest import act_for

@@ -23,8 +23,9 @@ from optuna.trial import FrozenTrial, TrialState
 from psycopg.types.json import Jsonb
 from sklearn.datasets import make_classification
 
-from pgmlops import queue, tuning
-from pgmlops.worker import WorkerPool
+from pgmlops import tuning
+from pgmlops.jobs import queue
+from pgmlops.jobs.worker import WorkerPool
 
 from .conftest import act_for, make_tenant
 
@@ -296,8 +297,8 @@ def test_cancelling_the_tune_job_cancels_the_slots_and_fails_the_study(studio: t
 def test_a_retried_slot_takes_over_the_trial_its_last_attempt_finished(studio: tuple[str, Conn, str, str]) -> None:
     """A worker that told Optuna its trial's result but died before its job committed: the
     slot's retry records that trial and settles the slot with it, running no second trial."""
-    from pgmlops import _tuning_handlers
-    from pgmlops.handlers import JobContext
+    from pgmlops.jobs.handlers import JobContext
+    from pgmlops.tuning import _handlers as _tuning_handlers
 
     _, conn, _, dataset = studio
     job = tune(conn, dataset, n_trials=1, options={"pruner": "none"})
@@ -328,8 +329,8 @@ def test_a_retried_slot_takes_over_the_trial_its_last_attempt_finished(studio: t
 ], ids=["random sampler", "single-valued parameter first"])
 def test_a_slot_completes_whatever_sampler_draws_its_parameters(studio: tuple[str, Conn, str, str], space: Any,
                                                                  options: Any) -> None:
-    from pgmlops import _tuning_handlers
-    from pgmlops.handlers import JobContext
+    from pgmlops.jobs.handlers import JobContext
+    from pgmlops.tuning import _handlers as _tuning_handlers
 
     _, conn, _, dataset = studio
     job = tune(conn, dataset, space, n_trials=1, options=options)

@@ -12,9 +12,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgmlops import queue
 from pgmlops.errors import LeaseLost
-from pgmlops.worker import WorkerPool
+from pgmlops.jobs import queue
+from pgmlops.jobs.worker import WorkerPool
 
 from .conftest import act_for, make_tenant
 from .handlers_for_tests import SETUP_SQL

@@ -7,7 +7,7 @@ Create Date: 2026-11-23
 
 from __future__ import annotations
 
-from pgmlops._migration_ops import run_sql, run_sql_file
+from pgmlops.migrations.ops import run_sql, run_sql_file
 
 revision = "0001_foundation"
 down_revision = None

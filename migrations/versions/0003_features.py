@@ -7,7 +7,7 @@ Create Date: 2026-11-23
 
 from __future__ import annotations
 
-from pgmlops._migration_ops import drop_tracked, run_sql, run_sql_files_tracked
+from pgmlops.migrations.ops import drop_tracked, run_sql, run_sql_files_tracked
 
 revision = "0003_features"
 down_revision = "0002_queue"

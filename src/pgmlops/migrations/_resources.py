@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
 def _locate(name: str) -> Path:
     """Return the directory ``name`` (``sql`` or ``migrations``).
 
-    A wheel carries both inside the package; an editable install or a checkout has them at the
-    repository root, two levels above ``src/pgmlops``.
+    A wheel carries both inside the package as ``_sql`` and ``_alembic`` (``migrations`` is the
+    Python package); an editable install or a checkout has them at the repository root, two
+    levels above ``src/pgmlops``.
     """
-    for candidate in (_PACKAGE_DIR / name, _PACKAGE_DIR.parent.parent / name):
+    packaged = {"sql": "_sql", "migrations": "_alembic"}[name]
+    for candidate in (_PACKAGE_DIR / packaged, _PACKAGE_DIR.parent.parent / name):
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"pgmlops cannot find its {name}/ directory next to {_PACKAGE_DIR}")

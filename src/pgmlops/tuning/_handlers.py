@@ -18,7 +18,7 @@ Optuna writes through its own connections, so a trial is told before the job com
 makes that safe: whatever attempt runs next sees what the last one told.
 
 The ``tune`` handler refits the best configuration on the whole training split through the
-train path (``_training_handlers.run_training``: test metrics on the held-out rows no trial was
+train path (``training.run_training``: test metrics on the held-out rows no trial was
 chosen by), registers it as a model version tagged ``{study_id, trial}``, and ends the study.
 """
 
@@ -39,8 +39,9 @@ from optuna.trial import FrozenTrial, TrialState
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from pgmlops import _training_handlers, training, tuning
-from pgmlops.handlers import JobContext, PermanentError, handler
+from pgmlops import training
+from pgmlops.jobs.handlers import JobContext, PermanentError
+from pgmlops.tuning import _studies
 
 log = logging.getLogger("pgmlops.tuning")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -96,10 +97,10 @@ def _optuna_study(storage: Any, row: dict[str, Any], seed: int, *, create: bool 
             return _optuna_study(storage, row, seed)
         except KeyError:  # not created yet: this slot is the first
             pass
-        return optuna.create_study(study_name=tuning.study_name(row["id"]), storage=storage, direction=row["direction"],
+        return optuna.create_study(study_name=_studies.study_name(row["id"]), storage=storage, direction=row["direction"],
                                    sampler=_sampler(row["options"], seed), pruner=_pruner(row["options"]),
                                    load_if_exists=True)
-    return optuna.load_study(study_name=tuning.study_name(row["id"]), storage=storage,
+    return optuna.load_study(study_name=_studies.study_name(row["id"]), storage=storage,
                              sampler=_sampler(row["options"], seed), pruner=_pruner(row["options"]))
 
 
@@ -110,7 +111,7 @@ def _slot_trials(conn: Conn, row: dict[str, Any], job_id: int) -> list[tuple[int
         "join optuna.studies s on s.study_id = t.study_id "
         "join optuna.trial_user_attributes a on a.trial_id = t.trial_id and a.key = 'job_id' "
         "where s.study_name = %s and a.value_json = %s order by t.number",
-        (tuning.study_name(row["id"]), json.dumps(job_id))).fetchall()]
+        (_studies.study_name(row["id"]), json.dumps(job_id))).fetchall()]
 
 
 # -- runs ---------------------------------------------------------------------------------------
@@ -212,7 +213,6 @@ def _training_rows(frame: pd.DataFrame, row: dict[str, Any]) -> pd.DataFrame:
 # -- the trial slot --------------------------------------------------------------------------------
 
 
-@handler("tune_trial")
 def tune_trial(ctx: JobContext) -> dict[str, Any]:
     """Run one trial slot of a study (see the module docstring); returns {study_id, trial,
     state, value, run_id, settled, n_trials}."""
@@ -220,9 +220,9 @@ def tune_trial(ctx: JobContext) -> dict[str, Any]:
     row = _study_row(ctx.conn, study_id)
     if row["status"] != "running":
         return {"study_id": study_id, "skipped": f"study is {row['status']}"}
-    storage = tuning.optuna_storage(ctx.conn)
+    storage = _studies.optuna_storage(ctx.conn)
     _optuna_study(storage, row, 0, create=True)
-    library_versions = training._library_versions(row["library"])
+    library_versions = training.library_versions(row["library"])
     job_id = ctx.job.id
 
     # 1. What earlier attempts of this slot left behind.
@@ -244,9 +244,9 @@ def tune_trial(ctx: JobContext) -> dict[str, Any]:
             return _settle(ctx, row, state.lower(), trial.number, trial.value, run_id)
 
     # 2. New trials, until one completes or is pruned.
-    project = _training_handlers.load_project(ctx.conn, row["project_id"])
+    project = training.load_project(ctx.conn, row["project_id"])
     try:
-        frame = _training_rows(_training_handlers.load_training_frame(ctx.conn, project, row["dataset_id"]), row)
+        frame = _training_rows(training.load_training_frame(ctx.conn, project, row["dataset_id"]), row)
     except training.TrainingError as exc:  # the data, not a configuration: no trial can help
         raise PermanentError(f"tuning study {study_id}: {exc}") from exc
     errors: list[str] = []
@@ -306,7 +306,7 @@ def _run_trial(ctx: JobContext, storage: Any, row: dict[str, Any], frame: pd.Dat
         log.info("study %s: trial %s failed: %s", row["id"], trial.number, error)
         return None
 
-    recorded = _training_handlers.record_fit(ctx.conn, run_id, result, model=None)
+    recorded = training.record_fit(ctx.conn, run_id, result, model=None)
     trial.set_user_attr("metrics", recorded["metrics"])
     trial.study.tell(trial, value)
     return _settle(ctx, row, "complete", trial.number, value, run_id)
@@ -325,7 +325,6 @@ def _settle(ctx: JobContext, row: dict[str, Any], state: str, number: int | None
 # -- the refit ------------------------------------------------------------------------------------
 
 
-@handler("tune")
 def tune(ctx: JobContext) -> dict[str, Any]:
     """Refit the study's best configuration on its whole training split and register it;
     returns {study_id, best_trial, best_value, best_params, run_id, model_version_id, model,
@@ -334,7 +333,7 @@ def tune(ctx: JobContext) -> dict[str, Any]:
     row = _study_row(ctx.conn, study_id)
     if row["status"] in ("succeeded", "failed"):
         raise PermanentError(f"tuning study {study_id} has already {row['status']}")
-    storage = tuning.optuna_storage(ctx.conn)
+    storage = _studies.optuna_storage(ctx.conn)
     study = _optuna_study(storage, row, 0, create=True)
     # Every slot has settled, so a trial still RUNNING belongs to a worker that died on its
     # slot's last attempt: fail it, so the study reads as it ended.
@@ -356,7 +355,7 @@ def tune(ctx: JobContext) -> dict[str, Any]:
 
     options = dict(row["options"])
     options["tags"] = {**(options.get("tags") or {}), "study_id": study_id, "trial": best.number}
-    refit = _training_handlers.run_training(
+    refit = training.run_training(
         ctx.conn, project_id=row["project_id"], dataset_id=row["dataset_id"], algorithm=row["algorithm"],
         hyperparams=hyperparams, options=options, job_id=ctx.job.id, study_id=study_id, should_stop=ctx.lost.is_set)
     best_run = ctx.conn.execute(

@@ -19,12 +19,12 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from pgmlops.errors import InvalidInput, NotFound, translate
-from pgmlops.handlers import JobContext, PermanentError, handler
+from pgmlops.jobs.handlers import JobContext, PermanentError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pgmlops.training import FitResult, Report
+    from pgmlops.training._training import FitResult, Report
 
 __all__ = ["JobLost", "Project", "load_project", "load_training_frame", "record_fit", "run_training", "train"]
 
@@ -56,9 +56,9 @@ def load_project(conn: Conn, project_id: UUID | str) -> Project:
 
 
 def load_training_frame(conn: Conn, project: Project, dataset_id: UUID | str) -> pd.DataFrame:
-    """The training set's rows (see :func:`pgmlops.datasets.load_dataset`), checked to carry the
+    """The training set's rows (see :func:`pgmlops.features.load_dataset`), checked to carry the
     project's target. Raises PermanentError for an unknown dataset or a missing label column."""
-    from pgmlops import datasets
+    from pgmlops import features as datasets
 
     try:
         frame = datasets.load_dataset(conn, UUID(str(dataset_id)))
@@ -114,7 +114,8 @@ def run_training(conn: Conn, *, project_id: UUID | str, dataset_id: UUID | str, 
         PermanentError: unknown project or dataset, data or settings that cannot be trained on,
             SQL refusing the input (SQLSTATE 22xxx, P0002).
     """
-    from pgmlops import _algorithms, training
+    from pgmlops.training import _algorithms
+    from pgmlops.training import _training as training
 
     project = load_project(conn, project_id)
     frame = load_training_frame(conn, project, dataset_id)
@@ -135,7 +136,7 @@ def run_training(conn: Conn, *, project_id: UUID | str, dataset_id: UUID | str, 
         row = conn.execute(
             "select ml.start_run(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (str(project.id), job_id, algorithm, Jsonb(dict(hyperparams)), Jsonb(dict(options)), str(dataset_id),
-             Jsonb(training._library_versions(spec.library)), None if study_id is None else str(study_id), trial_number),
+             Jsonb(training.library_versions(spec.library)), None if study_id is None else str(study_id), trial_number),
         ).fetchone()
         assert row is not None
         run_id = row[0]
@@ -155,7 +156,6 @@ def run_training(conn: Conn, *, project_id: UUID | str, dataset_id: UUID | str, 
     return out
 
 
-@handler("train")
 def train(ctx: JobContext) -> dict[str, Any]:
     """Payload ``{project_id, dataset_id, algorithm, hyperparams, options}`` (from ``ml.train``);
     result ``{run_id, model_version_id, model, version, metrics, n_train, n_test, dropped_rows}``."""

@@ -1,11 +1,11 @@
 """Training: projects and train jobs in SQL, and :func:`fit`, the pure fit-and-evaluate step.
 
 ``fit`` needs no database: it takes a DataFrame (a training set as
-:func:`pgmlops.datasets.load_dataset` returns it, or any frame), splits it, fits the pgmlops
+:func:`pgmlops.features.load_dataset` returns it, or any frame), splits it, fits the pgmlops
 pipeline (input coercion, imputation, scaling, one-hot, then the estimator; see
 ``pgmlops._algorithms``), evaluates it on the held-out rows (and optionally by k-fold
 cross-validation), dumps the safe artifact and measures it. The ``train`` job handler
-(``pgmlops._training_handlers``) and tuning trials call it; so can a notebook.
+(``pgmlops.training._handler``) and tuning trials call it; so can a notebook.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit, tra
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
-from pgmlops import _algorithms, _metrics, artifacts, datasets
+from pgmlops import features as datasets
 from pgmlops.errors import PgmlopsError, translate
+from pgmlops.models import artifacts
+from pgmlops.training import _algorithms, _metrics
 
 __all__ = [
     "ALGORITHMS",
@@ -42,6 +44,7 @@ __all__ = [
     "anomaly_scores",
     "create_project",
     "fit",
+    "library_versions",
     "load_dataset",
     "split",
     "train",
@@ -527,7 +530,7 @@ def fit(dataset_frame: pd.DataFrame, task: str, target: str | None, algorithm: s
     """Split, fit, evaluate, and dump ``algorithm`` on ``dataset_frame``. No database involved.
 
     Args:
-        dataset_frame: one row per example. A frame from :func:`pgmlops.datasets.load_dataset`
+        dataset_frame: one row per example. A frame from :func:`pgmlops.features.load_dataset`
             carries its inputs and event time column in ``attrs``; otherwise the inputs are every
             column but ``target`` and ``event_time``.
         task: classification, regression or anomaly_detection.
@@ -638,7 +641,7 @@ def _fit(dataset_frame: pd.DataFrame, task: str, target: str | None, algorithm: 
         steps=stepper.steps, signature=signature, artifact=blob, artifact_format=fmt, artifact_sha256=digest,
         train_seconds=train_seconds, inference_latency_ms=latency_ms, n_train=len(train_pos), n_test=len(test_pos),
         dropped_rows=dropped, train_index=index[train_pos], test_index=index[test_pos],
-        library_versions=_library_versions(spec.library),
+        library_versions=library_versions(spec.library),
     )
 
 
@@ -697,7 +700,7 @@ def _single_row_latency(model: Pipeline, task: str, X: pd.DataFrame, rows: int) 
     return float(statistics.median(timings))
 
 
-def _library_versions(library: str = "sklearn") -> dict[str, str]:
+def library_versions(library: str = "sklearn") -> dict[str, str]:
     """Versions of what a fit depends on (``ml.runs.library_versions``)."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -754,6 +757,6 @@ def train(conn: Conn, project: str, dataset: UUID | str, algorithm: str, hyperpa
 
 
 def load_dataset(conn: Conn, dataset: UUID | str) -> pd.DataFrame:
-    """A training set's rows as :func:`fit` takes them (:func:`pgmlops.datasets.load_dataset`:
+    """A training set's rows as :func:`fit` takes them (:func:`pgmlops.features.load_dataset`:
     its ``attrs`` name the inputs, the label and the event time column)."""
     return datasets.load_dataset(conn, dataset)

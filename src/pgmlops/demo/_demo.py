@@ -29,9 +29,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pgmlops import datasets, features, migrations, tenants
+from pgmlops import features, migrations, tenants
+from pgmlops import features as datasets
 from pgmlops.db import resolve_url
-from pgmlops.worker import WorkerPool
+from pgmlops.jobs.worker import WorkerPool
 
 __all__ = ["DemoSummary", "run_demo"]
 

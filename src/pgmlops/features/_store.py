@@ -25,8 +25,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from pgmlops._feature_stats import compute_stats, latest_stats, stats_summary
 from pgmlops.errors import translate
+from pgmlops.features._stats import compute_stats, latest_stats, stats_summary
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -51,7 +51,8 @@ TRUSTED_TYPES: frozenset[str] = frozenset({
     "builtins.str", "builtins.tuple",
     "numpy.bool", "numpy.dtype", "numpy.float32", "numpy.float64", "numpy.int32", "numpy.int64", "numpy.ndarray",
     "numpy.random._generator.Generator", "numpy.random.mtrand.RandomState", "numpy.str_", "numpy.uint64",
-    "pgmlops._algorithms.InputFrame",
+    "pgmlops._algorithms.InputFrame",  # artifacts stored before pgmlops 0.2 (see pgmlops/_algorithms.py)
+    "pgmlops.training._algorithms.InputFrame",
     "sklearn._loss._loss.CyAbsoluteError", "sklearn._loss._loss.CyExponentialLoss", "sklearn._loss._loss.CyHalfBinomialLoss",
     "sklearn._loss._loss.CyHalfGammaLoss", "sklearn._loss._loss.CyHalfMultinomialLoss", "sklearn._loss._loss.CyHalfPoissonLoss",
     "sklearn._loss._loss.CyHalfSquaredError", "sklearn._loss._loss.CyHuberLoss", "sklearn._loss._loss.CyPinballLoss",
@@ -126,7 +127,7 @@ def dump(model: Any) -> tuple[bytes, str, str]:
     Raises:
         ArtifactError: the model holds a type outside :data:`TRUSTED_TYPES`.
     """
-    from pgmlops._torch_models import TorchEstimator
+    from pgmlops.training._torch_models import TorchEstimator
 
     last = model.steps[-1][1] if hasattr(model, "steps") and model.steps else model
     if isinstance(last, TorchEstimator):
@@ -216,7 +217,7 @@ def _load_torch(data: bytes) -> Any:
         raise ArtifactError("torch artifacts need PyTorch: pip install 'pgmlops[torch]'") from exc
     from sklearn.pipeline import Pipeline
 
-    from pgmlops._torch_models import TORCH_ESTIMATORS
+    from pgmlops.training._torch_models import TORCH_ESTIMATORS
 
     entries = _zip_entries(data, {_TORCH_MANIFEST, _TORCH_WEIGHTS, _TORCH_PREPROCESS})
     if _TORCH_MANIFEST not in entries or _TORCH_WEIGHTS not in entries:

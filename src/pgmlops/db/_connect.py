@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from pgmlops import _embedded
+from pgmlops import embedded as _embedded
 from pgmlops.errors import ConfigurationError
 
 __all__ = ["connect", "resolve_url", "sqlalchemy_url", "tenant_context"]

@@ -20,7 +20,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from pgmlops import datasets
+from pgmlops import features as datasets
 from pgmlops.db import resolve_url
 from pgmlops.errors import NotFound, translate
 

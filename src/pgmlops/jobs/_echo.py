@@ -5,14 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pgmlops import (
-    _training_handlers,  # noqa: F401  (registers train)
-    _tuning_handlers,  # noqa: F401  (registers tune_trial and tune)
-)
-from pgmlops.handlers import JobContext, PermanentError, handler
+from pgmlops.jobs.handlers import JobContext, PermanentError
 
 
-@handler("echo")
 def echo(ctx: JobContext) -> dict[str, Any]:
     """Return the payload. ``sleep_ms`` simulates work (returning early when the job is lost or
     the worker stops); ``fail_attempts`` fails the first N attempts; ``fail: permanent`` fails

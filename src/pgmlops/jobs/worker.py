@@ -29,10 +29,10 @@ from typing import Any
 
 import psycopg
 
-from pgmlops import handlers, queue
 from pgmlops.db import resolve_url
 from pgmlops.errors import LeaseLost
-from pgmlops.handlers import JobContext, PermanentError
+from pgmlops.jobs import handlers, queue
+from pgmlops.jobs.handlers import JobContext, PermanentError
 
 __all__ = ["Worker", "WorkerPool", "WorkerStats", "new_worker_id", "run_workers"]
 

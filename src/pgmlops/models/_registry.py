@@ -223,16 +223,16 @@ def promote(conn: psycopg.Connection[Any], model: str, version: int, alias: str 
 def load_model(conn: psycopg.Connection[Any], ref: str | ModelRef) -> Any:
     """Load the fitted model ``ref`` names (``"churn@champion"``, ``"churn@3"``, ``"churn"``).
 
-    The artifact is read with ``ml.model_artifact`` and loaded by :func:`pgmlops.artifacts.load`:
+    The artifact is read with ``ml.model_artifact`` and loaded by :func:`pgmlops.models.artifacts.load`:
     skops with its allowlist of trusted types, or a torch state dict with ``weights_only``; its
     SHA-256 is checked against the one recorded at registration.
 
     Raises:
         NotFound: no such model, version or alias.
-        pgmlops.artifacts.ArtifactError: the bytes do not match their SHA-256, or hold a type
+        pgmlops.models.artifacts.ArtifactError: the bytes do not match their SHA-256, or hold a type
             outside the allowlist.
     """
-    from pgmlops import artifacts  # imported here: it pulls in scikit-learn, skops and torch
+    from pgmlops.models import artifacts
 
     parsed = parse_ref(ref)
     with _sql_errors():

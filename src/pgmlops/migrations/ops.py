@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import op
 
-from pgmlops._resources import read_sql
+from pgmlops.migrations._resources import read_sql
 
 
 def run_sql(text: str) -> None:

@@ -13,8 +13,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, pool
 
-from pgmlops._resources import migrations_dir
 from pgmlops.db import sqlalchemy_url
+from pgmlops.migrations._resources import migrations_dir
 
 __all__ = [
     "current",

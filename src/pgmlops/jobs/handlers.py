@@ -1,13 +1,13 @@
 """The handler registry: which Python function runs each job kind, and what it is given.
 
-Later capabilities (train, tune, score, monitor, retrain) plug in here::
+A handler is a function of a :class:`JobContext`. pgmlops' own (``echo``, ``train``,
+``tune_trial``, ``tune``) are named by ``pgmlops.handlers`` entry points in pyproject.toml, the
+job kind being the entry point's name; a user's package adds kinds the same way::
 
-    from pgmlops.handlers import JobContext, handler
+    [project.entry-points."pgmlops.handlers"]
+    churn_report = "acme_ml.jobs:churn_report"     # def churn_report(ctx: JobContext) -> dict
 
-    @handler("train")
-    def train(ctx: JobContext) -> dict:
-        ...
-        return {"model_version": 3}
+or, in one process, with :func:`register` / ``@handler("kind")``.
 
 A handler returns a JSON-serializable result (or None), raises :class:`PermanentError` for input
 that no retry can fix, and any other exception for a retryable failure. It runs inside a
@@ -21,15 +21,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import import_module
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import psycopg
 
-    from pgmlops.queue import Job
+    from pgmlops.jobs.queue import Job
 
-__all__ = ["Handler", "JobContext", "PermanentError", "get", "handler", "kinds", "load_plugins", "register"]
+__all__ = ["ENTRY_POINT_GROUP", "Handler", "JobContext", "PermanentError", "get", "handler", "kinds", "load_plugins", "register"]
 
 
 class PermanentError(Exception):
@@ -69,12 +69,18 @@ class JobContext:
 
 Handler = Callable[[JobContext], Any]
 
+ENTRY_POINT_GROUP = "pgmlops.handlers"
+
 _lock = threading.Lock()
 _registry: dict[str, Handler] = {}
 
 
 def register(kind: str, fn: Handler, *, replace: bool = False) -> None:
-    """Register ``fn`` for job kind ``kind``. Raises ValueError if taken (unless ``replace``)."""
+    """Register ``fn`` for job kind ``kind`` in this process.
+
+    Raises:
+        ValueError: another function is registered for ``kind`` (unless ``replace``).
+    """
     with _lock:
         if kind in _registry and not replace and _registry[kind] is not fn:
             raise ValueError(f"a handler for job kind {kind!r} is already registered")
@@ -91,33 +97,41 @@ def handler(kind: str) -> Callable[[Handler], Handler]:
     return wrap
 
 
+def _entry_points() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def get(kind: str) -> Handler:
-    """The handler for ``kind``. Raises KeyError when none is registered."""
-    load_plugins()
+    """The handler for ``kind``: one registered in this process, else the ``pgmlops.handlers``
+    entry point named ``kind`` (loaded on first use, so a worker imports only what it runs).
+
+    Raises:
+        KeyError: no handler for ``kind``.
+        TypeError: the entry point does not name a callable.
+    """
     with _lock:
-        return _registry[kind]
+        fn = _registry.get(kind)
+    if fn is not None:
+        return fn
+    ep = _entry_points().get(kind)
+    if ep is None:
+        raise KeyError(kind)
+    loaded = ep.load()
+    if not callable(loaded):
+        raise TypeError(f"entry point {ENTRY_POINT_GROUP}:{kind} = {ep.value} is not a callable handler")
+    with _lock:
+        return _registry.setdefault(kind, loaded)
 
 
 def kinds() -> list[str]:
-    """Every job kind with a registered handler, sorted."""
-    load_plugins()
+    """Every job kind with a handler (registered here or named by an entry point), sorted."""
     with _lock:
-        return sorted(_registry)
-
-
-_plugins_loaded = False
+        registered = set(_registry)
+    return sorted(registered | set(_entry_points()))
 
 
 def load_plugins(modules: list[str] | None = None) -> None:
-    """Import the built-in handlers, the ``pgmlops.handlers`` entry points and ``modules``.
-
-    Importing a module registers its handlers. Built-ins and entry points load once per process.
-    """
-    global _plugins_loaded
-    if not _plugins_loaded:
-        _plugins_loaded = True
-        import_module("pgmlops._builtin_handlers")
-        for ep in entry_points(group="pgmlops.handlers"):
-            ep.load()
+    """Import ``modules``, each of which registers its handlers with :func:`register`
+    (``pgmlops worker --import``). Entry points need no import: :func:`get` loads them."""
     for name in modules or []:
         import_module(name)

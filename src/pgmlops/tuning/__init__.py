@@ -1,0 +1,23 @@
+"""Hyperparameter tuning: Optuna studies whose trials are jobs run by every worker."""
+
+from __future__ import annotations
+
+from pgmlops.tuning._studies import (
+    OPTUNA_SCHEMA,
+    optuna_storage,
+    study_id_of,
+    study_name,
+    study_progress,
+    trials,
+    tune,
+)
+
+__all__ = [
+    "OPTUNA_SCHEMA",
+    "optuna_storage",
+    "study_id_of",
+    "study_name",
+    "study_progress",
+    "trials",
+    "tune",
+]
