@@ -1,4 +1,4 @@
-"""Shared helpers for the pgmlops benchmarks (bench/*.py).
+"""Shared helpers for the pgmlops benchmarks (the modules of the bench package).
 
 Every benchmark works the same way: it picks a server (``--database-url``, then
 ``PGMLOPS_BENCH_DATABASE_URL``, then ``DATABASE_URL``, then the embedded PostgreSQL), creates a

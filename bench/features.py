@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Feature store benchmark: validated bulk ingestion, point-in-time training sets, online lookups.
 
-    python bench/features.py [--database-url URL] [--ingest-rows N] [--spine-rows N]
+    python -m bench.features [--database-url URL] [--ingest-rows N] [--spine-rows N]
                              [--feature-rows N] [--lookups N] [--repeats R] [--quick]
 
 Every comparison is measured side by side in one run, on one server, so that ratios hold even
@@ -41,28 +40,25 @@ Results: a table against the goals and bench/results/features.json.
 
 from __future__ import annotations
 
+import argparse
+import io
 import os
 import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-# bench/ holds queue.py, which would shadow the stdlib `queue` module (imported by pyarrow and
-# psycopg) while bench/ is first on sys.path: move bench/ to the end, where `_common` is still found.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] + [_HERE]
+import numpy as np
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from psycopg import sql
+from rich.progress import Progress
 
-import argparse  # noqa: E402
-import io  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import psycopg  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.csv as pacsv  # noqa: E402
-from _common import (  # noqa: E402
+from bench._common import (
     Goal,
     console,
     fresh_database,
@@ -76,10 +72,7 @@ from _common import (  # noqa: E402
     summarize,
     write_results,
 )
-from psycopg import sql  # noqa: E402
-from rich.progress import Progress  # noqa: E402
-
-from pgmlops import features  # noqa: E402
+from pgmlops import features
 
 INGEST_RATIO_GOAL = 0.5  # validated ingestion rows/s / raw COPY rows/s
 TRAINING_SPEEDUP_GOAL = 1.0  # pandas time / ml.create_training_set time
@@ -719,7 +712,7 @@ end""").format(refs=sql.Literal(refs), keys=sql.Literal(keys), warm=sql.Literal(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap = argparse.ArgumentParser(prog="python -m bench.features", description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--database-url", help="server to use (default: PGMLOPS_BENCH_DATABASE_URL, "
                     "DATABASE_URL, else the embedded PostgreSQL); a fresh database is made on it")
     ap.add_argument("--ingest-rows", type=int, help="rows in the ingestion CSV (default 1,000,000; --quick 100,000)")

@@ -1,9 +1,8 @@
-#!/usr/bin/env python
 """Queue benchmark: worker throughput and NOTIFY-to-claim latency of the pgmlops job queue.
 
-    python bench/queue.py [--database-url URL] [--jobs N] [--latency-samples M] [--quick]
+    python -m bench.queue [--database-url URL] [--jobs N] [--latency-samples M] [--quick]
 
-Throughput: for 1, 2 and 4 worker processes (pgmlops.worker.WorkerPool) and prefetch 1 and 8, the
+Throughput: for 1, 2 and 4 worker processes (pgmlops.jobs.worker.WorkerPool) and prefetch 1 and 8, the
 pool is started and warmed up (every worker has run a job, so process start-up, connections and
 plan caches are out of the measurement); then N no-op ``echo`` jobs are enqueued in one
 transaction and the time from that commit to the last job's finish is measured on the server
@@ -22,25 +21,20 @@ and bench/results/queue.json.
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import os
+import random
 import sys
+import time
+from datetime import datetime
+from typing import Any
 
-# This file is named queue.py: take its directory off the front of sys.path so that the stdlib
-# `queue` module (used by multiprocessing, threading helpers, ...) is not shadowed by it, and
-# put it at the end so `_common` is still importable.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] + [_HERE]
+import psycopg
+from rich.progress import Progress
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import random  # noqa: E402
-import time  # noqa: E402
-from datetime import datetime  # noqa: E402
-from typing import Any  # noqa: E402
-
-import psycopg  # noqa: E402
-from _common import (  # noqa: E402
+from bench._common import (
     Goal,
     console,
     fresh_database,
@@ -54,9 +48,7 @@ from _common import (  # noqa: E402
     summarize,
     write_results,
 )
-from rich.progress import Progress  # noqa: E402
-
-from pgmlops.worker import WorkerPool  # noqa: E402
+from pgmlops.jobs.worker import WorkerPool
 
 THROUGHPUT_GOAL = 2000.0  # jobs/s with 4 workers
 LATENCY_GOAL_MS = 20.0  # p50 NOTIFY-to-claim
@@ -255,7 +247,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap = argparse.ArgumentParser(prog="python -m bench.queue", description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--database-url", help="server to use (default: PGMLOPS_BENCH_DATABASE_URL, "
                     "DATABASE_URL, else the embedded PostgreSQL); a fresh database is made on it")
     ap.add_argument("--jobs", type=int, help="jobs per throughput run (default 4000; --quick 500)")

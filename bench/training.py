@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Training benchmark: the platform's overhead on one fit, and tuning throughput with 1 and 2 workers.
 
-    python bench/training.py [--database-url URL] [--rows N] [--tune-rows N] [--trials N]
+    python -m bench.training [--database-url URL] [--rows N] [--tune-rows N] [--trials N]
                              [--repeats R] [--tune-repeats R] [--quick]
 
 Both comparisons are measured side by side in one run, on one server, so that ratios hold even
@@ -11,7 +10,7 @@ on a busy machine where absolute times do not. Every worker and the bare fit use
 Data: ``make_classification``-like rows (20 numeric features, a binary label), one feature row
 per entity ingested with ``pgmlops.features.ingest`` into feature group ``bench``, and a spine
 of (entity, time an hour later, label) rows turned into point-in-time training sets with
-``pgmlops.datasets.create_training_set``: N rows (part 1), the first M of them (part 2) and
+``pgmlops.features.create_training_set``: N rows (part 1), the first M of them (part 2) and
 1000 (warm-ups).
 
 1. Platform overhead (issue 4: at most 15% slower end to end). ``ml.train`` of
@@ -25,7 +24,7 @@ of (entity, time an hour later, label) rows turned into point-in-time training s
    limit, predict_proba on the test rows, ROC AUC. Both ROC AUCs must be equal (same model).
    The worker is warmed up with one small train job first (a long-running worker pays its
    imports once); a fresh worker's first job is reported as the cold number, next to a bare
-   fit in a fresh Python process. The worker is ``pgmlops.worker.Worker`` in a spawned process
+   fit in a fresh Python process. The worker is ``pgmlops.jobs.worker.Worker`` in a spawned process
    whose pgmlops functions are wrapped with timers (wall clock, a few microseconds each), so the
    platform time breaks down into enqueue-to-claim, dataset load, fit, per-step evaluation,
    test metrics, artifact, latency probe, run and version records, completion and commit.
@@ -34,7 +33,7 @@ of (entity, time an hour later, label) rows turned into point-in-time training s
    hyperparameters that barely change the cost of a fit (learning rate, leaf size, L2,
    iterations within 140..160; 31 leaves, no early stopping), so both worker counts do
    comparable work; on a
-   ``pgmlops.worker.WorkerPool`` of 1 and of 2 processes (warmed up: every worker ran a
+   ``pgmlops.jobs.worker.WorkerPool`` of 1 and of 2 processes (warmed up: every worker ran a
    tune_trial job of a small study). Trials per minute =
    finished trials / the trial phase (the ml.tune call's time to the last tune_trial job's
    finish, server clock). The refit that follows is reported apart.
@@ -44,33 +43,31 @@ Results: a table against the goals and bench/results/training.json.
 
 from __future__ import annotations
 
+import argparse
+import functools
+import io
+import json
+import logging
+import math
+import multiprocessing
 import os
+import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
-# bench/ holds queue.py, which would shadow the stdlib `queue` module (imported by
-# multiprocessing and psycopg) while bench/ is first on sys.path: move bench/ to the end, where
-# `_common` is still found.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] + [_HERE]
+import numpy as np
+import pandas as pd
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+from rich.progress import Progress
 
-import argparse  # noqa: E402
-import functools  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import multiprocessing  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import psycopg  # noqa: E402
-from _common import (  # noqa: E402
+from bench._common import (
+    BENCH_DIR,
     Goal,
     console,
     fresh_database,
@@ -84,9 +81,6 @@ from _common import (  # noqa: E402
     summarize,
     write_results,
 )
-from psycopg import sql  # noqa: E402
-from psycopg.types.json import Jsonb  # noqa: E402
-from rich.progress import Progress  # noqa: E402
 
 OVERHEAD_GOAL = 1.15  # platform end-to-end time / bare scikit-learn time
 SCALING_GOAL = 1.7  # trials/min with 2 workers / with 1
@@ -106,7 +100,7 @@ TRAIN_OPTIONS = {"split": "stratified", "test_size": 0.2, "random_state": 42}
 # within +-7%) and fixes the rest of a fit's work (31 leaves, early stopping off): trials then
 # cost about the same whatever TPE samples, so runs with 1 and 2 workers do comparable work
 # although their later trials differ (TPE's choices depend on the order earlier trials finished).
-# Two workarounds for a tuning bug (pgmlops._tuning_handlers._new_trial creates the trial
+# Two workarounds for a tuning bug (pgmlops.tuning._handlers._new_trial creates the trial
 # through the raw RDBStorage, so the study's _CachedStorage does not know it until a sampler
 # reads the trials; until then Optuna's set_trial_param raises KeyError and the slot fails):
 #   * sampler 'random' never reads the trials, so every trial fails: TPE is used (it reads them
@@ -150,7 +144,8 @@ def make_data(rows: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def build_datasets(conn: Conn, rows: int, tune_rows: int, prog: Progress) -> dict[str, Any]:
     """The feature group, its rows, and the three training sets; returns their ids and timings."""
-    from pgmlops import datasets, features
+    from pgmlops import features
+    from pgmlops import features as datasets
 
     task = prog.add_task(f"data: {rows:,} rows × {N_FEATURES} features", total=5)
     feature_rows, spine = make_data(rows)
@@ -234,7 +229,7 @@ def bare_fit(conn: Conn, table: str, hyperparams: dict[str, Any], options: dict[
 
 
 def _bare_child(spec_json: str) -> int:
-    """``training.py --bare-child SPEC``: one bare fit in a fresh process (the cold comparison)."""
+    """``python -m bench.training --bare-child SPEC``: one bare fit in a fresh process (the cold comparison)."""
     spec = json.loads(spec_json)
     with psycopg.connect(spec["url"], autocommit=True) as conn:
         out = bare_fit(conn, spec["table"], spec["hyperparams"], spec["options"], spec["threads"])
@@ -247,8 +242,8 @@ def bare_cold(url: str, table: str, hyperparams: dict[str, Any], threads: int) -
     spec = json.dumps({"url": url, "table": table, "hyperparams": hyperparams, "options": TRAIN_OPTIONS,
                        "threads": threads})
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--bare-child", spec], capture_output=True,
-                          text=True, check=False, timeout=JOB_TIMEOUT_S)
+    done = subprocess.run([sys.executable, "-m", "bench.training", "--bare-child", spec], cwd=BENCH_DIR.parent,
+                          capture_output=True, text=True, check=False, timeout=JOB_TIMEOUT_S)
     seconds = time.perf_counter() - t0
     if done.returncode != 0:
         raise RuntimeError(f"bare fit in a fresh process failed: {done.stderr[-2000:]}")
@@ -264,7 +259,11 @@ def _install_probe(path: str) -> None:
     """Wrap the pgmlops functions a train job goes through with wall-clock timers; append one
     JSON line per job to ``path``. The wrappers call the originals unchanged (all are looked up
     as module or class attributes at call time, so wrapping them reaches every caller)."""
-    from pgmlops import _training_handlers, artifacts, datasets, queue, training, worker
+    from pgmlops import features as datasets
+    from pgmlops.jobs import queue, worker
+    from pgmlops.models import artifacts
+    from pgmlops.training import _handler as _training_handlers
+    from pgmlops.training import _training as training
 
     spans: dict[str, list[list[float]]] = {}
     extra: dict[str, float] = {}
@@ -332,8 +331,8 @@ def _install_probe(path: str) -> None:
 def _probed_worker_main(url: str, kinds: list[str], probe_path: str) -> None:
     """A worker process as ``WorkerPool`` starts one, with the timers installed."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(processName)s %(levelname)s %(message)s")
-    from pgmlops import handlers
-    from pgmlops.worker import Worker
+    from pgmlops.jobs import handlers
+    from pgmlops.jobs.worker import Worker
 
     handlers.load_plugins()
     _install_probe(probe_path)
@@ -605,7 +604,7 @@ def _warm_pool(conn: Conn, listen: Conn, warm_id: str, workers: int) -> int:
 
 def _tuning_run(url: str, conn: Conn, listen: Conn, data: dict[str, Any], workers: int, n_trials: int,
                 threads: int) -> dict[str, Any]:
-    from pgmlops.worker import WorkerPool
+    from pgmlops.jobs.worker import WorkerPool
 
     os.environ["PGMLOPS_TRAIN_THREADS"] = str(threads)  # inherited by the spawned workers
     with WorkerPool(url, ["tune_trial", "tune", "train"], workers, poll_interval=1.0, log_level=logging.WARNING):
@@ -695,7 +694,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap = argparse.ArgumentParser(prog="python -m bench.training", description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--database-url", help="server to use (default: PGMLOPS_BENCH_DATABASE_URL, "
                     "DATABASE_URL, else the embedded PostgreSQL); a fresh database is made on it")
     ap.add_argument("--rows", type=int, help="rows of the overhead training set (default 100,000; --quick 20,000)")
