@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import psycopg
@@ -128,27 +127,41 @@ def tune(
 
 
 def _progress_view(progress: dict[str, Any]) -> Any:
+    """The study's progress in two lines that fit an 80-column terminal: a bar, then the counts
+    and the best value so far."""
+    from rich.console import Group
     from rich.progress_bar import ProgressBar
     from rich.table import Table as Grid
 
     finished, total = progress["finished"], progress["n_trials"]
-    grid = Grid.grid(padding=(0, 2))
-    grid.add_row(f"[bold]{progress['status']}[/bold]", ProgressBar(total=total, completed=finished, width=40),
-                 f"{finished}/{total} trials",
-                 f"running {progress['running']}  pruned {progress['pruned']}  failed {progress['failed']}",
-                 "best " + (f"{progress['metric']} {progress['best_value']:.6g} (trial {progress['best_trial']})"
-                            if progress["best_value"] is not None else "-"))
-    return grid
+    bar = Grid.grid(padding=(0, 2), expand=True)
+    bar.add_column(no_wrap=True)
+    bar.add_column(ratio=1)
+    bar.add_column(no_wrap=True)
+    bar.add_row(f"[bold]{progress['status']}[/bold]", ProgressBar(total=total, completed=finished),
+                f"{finished}/{total} trials")
+    best = (f"{progress['metric']} {progress['best_value']:.6g} (trial {progress['best_trial']})"
+            if progress["best_value"] is not None else "-")
+    return Group(bar, f"running {progress['running']}  pruned {progress['pruned']}  failed {progress['failed']}  "
+                      f"best {best}")
 
 
 def _leaderboard(trials: list[dict[str, Any]], progress: dict[str, Any], top: int = 10) -> Table:
+    """The best finished trials; fits an 80-column terminal: the narrow columns never wrap, the
+    parameters (name=value) wrap in the last one."""
     sign = -1 if progress["direction"] == "maximize" else 1
     ranked = sorted((t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None),
                     key=lambda t: (sign * t["value"], t["number"]))
-    table = Table("#", "trial", progress["metric"], "duration", "params",
-                  title=f"top {min(top, len(ranked))} of {len(trials)} trials "
+    table = Table(title=f"top {min(top, len(ranked))} of {len(trials)} trials "
                         f"({progress['complete']} complete, {progress['pruned']} pruned, {progress['failed']} failed)")
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("trial", justify="right", no_wrap=True)
+    table.add_column(progress["metric"], justify="right", no_wrap=True)
+    table.add_column("secs", justify="right", no_wrap=True)
+    table.add_column("params", overflow="fold", ratio=1)
     for rank, t in enumerate(ranked[:top], start=1):
-        duration = f"{t['duration'].total_seconds():.2f}s" if t["duration"] is not None else ""
-        table.add_row(str(rank), str(t["number"]), f"{t['value']:.6g}", duration, json.dumps(t["params"], sort_keys=True))
+        seconds = f"{t['duration'].total_seconds():.2f}" if t["duration"] is not None else ""
+        params = "  ".join(f"{name}={value:.6g}" if isinstance(value, float) else f"{name}={value}"
+                           for name, value in sorted(t["params"].items()))
+        table.add_row(str(rank), str(t["number"]), f"{t['value']:.6g}", seconds, params)
     return table

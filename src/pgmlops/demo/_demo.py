@@ -137,15 +137,7 @@ def run_demo(url: str | None = None, *, trials: int = 12, workers: int = 2,
             "where study_id = %s order by value desc nulls last, number limit 10", (study_id,)).fetchall()
         n_trials = _scalar(conn, "select count(*) from ml.tuning_trials where study_id = %s", study_id)
 
-    table = Table(title=f"leaderboard: {ALGORITHM}, ROC AUC on the held-out split (top 10 of {n_trials} trials)")
-    for column in ("trial", "state", "roc_auc", "learning_rate", "max_iter", "max_leaf_nodes", "min_samples_leaf", "seconds"):
-        table.add_column(column, justify="right" if column not in ("state",) else "left")
-    for number, trial_state, value, params, seconds in leaderboard:
-        p = params or {}
-        table.add_row(str(number), str(trial_state), f"{value:.4f}" if value is not None else "-",
-                      f"{p.get('learning_rate', 0):.3f}", str(p.get("max_iter", "")), str(p.get("max_leaf_nodes", "")),
-                      str(p.get("min_samples_leaf", "")), f"{float(seconds or 0):.1f}")
-    console.print(table)
+    console.print(_leaderboard_table(leaderboard, int(n_trials or 0)))
 
     metrics = dict(version.get("metrics") or {})
     vtable = Table(title=f"registered model {version.get('model')} version {version.get('version')}", show_header=False)
@@ -161,6 +153,30 @@ def run_demo(url: str | None = None, *, trials: int = 12, workers: int = 2,
                   f"{workers} workers → model version {version.get('version')}")
     return DemoSummary(tenant, result.written, str(info.id), info.row_count, int(n_trials or 0),
                        _best(leaderboard), str(version.get("model")), int(version.get("version") or 0), metrics, seconds)
+
+
+# The leaderboard's titles for the searched hyperparameters, short enough for an 80-column
+# terminal; the caption spells them out.
+_PARAM_TITLES = {"learning_rate": "rate", "max_iter": "iters", "max_leaf_nodes": "leaves", "min_samples_leaf": "min leaf"}
+
+
+def _leaderboard_table(rows: list[Any], n_trials: int) -> Table:
+    """The best trials, one row each: (number, state, value, params, seconds)."""
+    titles = [f"{short} = {name}" for name, short in _PARAM_TITLES.items()] + ["secs = seconds the trial took"]
+    table = Table(title=f"top {len(rows)} of {n_trials} trials of {ALGORITHM} (ROC AUC, held-out split)",
+                  caption=", ".join(titles[:3]) + ",\n" + ", ".join(titles[3:]), caption_justify="left")
+    table.add_column("trial", justify="right", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("ROC AUC", justify="right", no_wrap=True)
+    for short in _PARAM_TITLES.values():
+        table.add_column(short, justify="right", no_wrap=True)
+    table.add_column("secs", justify="right", no_wrap=True)
+    for number, trial_state, value, params, seconds in rows:
+        p = params or {}
+        table.add_row(str(number), str(trial_state).lower(), f"{value:.4f}" if value is not None else "-",
+                      f"{p['learning_rate']:.3f}" if "learning_rate" in p else "", str(p.get("max_iter", "")),
+                      str(p.get("max_leaf_nodes", "")), str(p.get("min_samples_leaf", "")), f"{float(seconds or 0):.1f}")
+    return table
 
 
 def _breast_cancer() -> tuple[pd.DataFrame, pd.DataFrame]:
