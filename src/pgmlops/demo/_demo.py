@@ -163,7 +163,7 @@ _PARAM_TITLES = {"learning_rate": "rate", "max_iter": "iters", "max_leaf_nodes":
 def _leaderboard_table(rows: list[Any], n_trials: int) -> Table:
     """The best trials, one row each: (number, state, value, params, seconds)."""
     titles = [f"{short} = {name}" for name, short in _PARAM_TITLES.items()] + ["secs = seconds the trial took"]
-    table = Table(title=f"top {len(rows)} of {n_trials} trials of {ALGORITHM} (ROC AUC, held-out split)",
+    table = Table(title=f"leaderboard of {ALGORITHM}: top {len(rows)} of {n_trials} trials by ROC AUC on the held-out split",
                   caption=", ".join(titles[:3]) + ",\n" + ", ".join(titles[3:]), caption_justify="left")
     table.add_column("trial", justify="right", no_wrap=True)
     table.add_column("state", no_wrap=True)
