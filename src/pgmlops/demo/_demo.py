@@ -141,6 +141,8 @@ def run_demo(url: str | None = None, *, trials: int = 12, workers: int = 2,
 
     metrics = dict(version.get("metrics") or {})
     vtable = Table(title=f"registered model {version.get('model')} version {version.get('version')}", show_header=False)
+    vtable.add_column(no_wrap=True)
+    vtable.add_column(overflow="fold")  # a SHA-256 wraps rather than being cut
     for name in ("roc_auc", "pr_auc", "accuracy", "precision", "recall", "f1", "log_loss", "brier"):
         if isinstance(metrics.get(name), int | float):
             vtable.add_row(name, f"{metrics[name]:.4f}")
