@@ -127,7 +127,7 @@ def dump(model: Any) -> tuple[bytes, str, str]:
     Raises:
         ArtifactError: the model holds a type outside :data:`TRUSTED_TYPES`.
     """
-    from pgmlops.training._torch_models import TorchEstimator
+    from pgmlops.models.torch_models import TorchEstimator
 
     last = model.steps[-1][1] if hasattr(model, "steps") and model.steps else model
     if isinstance(last, TorchEstimator):
@@ -217,7 +217,7 @@ def _load_torch(data: bytes) -> Any:
         raise ArtifactError("torch artifacts need PyTorch: pip install 'pgmlops[torch]'") from exc
     from sklearn.pipeline import Pipeline
 
-    from pgmlops.training._torch_models import TORCH_ESTIMATORS
+    from pgmlops.models.torch_models import TORCH_ESTIMATORS
 
     entries = _zip_entries(data, {_TORCH_MANIFEST, _TORCH_WEIGHTS, _TORCH_PREPROCESS})
     if _TORCH_MANIFEST not in entries or _TORCH_WEIGHTS not in entries:

@@ -6,7 +6,7 @@ A fitted pgmlops model is a scikit-learn ``Pipeline``::
     preprocess  ColumnTransformer: numeric -> median imputation + StandardScaler;
                 categorical (text, category, bool) -> most-frequent imputation +
                 OneHotEncoder(handle_unknown='ignore'); dense output
-    model       the estimator ml.algorithms names (scikit-learn, or pgmlops._torch_models)
+    model       the estimator ml.algorithms names (scikit-learn, or pgmlops.models.torch_models)
 
 so it takes raw rows of the training set (a DataFrame with the input columns) and applies the
 same preprocessing at scoring time as at training time.
@@ -261,7 +261,7 @@ def _sklearn(module: str, name: str, **fixed: Any) -> Callable[..., Any]:
 
 def _torch_model(name: str) -> Callable[..., Any]:
     def make(**hyperparams: Any) -> Any:
-        from pgmlops.training import _torch_models
+        from pgmlops.models import torch_models as _torch_models
 
         return getattr(_torch_models, name)(**hyperparams)
 
