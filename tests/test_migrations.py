@@ -1,19 +1,60 @@
-"""Alembic migrations, the Supabase export and the auth shim."""
+"""Migrations: released revisions frozen, upgrade paths that meet, repeatable sql/, partition RLS, the Supabase export."""
+
+# How the two kinds of SQL work (versioned revisions, repeatable sql/) is in docs/migrations.md.
+# The catalog comparisons follow pgmq's upgrade test: `pg_dump --schema-only` of both databases,
+# normalised, plus a query of every function's definition, the policies and the RLS flags of every
+# relation (partitions included), so two paths that should meet are compared on everything.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from pgmlops import migrations
+from pgmlops.migrations import _repeatables
 
 from .conftest import Server
 
 ROOT = Path(__file__).resolve().parent.parent
+SUPABASE_MIGRATIONS = ROOT / "supabase" / "migrations"
+
+Conn = psycopg.Connection[Any]
+
+# The files of released revisions, which never change: a database upgraded today must run what it
+# ran then. Editing one fails here; a fix is a new revision. Add a revision's files when it ships.
+RELEASED_FILES = {
+    "0001_foundation/bootstrap.sql": "9096ad29a6777287f9055b0082e5b22d8a6b3572edf7b73f9bfa1812ea20da8e",
+    "0001_foundation/validation.sql": "5502c6e4ed174f994325babdf93eae47131f0317e0ef2902b19ed75094605f53",
+    "0001_foundation/tenants.sql": "6a6b26792138edd7b9be3f8769f3fba0826030eb8de06761b3c2599d4ebb487f",
+    "0001_foundation/timeseries.sql": "af51f649926550b9a8a77d90191e4507237d31e6b635ed153c32bba4889a4bd0",
+    "0001_foundation/events.sql": "3f8e9040ebacf259484e379119c0d5513e77878f1bf753d95cf1df38d2f82948",
+    "0002_queue/queue.sql": "8841ec5e97a8e6c904a36de2eb7860c0daa00bdd8a63d0f761ca9217240912fc",
+    "0003_features/features.sql": "7a98d783a5d1627f056584799a3cf991ebc6d03ad78fb88572c12a99492b4b5c",
+    "0003_features/feature_ingest.sql": "c3e5cf8ea354a43606a6e71f319181fd4d69079f5df4d2fca399b2330d8b0925",
+    "0003_features/training_sets.sql": "dde938d3fa6d71d3856f1bbf39a49987e54095f38aa1c26c37720e9133d227b0",
+    "0003_features/feature_stats.sql": "7d8aaf991577293427ed62ffa10c76bec68f1d93f1e6df22efa0e5966ef725d0",
+    "0004_training/training.sql": "9ffc284d1a86ffca22a2c506886314e12f36483aaa2da4bd0082e38f0314c7c1",
+    "0004_training/registry.sql": "135b7bb79c85175e9f7e1f4721706912822164bc30ddf33564a057447abf11d6",
+    "0004_training/tuning.sql": "e86c2f8ff140da916feb3ea06f00079f2b66775698dbd14f007a26e3a5363211",
+    "0005_partition_rls/partition_rls.sql": "e8da7f83d9d6577f4862ab0132b01fdcbf60bf362e822c3a1742bd716450111c",
+}
+RELEASED_SCHEMA = "0004_training"  # what Supabase projects and installed databases hold today
+PARTITIONED = ("ml.events", "ml.feature_values", "ml.run_metrics")
+
+
+# -- reading a database ------------------------------------------------------------------------
 
 
 def objects(url: str) -> dict[str, list[str]]:
@@ -34,20 +75,169 @@ def objects(url: str) -> dict[str, list[str]]:
         }
 
 
+_SCHEMAS = "('ml', 'ml_private', 'ml_datasets', 'ml_chunks', 'auth', 'optuna')"
+_DEFINITIONS = f"""
+    select 'function ' || p.oid::regprocedure || ' acl=' || coalesce(array(select unnest(p.proacl)::text order by 1)::text, '-')
+           || E'\\n' || pg_get_functiondef(p.oid)
+    from pg_proc p join pg_namespace n on n.oid = p.pronamespace where n.nspname in {_SCHEMAS}
+    union all
+    select 'relation ' || c.oid::regclass || ' kind=' || c.relkind::text || ' rls=' || c.relrowsecurity
+           || ' force=' || c.relforcerowsecurity
+           || ' acl=' || coalesce(array(select unnest(c.relacl)::text order by 1)::text, '-')
+    from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where n.nspname in {_SCHEMAS} and c.relkind in ('r', 'p', 'v', 'm')
+    union all
+    select format('policy %s.%s %s %s %s to %s using %s check %s', schemaname, tablename, policyname, permissive,
+                  cmd, roles, qual, with_check)
+    from pg_policies where schemaname in {_SCHEMAS}
+    union all
+    select 'trigger ' || t.tgrelid::regclass || ' ' || pg_get_triggerdef(t.oid)
+    from pg_trigger t join pg_class c on c.oid = t.tgrelid join pg_namespace n on n.oid = c.relnamespace
+    where n.nspname in {_SCHEMAS} and not t.tgisinternal
+    order by 1
+"""
+
+
+def _normalised_dump(url: str) -> list[str]:
+    """`pg_dump --schema-only`, without comments, settings and the per-run \\restrict key; runs of
+    GRANT/REVOKE lines sorted (the order of an ACL's entries depends on its history, not its rights)."""
+    pg_dump = shutil.which("pg_dump")
+    assert pg_dump, "pg_dump is not on PATH"
+    run = subprocess.run([pg_dump, "--schema-only", "--no-owner", url], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stdout.splitlines()
+             if line.strip() and not line.startswith(("--", "SET ", "\\restrict", "\\unrestrict"))
+             and not line.startswith("SELECT pg_catalog.set_config('search_path'")]
+    out: list[str] = []
+    grants: list[str] = []
+    for line in [*lines, ""]:
+        if line.startswith(("GRANT ", "REVOKE ")):
+            grants.append(line)
+            continue
+        out += sorted(grants)
+        grants = []
+        if line:
+            out.append(line)
+    return out
+
+
+def catalog(url: str) -> dict[str, list[str]]:
+    """Everything two databases must share to be the same schema."""
+    with psycopg.connect(url) as conn:
+        definitions = [r[0] for r in conn.execute(_DEFINITIONS).fetchall()]
+    return {"dump": _normalised_dump(url), "definitions": definitions}
+
+
+def assert_same_catalog(left: str, right: str) -> None:
+    a, b = catalog(left), catalog(right)
+    for part in ("definitions", "dump"):
+        if a[part] != b[part]:
+            import difflib
+            diff = "\n".join(list(difflib.unified_diff(a[part], b[part], "left", "right", lineterm="", n=2))[:80])
+            raise AssertionError(f"the catalogs differ ({part}):\n{diff}")
+
+
 def scalar(url: str, sql: str, *args: Any) -> Any:
     with psycopg.connect(url) as conn:
-        return conn.execute(sql, args).fetchone()[0]
+        row = conn.execute(sql, args).fetchone()
+        assert row is not None
+        return row[0]
+
+
+# -- released revisions ------------------------------------------------------------------------
+
+
+def test_released_revision_files_never_change() -> None:
+    versions = ROOT / "migrations" / "versions"
+    actual = {path: hashlib.sha256((versions / path).read_bytes()).hexdigest() for path in RELEASED_FILES}
+    assert actual == RELEASED_FILES, "a released revision's SQL changed: revert it and put the change in a new revision"
+
+
+def test_released_revisions_run_what_supabase_projects_ran() -> None:
+    """The first Supabase export is the offline SQL of 0001-0004 as released: the frozen files
+    (and the helpers around them) still produce it to the byte."""
+    released = (SUPABASE_MIGRATIONS / "20261123132152_pgmlops.sql").read_text(encoding="utf-8")
+    body = released.split("\n\n", 1)[1]  # after the two-line header
+    assert migrations.offline_sql(RELEASED_SCHEMA) == body
+
+
+def test_every_revision_after_the_released_ones_has_its_own_sql_and_a_create_time() -> None:
+    revisions = migrations.revisions()
+    assert revisions[:4] == ["0001_foundation", "0002_queue", "0003_features", "0004_training"]
+    assert migrations.head() == revisions[-1]
+    for revision in revisions:
+        assert (ROOT / "migrations" / "versions" / revision).is_dir(), f"{revision} has no directory of SQL files"
+
+
+# -- the upgrade paths meet --------------------------------------------------------------------
+
+
+def test_a_database_upgraded_revision_by_revision_equals_a_fresh_one(server: Server) -> None:
+    """(a) Upgrading to each revision in turn, as installed databases did, ends where a fresh
+    install at the head does."""
+    fresh = server.empty_database()
+    migrations.upgrade(fresh)
+    stepwise = server.empty_database()
+    for revision in migrations.revisions():
+        migrations.upgrade(stepwise, revision)
+        assert migrations.current(stepwise) == revision
+    assert_same_catalog(fresh, stepwise)
+
+
+def test_a_database_at_the_released_schema_keeps_its_data_through_the_upgrade(server: Server) -> None:
+    """(b) A database at 0004 holding rows of two tenants in every capability upgrades to the
+    head with every row intact, its existing partitions secured, and the API still reading them."""
+    url = server.empty_database()
+    migrations.upgrade(url, RELEASED_SCHEMA)
+    with psycopg.connect(url, autocommit=True) as conn:
+        tenants = {name: make_released_tenant(conn, name) for name in ("a", "b")}
+        before = table_digests(conn)
+    assert sum(count for count, _ in before.values()) > 40
+
+    migrations.upgrade(url)
+    assert migrations.current(url) == migrations.head()
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert table_digests(conn) == before
+        conn.execute("select set_config('pgmlops.tenant_id', %s, false)", (tenants["a"]["id"],))
+        online = conn.execute("select values from ml.get_online_features(array['upgrade_customer:spend'], array['c1'])").fetchone()
+        assert online is not None and online[0] == {"upgrade_customer:spend": 9.0}  # c1 holds i = 0, 3, 6, 9
+        assert conn.execute("select ml.model_version('upgrade-model') ->> 'version'").fetchone() == ("1",)
+        assert conn.execute("select ml.job_result(%s) ->> 'status'", (tenants["a"]["job"],)).fetchone() == ("queued",)
+    # The upgrade step secured the partitions that were there.
+    assert_partitions_show_no_other_tenant(url, tenants["a"]["owner"], tenants["b"]["id"])
+
+
+def test_downgrade_then_upgrade_is_clean(server: Server) -> None:
+    """(c) Undoing the newest revision and upgrading again, or undoing everything and
+    reinstalling, both end where a fresh install does."""
+    fresh = server.empty_database()
+    migrations.upgrade(fresh)
+    url = server.empty_database()
+    migrations.upgrade(url)
+    migrations.downgrade(url)
+    assert migrations.current(url) == migrations.revisions()[-2]
+    migrations.upgrade(url)
+    assert_same_catalog(fresh, url)
+    migrations.downgrade(url, "base")
+    assert migrations.current(url) is None
+    migrations.upgrade(url)
+    assert_same_catalog(fresh, url)
 
 
 def test_upgrade_downgrade_and_upgrade_again(server: Server) -> None:
     url = server.empty_database()
     migrations.upgrade(url)
-    assert migrations.current(url) == migrations.head() == "0004_training"
+    assert migrations.current(url) == migrations.head() == "0005_partition_rls"
     before = objects(url)
     with psycopg.connect(url, autocommit=True) as conn:
         tenant = conn.execute("select ml.create_tenant('survivor')").fetchone()[0]
 
-    migrations.downgrade(url)  # the latest revision: training and the registry go, the feature store stays
+    migrations.downgrade(url)  # 0005: the checksums go, the partitions keep their RLS
+    assert migrations.current(url) == RELEASED_SCHEMA
+    assert scalar(url, "select to_regclass('ml_private.repeatable_files')") is None
+    assert scalar(url, "select to_regclass('ml.model_versions')") is not None
+
+    migrations.downgrade(url)  # the latest released revision: training and the registry go, the feature store stays
     assert migrations.current(url) == "0003_features"
     assert scalar(url, "select to_regclass('ml.model_versions')") is None
     assert scalar(url, "select to_regclass('ml.runs')") is None
@@ -73,7 +263,7 @@ def test_upgrade_downgrade_and_upgrade_again(server: Server) -> None:
     assert scalar(url, "select to_regprocedure('ml.enqueue(text,jsonb,integer,timestamp with time zone,integer)')") is None
 
     migrations.upgrade(url)
-    assert migrations.current(url) == "0004_training"
+    assert migrations.current(url) == migrations.head()
     assert objects(url) == before
 
 
@@ -85,19 +275,276 @@ def test_downgrade_to_base_removes_everything_pgmlops_made(server: Server) -> No
     assert objects(url) == {"tables": [], "functions": [], "policies": [], "triggers": []}
     assert scalar(url, "select count(*) from pg_namespace where nspname in ('ml', 'ml_private', 'auth')") == 0
     migrations.upgrade(url)
-    assert migrations.current(url) == "0004_training"
+    assert migrations.current(url) == migrations.head()
 
 
 def test_upgrade_twice_is_a_no_op(db_url: str) -> None:
     before = objects(db_url)
+    applied = scalar(db_url, "select max(applied_at) from ml_private.repeatable_files")
     migrations.upgrade(db_url)
     assert objects(db_url) == before
+    assert scalar(db_url, "select max(applied_at) from ml_private.repeatable_files") == applied
+
+
+# -- repeatable sql/ ---------------------------------------------------------------------------
+
+
+def test_every_sql_file_is_applied_in_a_stated_order() -> None:
+    on_disk = sorted(str(p.relative_to(ROOT / "sql")) for p in (ROOT / "sql").rglob("*.sql"))
+    assert sorted(_repeatables.FILES) == on_disk
+    assert len(set(_repeatables.FILES)) == len(_repeatables.FILES)
+
+
+def test_sql_holds_no_tables_and_no_data() -> None:
+    """Tables, types, data and extensions belong to versioned revisions, which run once."""
+    forbidden = re.compile(r"^\s*(create\s+(table|type|schema|extension|index|sequence|role)|alter\s+table|insert\s+into"
+                           r"|update\s+ml|delete\s+from|select\s+ml_private\.(register_|create_time))\b", re.I | re.M)
+    for path in _repeatables.FILES:
+        text = (ROOT / "sql" / path).read_text(encoding="utf-8")
+        # Function bodies may write tables: look at the statements outside dollar quotes only.
+        outside = re.sub(r"(\$[a-z_]*\$).*?\1", "", text, flags=re.S | re.I)
+        assert not forbidden.search(outside), f"sql/{path}: {forbidden.search(outside).group(0)!r} belongs in a revision"
+
+
+def test_sql_defines_every_function_and_view_of_the_schema(db_url: str) -> None:
+    """sql/ is the current definition of the API: every function and view a database at the head
+    holds is defined there (a frozen revision's version is never the one that stays)."""
+    defined = set()
+    for path in _repeatables.FILES:
+        text = (ROOT / "sql" / path).read_text(encoding="utf-8")
+        defined |= set(re.findall(r"create\s+or\s+replace\s+(?:function|view)\s+([a-z_]+\.[a-z_]+)", text, re.I))
+    with psycopg.connect(db_url) as conn:
+        present = {r[0] for r in conn.execute(
+            "select n.nspname || '.' || p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+            "where n.nspname in ('ml', 'ml_private', 'auth') union "
+            "select n.nspname || '.' || c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+            "where n.nspname in ('ml', 'ml_private') and c.relkind = 'v'").fetchall()}
+    assert present - defined == set()
+
+
+def test_every_function_keeps_its_header_comment() -> None:
+    for path in _repeatables.FILES:
+        text = (ROOT / "sql" / path).read_text(encoding="utf-8")
+        for match in re.finditer(r"^create or replace function ([a-z_.]+)", text, re.M):
+            before = text[:match.start()].rstrip("\n").rsplit("\n", 1)[-1]
+            assert before.startswith("--"), f"sql/{path}: {match.group(1)} has no header comment"
+
+
+def test_a_database_at_the_head_gets_sql_again_only_when_it_changed(fresh_db_url: str) -> None:
+    tampered = "create or replace function ml.capabilities() returns jsonb language sql as $$ select '{}'::jsonb $$"
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        conn.execute(tampered)
+    migrations.upgrade(fresh_db_url)  # the checksums match the files: nothing is applied
+    assert scalar(fresh_db_url, "select ml.capabilities()") == {}
+
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        conn.execute("update ml_private.repeatable_files set checksum = 'edited' where path = 'core/timeseries.sql'")
+    migrations.upgrade(fresh_db_url)  # sql/ differs from what the database applied: all of it again
+    assert "partitioning" in scalar(fresh_db_url, "select ml.capabilities()")
+    assert scalar(fresh_db_url, "select checksum from ml_private.repeatable_files where path = 'core/timeseries.sql'") \
+        == _repeatables.checksums()["core/timeseries.sql"]
+    # ... with EXECUTE revoked from PUBLIC again (create or replace keeps it; a new function gets it).
+    assert scalar(fresh_db_url, "select count(*) from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+                                "where n.nspname in ('ml', 'ml_private') and has_function_privilege('public', p.oid, 'execute')") == 0
+
+
+def test_an_intermediate_revision_keeps_the_sql_it_was_released_with(server: Server) -> None:
+    """Repeatables are applied only at the head: a database stopped at 0004 runs 0004's functions."""
+    url = server.empty_database()
+    migrations.upgrade(url, RELEASED_SCHEMA)
+    assert scalar(url, "select to_regprocedure('ml_private.secure_partitions(regclass,boolean)')") is None
+    assert "security definer" not in scalar(url, "select lower(pg_get_functiondef('ml_private.run_maintenance()'::regprocedure))")
+
+
+# -- row-level security of partitions and chunks ------------------------------------------------
+
+
+@contextmanager
+def as_caller(conn: Conn, role: str, claims: dict[str, Any]) -> Iterator[None]:
+    """Run the block as PostgREST runs a request: `set local role` and the JWT claims, in a savepoint."""
+    with conn.transaction():
+        conn.execute(f"set local role {role}")
+        conn.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps(claims),))
+        yield
+
+
+def partitions(conn: Conn) -> list[str]:
+    """Every partition and chunk of the time-partitioned tenant tables."""
+    return [r[0] for r in conn.execute(
+        "select i.inhrelid::regclass::text from pg_inherits i where i.inhparent::regclass::text = any (%s) order by 1",
+        (list(PARTITIONED),)).fetchall()]
+
+
+def assert_partitions_show_no_other_tenant(url: str, member_of_a: str, tenant_b: str) -> None:
+    """Follow the usual Supabase recipe for an exposed schema (and go further: grant the chunks'
+    schema too), then read every partition and chunk directly as anon and as a member of tenant A:
+    nothing of tenant B shows. Rolled back."""
+    with psycopg.connect(url) as conn:
+        parts = partitions(conn)
+        assert parts, "no partitions to read"
+        b_rows = conn.execute("select (select count(*) from ml.events where tenant_id = %(b)s)"
+                              " + (select count(*) from ml.feature_values where tenant_id = %(b)s)"
+                              " + (select count(*) from ml.run_metrics where tenant_id = %(b)s)", {"b": tenant_b}).fetchone()
+        assert b_rows is not None and b_rows[0] > 0, "tenant B has no rows to hide"
+        conn.execute("grant select on all tables in schema ml to anon, authenticated")
+        conn.execute("alter default privileges in schema ml grant select on tables to anon, authenticated")
+        if conn.execute("select to_regnamespace('ml_chunks') is not null").fetchone() == (True,):
+            conn.execute("grant usage on schema ml_chunks to anon, authenticated")
+            conn.execute("grant select on all tables in schema ml_chunks to anon, authenticated")
+        seen_by_a = 0
+        for part in parts:
+            with as_caller(conn, "anon", {"role": "anon"}):
+                assert conn.execute(f"select count(*) from {part}").fetchone() == (0,), f"anon reads {part}"
+            with as_caller(conn, "authenticated", {"sub": member_of_a, "role": "authenticated"}):
+                counts = conn.execute(f"select count(*) filter (where tenant_id = %s), count(*) from {part}",
+                                      (tenant_b,)).fetchone()
+                assert counts is not None and counts[0] == 0, f"a member of tenant A reads tenant B's rows in {part}"
+                seen_by_a += counts[1]
+        assert seen_by_a > 0, "the member of tenant A read nothing: the grants did not take"
+        conn.rollback()
+
+
+def make_released_tenant(conn: Conn, name: str) -> dict[str, Any]:
+    """A tenant with an owner and rows in every capability, made through the API as released in
+    0004 (kept here, not in tests/rls_seed.py, so it keeps matching that API)."""
+    owner = conn.execute("select gen_random_uuid()::text").fetchone()[0]
+    tenant = str(conn.execute("select ml.create_tenant(%s, %s)", (f"upgrade-{name}", owner)).fetchone()[0])
+    conn.execute("select set_config('pgmlops.tenant_id', %s, false)", (tenant,))
+    try:
+        job = conn.execute("select ml.enqueue('echo', %s)", (Jsonb({"message": name}),)).fetchone()[0]
+        conn.execute("select ml.create_feature_group('upgrade_customer', 'customer', %s, null)",
+                     (Jsonb({"spend": {"dtype": "float", "min": 0}}),))
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        rows = [{"customer": f"c{i % 3 + 1}", "event_time": (start + timedelta(days=11 * i)).isoformat(), "spend": float(i)}
+                for i in range(12)]  # four months: several partitions or chunks
+        rows.append({"customer": "c9", "event_time": start.isoformat(), "spend": -1})  # quarantined
+        conn.execute("select ml.ingest('upgrade_customer', %s, 'quarantine')", (Jsonb(rows),))
+        dataset = conn.execute(
+            "select ml.create_training_set('upgrade_training', "
+            "$$select 'c1' as customer, timestamptz '2026-03-01' as event_time, 1 as label$$, "
+            "array['upgrade_customer:spend'], 'label')").fetchone()[0]
+        conn.execute("select ml.compute_feature_stats('upgrade_customer')")
+        conn.execute("select ml.create_project('upgrade-project', 'classification', 'label')")
+        run = conn.execute("select ml.start_run(p.id, null, 'logistic_regression', '{}', '{}', %s, '{}') "
+                           "from ml.projects p where p.tenant_id = %s", (dataset, tenant)).fetchone()[0]
+        for step in range(3):
+            conn.execute("select ml.log_run_metrics(%s, %s, '{\"loss\": 0.5}')", (run, step))
+        conn.execute("select ml.finish_run(%s, 'succeeded', '{\"roc_auc\": 0.9}', 0.1, 3, 0.2)", (run,))
+        artifact = f"artifact of {name}".encode()
+        conn.execute("select ml.register_model_version(%s, 'upgrade-model', %s, 'skops', %s, %s, null)",
+                     (run, artifact, hashlib.sha256(artifact).hexdigest(),
+                      Jsonb({"inputs": [{"name": "spend", "dtype": "float"}], "outputs": [{"name": "label", "dtype": "int"}]})))
+        conn.execute("select ml.set_alias('upgrade-model', 'challenger', 1)")
+    finally:
+        conn.execute("select set_config('pgmlops.tenant_id', '', false)")
+    return {"id": tenant, "owner": owner, "job": job}
+
+
+def table_digests(conn: Conn) -> dict[str, tuple[int, str]]:
+    """Row count and a digest of the rows of every table in the pgmlops schemas (partitions
+    through their parents), so a changed, lost or added row shows."""
+    tables = [r[0] for r in conn.execute(
+        "select c.oid::regclass::text from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+        "where n.nspname in ('ml', 'ml_datasets') and c.relkind in ('r', 'p') and not c.relispartition "
+        "and not exists (select 1 from pg_inherits i where i.inhrelid = c.oid) order by 1").fetchall()]
+    out = {}
+    for table in tables:
+        row = conn.execute(f"select count(*), coalesce(md5(string_agg(t::text, '|' order by t::text)), '') from {table} t").fetchone()
+        assert row is not None
+        out[table] = (row[0], row[1])
+    return out
+
+
+@pytest.mark.parametrize("backend", ["server", "embedded"])
+def test_partitions_and_chunks_show_no_other_tenant_to_a_client_granted_the_whole_schema(
+        backend: str, request: pytest.FixtureRequest) -> None:
+    srv: Server = request.getfixturevalue("embedded_server" if backend == "embedded" else "server")
+    url = srv.clone()
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            tenants = {name: make_released_tenant(conn, name) for name in ("a", "b")}
+            # A partition made later (native) is secured as it is made.
+            conn.execute("select ml_private.ensure_time_partitions('ml.events', now() + interval '30 days', "
+                         "now() + interval '31 days')")
+            mode = conn.execute("select ml.capabilities() ->> 'partitioning'").fetchone()[0]
+            states = conn.execute(
+                "select c.relrowsecurity, c.relforcerowsecurity, c.relispartition, "
+                "(select count(*) from pg_policy p where p.polrelid = c.oid) "
+                "from pg_inherits i join pg_class c on c.oid = i.inhrelid "
+                "where i.inhparent::regclass::text = any (%s)", (list(PARTITIONED),)).fetchall()
+        assert mode == ("hypertable" if backend == "server" else "native")
+        assert states and all(rls and (force or not native) and policies >= 1 for rls, force, native, policies in states)
+        assert_partitions_show_no_other_tenant(url, tenants["a"]["owner"], tenants["b"]["id"])
+    finally:
+        srv.drop(url)
+
+
+def test_a_new_chunk_is_secured_when_its_transaction_commits(fresh_db_url: str) -> None:
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        if conn.execute("select ml.capabilities() ->> 'partitioning'").fetchone() != ("hypertable",):
+            pytest.skip("chunks are TimescaleDB's")
+        tenant = make_released_tenant(conn, "chunks")["id"]
+        with conn.transaction():
+            conn.execute("select set_config('pgmlops.tenant_id', %s, true)", (tenant,))
+            conn.execute("select ml.ingest('upgrade_customer', %s)",
+                         (Jsonb([{"customer": "c1", "event_time": "2031-06-01T00:00:00Z", "spend": 1.0}]),))
+            unsecured = conn.execute("select count(*) from pg_inherits i join pg_class c on c.oid = i.inhrelid "
+                                     "where i.inhparent = 'ml.feature_values'::regclass and not c.relrowsecurity").fetchone()
+            assert unsecured == (1,)  # TimescaleDB made it mid-statement; it is queued for commit
+        assert conn.execute("select count(*) from pg_inherits i join pg_class c on c.oid = i.inhrelid "
+                            "where i.inhparent = 'ml.feature_values'::regclass and not c.relrowsecurity").fetchone() == (0,)
+        assert conn.execute("select count(*) from ml_private.partition_checks").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("backend", ["server", "embedded"])
+def test_maintenance_runs_for_the_service_role_it_is_granted_to(backend: str, request: pytest.FixtureRequest) -> None:
+    srv: Server = request.getfixturevalue("embedded_server" if backend == "embedded" else "server")
+    url = srv.clone()
+    try:
+        with psycopg.connect(url) as conn:
+            with as_caller(conn, "service_role", {"role": "service_role"}):
+                report = conn.execute("select ml_private.run_maintenance()").fetchone()[0]
+            assert set(PARTITIONED) <= set(report)
+            assert all({"created", "dropped", "secured"} <= set(report[t]) for t in PARTITIONED)
+            assert "jobs_purged" in report
+            conn.rollback()
+    finally:
+        srv.drop(url)
+
+
+# -- Supabase ----------------------------------------------------------------------------------
 
 
 def test_supabase_export_is_current() -> None:
     assert migrations.supabase_export_is_current(
-        ROOT / "supabase" / "migrations", ROOT / "supabase" / "seed.sql", ROOT / "seeds"
-    ), "supabase/ is out of date: run `pgmlops supabase export`"
+        SUPABASE_MIGRATIONS, ROOT / "supabase" / "seed.sql", ROOT / "seeds"
+    ), "supabase/ is out of date: run `pgmlops supabase export` (a change to sql/ ships with a new revision)"
+
+
+def test_regenerating_the_supabase_export_changes_nothing(tmp_path: Path) -> None:
+    for path in SUPABASE_MIGRATIONS.glob("*.sql"):
+        shutil.copy(path, tmp_path / path.name)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert migrations.export_supabase(tmp_path) == []
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_supabase_export_writes_one_file_per_revision_and_never_rewrites_one(tmp_path: Path) -> None:
+    shutil.copy(SUPABASE_MIGRATIONS / "20261123132152_pgmlops.sql", tmp_path)
+    written = migrations.export_supabase(tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[0] == "20261123132152_pgmlops.sql"
+    assert [p.name for p in written] == names[1:]
+    assert [n.split("_pgmlops_")[1] for n in names[1:]] == [f"{r}.sql" for r in migrations.revisions()[4:]]
+    assert names == sorted(names)  # Supabase runs them in name order
+    head_file = tmp_path / names[-1]
+    # sql/ changed since the head's file was written (here: the file says otherwise) -> refused, not rewritten
+    edited = head_file.read_text(encoding="utf-8").replace("-- pgmlops: JSON validation", "-- pgmlops: JSON checks", 1)
+    head_file.write_text(edited, encoding="utf-8")
+    with pytest.raises(Exception, match="a change to sql/ ships with a new revision"):
+        migrations.export_supabase(tmp_path)
+    assert head_file.read_text(encoding="utf-8") == edited
+    assert not migrations.supabase_export_is_current(tmp_path)
 
 
 def test_the_supabase_seed_applies_twice_to_a_migrated_database(fresh_db_url: str) -> None:
@@ -109,14 +556,28 @@ def test_the_supabase_seed_applies_twice_to_a_migrated_database(fresh_db_url: st
     assert scalar(fresh_db_url, "select count(*) from ml.tenant_members") == 3
 
 
-def test_supabase_export_applies_to_an_empty_database_like_the_migrations(server: Server, db_url: str) -> None:
-    [export] = sorted((ROOT / "supabase" / "migrations").glob("*_pgmlops.sql"))
+def test_supabase_migrations_build_the_same_database_as_the_migrations(server: Server, db_url: str) -> None:
     url = server.empty_database()
-    run = subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-q", "-f", str(export)],
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    assert objects(url) == objects(db_url)
+    for export in sorted(SUPABASE_MIGRATIONS.glob("*_pgmlops*.sql")):
+        run = subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-q", "-f", str(export)],
+                             capture_output=True, text=True)
+        assert run.returncode == 0, f"{export.name}: {run.stderr}"
     assert migrations.current(url) == migrations.head()
+    assert_same_catalog(db_url, url)
+
+
+def test_a_supabase_project_at_the_released_schema_upgrades_with_the_new_files(server: Server, db_url: str) -> None:
+    """A project that ran the first export gets the newer files only, and ends where a fresh one does."""
+    url = server.empty_database()
+    files = sorted(SUPABASE_MIGRATIONS.glob("*_pgmlops*.sql"))
+    run = subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-q", "-f", str(files[0])], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert migrations.current(url) == RELEASED_SCHEMA
+    migrations.upgrade(url)  # what `pgmlops migrate` would do; `supabase db push` runs the same files
+    assert_same_catalog(db_url, url)
+
+
+# -- the auth shim and roles -------------------------------------------------------------------
 
 
 def test_the_auth_shim_reads_claims_as_supabase_does(conn: psycopg.Connection[Any]) -> None:
@@ -173,12 +634,29 @@ def test_installing_needs_a_role_that_bypasses_rls(server: Server) -> None:
             conn.execute("drop role if exists pgmlops_weak")
 
 
+# -- the embedded server -----------------------------------------------------------------------
+
+
 @pytest.mark.parametrize("backend", ["embedded"])
 def test_migrations_round_trip_on_the_embedded_server(embedded_server: Server, backend: str) -> None:
     url = embedded_server.empty_database()
     migrations.upgrade(url)
     migrations.downgrade(url)
-    assert migrations.current(url) == "0003_features"
+    assert migrations.current(url) == RELEASED_SCHEMA
     migrations.upgrade(url)
-    assert migrations.current(url) == "0004_training"
+    assert migrations.current(url) == migrations.head()
     assert scalar(url, "select ml.capabilities() ->> 'partitioning'") == "native"
+    assert scalar(url, "select count(*) from ml_private.repeatable_files") == len(_repeatables.FILES)
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+def test_the_released_schema_upgrades_on_the_embedded_server(embedded_server: Server, backend: str) -> None:
+    url = embedded_server.empty_database()
+    migrations.upgrade(url, RELEASED_SCHEMA)
+    with psycopg.connect(url, autocommit=True) as conn:
+        tenants = {name: make_released_tenant(conn, name) for name in ("a", "b")}
+        before = table_digests(conn)
+    migrations.upgrade(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert table_digests(conn) == before
+    assert_partitions_show_no_other_tenant(url, tenants["a"]["owner"], tenants["b"]["id"])

@@ -7,19 +7,20 @@ Create Date: 2026-11-23
 
 from __future__ import annotations
 
-from pgmlops.migrations.ops import run_sql, run_sql_file
+from pgmlops.migrations.ops import run_revision_file, run_sql
 
 revision = "0001_foundation"
 down_revision = None
 branch_labels = None
 depends_on = None
 
+# Released: these files (in 0001_foundation/, as they were in sql/ then) never change.
 FILES = ["bootstrap.sql", "validation.sql", "tenants.sql", "timeseries.sql", "events.sql"]
 
 
 def upgrade() -> None:
     for name in FILES:
-        run_sql_file(name)
+        run_revision_file(__file__, name, label=f"sql/{name}")
 
 
 def downgrade() -> None:

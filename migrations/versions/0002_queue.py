@@ -7,7 +7,7 @@ Create Date: 2026-11-23
 
 from __future__ import annotations
 
-from pgmlops.migrations.ops import run_sql, run_sql_file
+from pgmlops.migrations.ops import run_revision_file, run_sql
 
 revision = "0002_queue"
 down_revision = "0001_foundation"
@@ -16,7 +16,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    run_sql_file("queue.sql")
+    # Released: 0002_queue/queue.sql (as it was in sql/ then) never changes.
+    run_revision_file(__file__, "queue.sql", label="sql/queue.sql")
 
 
 def downgrade() -> None:

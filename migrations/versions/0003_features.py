@@ -14,11 +14,12 @@ down_revision = "0002_queue"
 branch_labels = None
 depends_on = None
 
+# Released: these files (in 0003_features/, as they were in sql/ then) never change.
 FILES = ["features.sql", "feature_ingest.sql", "training_sets.sql", "feature_stats.sql"]
 
 
 def upgrade() -> None:
-    run_sql_files_tracked(revision, FILES)
+    run_sql_files_tracked(revision, __file__, FILES, label="sql/{name}")
 
 
 def downgrade() -> None:

@@ -14,6 +14,7 @@ down_revision = "0003_features"
 branch_labels = None
 depends_on = None
 
+# Released: these files (in 0004_training/, as they were in sql/ then) never change.
 FILES = ["training.sql", "registry.sql", "tuning.sql"]
 
 # Rows this revision adds to registries older revisions own: its job kinds (and their jobs),
@@ -23,7 +24,7 @@ _LINEAGE_KINDS = "'project', 'run', 'model_version'"
 
 
 def upgrade() -> None:
-    run_sql_files_tracked(revision, FILES)
+    run_sql_files_tracked(revision, __file__, FILES, label="sql/{name}")
 
 
 def downgrade() -> None:

@@ -33,12 +33,15 @@ def supabase_export(
     seeds: Annotated[Path, typer.Option(help="Directory of seed SQL files.")] = Path("seeds"),
     check: Annotated[bool, typer.Option("--check", help="Only check that the export is current (exit 1 if not).")] = False,
 ) -> None:
-    """Write the schema as a Supabase migration (Alembic offline SQL) and seeds/ as seed.sql."""
+    """Write each new revision as a Supabase migration (Alembic offline SQL) and seeds/ as seed.sql."""
     migrations_dir, seed_file = directory / "migrations", directory / "seed.sql"
     if check:
         current = migrations.supabase_export_is_current(migrations_dir, seed_file, seeds)
         console.print("supabase export is current" if current else "supabase export is OUT OF DATE")
         raise typer.Exit(0 if current else 1)
-    path, written = migrations.export_supabase(migrations_dir)
-    console.print(f"{'wrote' if written else 'unchanged'} {path}")
+    written = migrations.export_supabase(migrations_dir)
+    for path in written:
+        console.print(f"wrote {path}")
+    if not written:
+        console.print(f"unchanged {migrations_dir}")
     console.print(f"{'wrote' if migrations.export_seed(seed_file, seeds) else 'unchanged'} {seed_file}")

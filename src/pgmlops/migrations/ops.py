@@ -1,10 +1,19 @@
-"""What the Alembic revisions use to run SQL text exactly as written, online and offline."""
+"""What the Alembic revisions use to run SQL: text exactly as written, their own frozen files, the repeatable sql/.
+
+A revision's SQL lives next to its script, in a directory named like it
+(``migrations/versions/0003_features/*.sql``), and never changes once the revision is released:
+a database upgraded today runs exactly what it ran then. The SQL these helpers wrap around those
+files (the headers, the bookkeeping of :func:`run_sql_files_tracked`) is part of what released
+revisions run, so it must not change either: the Supabase export test compares it byte for byte.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from alembic import op
 
-from pgmlops.migrations._resources import read_sql
+from pgmlops.migrations import _repeatables
 
 
 def run_sql(text: str) -> None:
@@ -29,9 +38,21 @@ def run_sql(text: str) -> None:
             cursor.close()
 
 
-def run_sql_file(name: str) -> None:
-    """Execute ``sql/<name>`` verbatim, headed by a comment naming the file."""
-    run_sql(f"-- sql/{name}\n" + read_sql(name))
+def revision_dir(script: str) -> Path:
+    """The directory of a revision's own SQL files: beside its script, named like it without ``.py``."""
+    return Path(script).with_suffix("")
+
+
+def run_revision_file(script: str, name: str, *, label: str | None = None) -> None:
+    """Execute the file ``name`` of the revision whose script is ``script`` (pass ``__file__``)
+    verbatim, headed by ``-- <label>`` (default: its path in the repository).
+
+    Revisions 0001-0004 were released when their files lived in ``sql/``; they pass
+    ``label=f"sql/{name}"`` so what they run stays the same to the byte.
+    """
+    path = revision_dir(script) / name
+    header = label if label is not None else f"migrations/versions/{path.parent.name}/{name}"
+    run_sql(f"-- {header}\n" + path.read_text(encoding="utf-8"))
 
 
 # Revisions after the foundation record what they create in ml_private.revision_objects, so their
@@ -49,9 +70,10 @@ _OBJECTS_NOW = """
 """
 
 
-def run_sql_files_tracked(revision: str, names: list[str]) -> None:
-    """Execute ``sql/<name>`` for each name, recording the functions, tables and views they create
-    under ``revision`` for :func:`drop_tracked`."""
+def run_sql_files_tracked(revision: str, script: str, names: list[str], *, label: str | None = None) -> None:
+    """Execute the revision's files ``names`` (see :func:`run_revision_file`; ``label`` is a format
+    string with ``{name}``), recording the functions, tables and views they create under ``revision``
+    for :func:`drop_tracked`."""
     run_sql(f"""
         create table if not exists ml_private.revision_objects (
             revision text not null, kind text not null, name text not null, primary key (revision, kind, name));
@@ -60,7 +82,7 @@ def run_sql_files_tracked(revision: str, names: list[str]) -> None:
         select '_before:{revision}', kind, name from ({_OBJECTS_NOW}) o on conflict do nothing;
     """)
     for name in names:
-        run_sql_file(name)
+        run_revision_file(script, name, label=None if label is None else label.format(name=name))
     run_sql(f"""
         insert into ml_private.revision_objects (revision, kind, name)
         select '{revision}', o.kind, o.name from ({_OBJECTS_NOW}) o
@@ -75,8 +97,9 @@ def run_sql_files_tracked(revision: str, names: list[str]) -> None:
 
 
 def drop_tracked(revision: str) -> None:
-    """Drop what :func:`run_sql_files_tracked` recorded for ``revision``: views, then functions
-    (with their triggers), then tables, and their entries in pgmlops' registries."""
+    """Drop what :func:`run_sql_files_tracked` recorded for ``revision`` (and the views the repeatable
+    sql/ added while ``revision`` was the head): views, then functions (with their triggers), then
+    tables, and their entries in pgmlops' registries."""
     run_sql(f"""
         do $$
         declare
@@ -94,3 +117,27 @@ def drop_tracked(revision: str) -> None:
         end
         $$;
     """)
+
+
+def apply_repeatables(revision: str, *, only_if_changed: bool = False) -> bool:
+    """Apply the repeatable files of ``sql/`` in the migration's transaction, recording their checksums.
+
+    Called by ``migrations/env.py`` when an upgrade reaches the head ``revision``. With
+    ``only_if_changed`` (a database already at the head), nothing runs when the checksums the
+    database holds equal the files'. Offline (the Supabase export) the files are always written.
+    Returns whether anything was applied.
+    """
+    repeatables = _repeatables.files()
+    context = op.get_context()
+    if only_if_changed and not context.as_sql:
+        applied = dict(op.get_bind().exec_driver_sql(_repeatables.applied_query()).fetchall())
+        if applied == {f.path: f.checksum for f in repeatables}:
+            return False
+    for piece in _repeatables.statements(revision, repeatables):
+        run_sql(piece)
+    return True
+
+
+def forget_repeatables() -> None:
+    """Clear the applied checksums (after a downgrade step), so the next upgrade re-applies sql/."""
+    run_sql(_repeatables.FORGET_SQL)
