@@ -35,3 +35,12 @@ def effect(ctx: JobContext) -> dict[str, Any]:
     ).fetchone()
     assert row is not None
     return {"tenant_setting": row[0], "acting_tenant": row[1]}
+
+
+def watch_parent_then_sleep() -> None:
+    """A spawned child guarded by the portable parent watch alone (no prctl), which then idles:
+    it outlives its parent only if the watch fails."""
+    from pgmlops.jobs.worker import _watch_parent
+
+    _watch_parent()
+    time.sleep(120)

@@ -20,6 +20,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from pgmlops import features, training
 from pgmlops import features as datasets
+from pgmlops.errors import LeaseLost
 from pgmlops.jobs.worker import Worker
 from pgmlops.models import artifacts
 from pgmlops.training import TrainingError, fit
@@ -543,3 +544,23 @@ def test_a_train_job_on_data_it_cannot_learn_fails_for_good_and_records_nothing(
     assert "one class only" in job["error"]
     assert conn.execute("select count(*) from ml.runs where tenant_id = %s", (tenant,)).fetchone() == (0,)
     assert conn.execute("select count(*) from ml.model_versions where tenant_id = %s", (tenant,)).fetchone() == (0,)
+
+
+def test_a_fit_whose_job_is_lost_stops_at_the_next_epoch_with_lease_lost_and_records_nothing(
+        db: tuple[str, Conn, str]) -> None:
+    _, conn, tenant = db
+    dataset_id = breast_cancer_training_set(conn, n=160)
+    project = training.create_project(conn, "tumours", "classification", "malignant")
+    job_id = training.train(conn, "tumours", dataset_id, "mlp")
+    polls: list[int] = []
+
+    def lost_after_two_epochs() -> bool:
+        polls.append(len(polls) + 1)
+        return len(polls) > 2
+
+    with pytest.raises(LeaseLost, match=f"job {job_id} is no longer held by this worker"), conn.transaction():
+        training.run_training(conn, project_id=project, dataset_id=dataset_id, algorithm="mlp",
+                              hyperparams={"hidden_sizes": [8], "epochs": 30}, options={}, job_id=job_id,
+                              should_stop=lost_after_two_epochs)
+    assert polls == [1, 2, 3]  # stopped at the third epoch, not after thirty
+    assert conn.execute("select count(*) from ml.runs where tenant_id = %s", (tenant,)).fetchone() == (0,)

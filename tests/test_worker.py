@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,6 +24,8 @@ from .handlers_for_tests import SETUP_SQL
 
 Conn = psycopg.Connection[Any]
 MODULES = ["tests.handlers_for_tests"]
+ROOT = Path(__file__).resolve().parent.parent
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads the process table from /proc")
 
 
 @pytest.fixture
@@ -54,6 +59,42 @@ def pool(url: str, concurrency: int, **kwargs: Any) -> WorkerPool:
 
 def pid_of(worker_id: str) -> int:
     return int(worker_id.split(":")[1])
+
+
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time) of a process, from /proc; None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) ", comm may hold spaces
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def descendants(root: int) -> dict[int, int]:
+    """Every process below ``root``, with its start time (so a reused pid is not taken for it)."""
+    stats = {int(e): st for e in os.listdir("/proc") if e.isdigit() and (st := proc_stat(int(e))) is not None}
+    found: dict[int, int] = {}
+    todo = [root]
+    while todo:
+        parent = todo.pop()
+        for pid, (_, ppid, started) in stats.items():
+            if ppid == parent and pid not in found:
+                found[pid] = started
+                todo.append(pid)
+    return found
+
+
+def running(pid: int, started: int) -> bool:
+    """Whether that very process still runs (a zombie waiting to be reaped does not)."""
+    stat = proc_stat(pid)
+    return stat is not None and stat[2] == started and stat[0] not in "ZX"
+
+
+def kill_leftovers(processes: dict[int, int]) -> None:
+    for pid, started in processes.items():
+        if running(pid, started):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_four_workers_complete_two_thousand_jobs_exactly_once(db: tuple[str, Conn, str]) -> None:
@@ -194,3 +235,78 @@ def test_a_dead_worker_is_replaced_by_the_supervisor(db: tuple[str, Conn, str]) 
         assert workers.failures == 1
     finally:
         workers.stop()
+
+
+@needs_proc
+def test_workers_die_with_their_sigkilled_supervisor_and_their_job_then_succeeds_once(
+        db: tuple[str, Conn, str], tmp_path: Path) -> None:
+    url, conn, _ = db
+    job_id = queue.enqueue(conn, "effect", {"sleep_ms": 3000})
+    with (tmp_path / "supervisor.log").open("w") as log:
+        supervisor = subprocess.Popen(
+            [sys.executable, "-m", "pgmlops", "worker", "--kinds", "effect", "--concurrency", "2", "--lease", "1.5",
+             "--import", "tests.handlers_for_tests"],
+            cwd=ROOT, env={**os.environ, "DATABASE_URL": url}, stdout=log, stderr=subprocess.STDOUT)
+    tree: dict[int, int] = {}
+    try:
+        wait_for(lambda: scalar(conn, "select status from ml.jobs where id = %s", job_id) == "running",
+                 what="a worker of the supervisor to run the job")
+        victim = scalar(conn, "select locked_by from ml.jobs where id = %s", job_id)
+        tree = descendants(supervisor.pid)
+        assert pid_of(victim) in tree and len(tree) >= 2
+        supervisor.kill()
+        supervisor.wait()
+        wait_for(lambda: not any(running(pid, started) for pid, started in tree.items()), timeout=5,
+                 what="every process of the killed supervisor to end")
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+        kill_leftovers(tree)
+    # The orphan died mid-job: nothing completed it, and nothing of its attempt landed.
+    assert conn.execute("select status, locked_by from ml.jobs where id = %s", (job_id,)).fetchone() == ("running", victim)
+    assert scalar(conn, "select count(*) from test_effects") == 0
+
+    with pool(url, 1, lease=1.5):
+        wait_for(lambda: scalar(conn, "select status from ml.jobs where id = %s", job_id) == "succeeded",
+                 timeout=30, what="a new worker to take the job over")
+    state = conn.execute("select attempts, locked_by from ml.jobs where id = %s", (job_id,)).fetchone()
+    assert state[0] == 2 and state[1] != victim
+    assert scalar(conn, "select count(*) from test_effects where job_id = %s", job_id) == 1
+    successes = conn.execute("select (payload ->> 'attempts')::int from ml.events "
+                             "where topic = 'job' and event = 'job.succeeded'").fetchall()
+    assert successes == [(2,)]
+
+
+# Spawns a child guarded only by the portable parent watch, prints its pid, then waits to be killed.
+SUPERVISOR_OF_A_WATCHED_CHILD = """
+import multiprocessing, time
+from tests.handlers_for_tests import watch_parent_then_sleep
+child = multiprocessing.get_context("spawn").Process(target=watch_parent_then_sleep)
+child.start()
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+@needs_proc
+def test_without_prctl_the_parent_watch_alone_ends_an_orphan_within_seconds() -> None:
+    supervisor = subprocess.Popen([sys.executable, "-c", SUPERVISOR_OF_A_WATCHED_CHILD], cwd=ROOT,
+                                  stdout=subprocess.PIPE, text=True)
+    child: dict[int, int] = {}
+    try:
+        assert supervisor.stdout is not None
+        pid = int(supervisor.stdout.readline())
+        stat = proc_stat(pid)
+        assert stat is not None and stat[1] == supervisor.pid
+        child = {pid: stat[2]}
+        time.sleep(1.0)  # the child is up (or nearly): it must die however far it got
+        assert running(pid, stat[2])
+        supervisor.kill()
+        supervisor.wait()
+        wait_for(lambda: not running(pid, stat[2]), timeout=5, what="the orphan to end")
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+        kill_leftovers(child)
+        if supervisor.stdout is not None:
+            supervisor.stdout.close()

@@ -63,7 +63,8 @@ class InvalidState(DatabaseError):
 
 
 class LeaseLost(InvalidState):
-    """The worker no longer holds the job (SQLSTATE 55000); its result was refused."""
+    """The worker no longer holds the job (SQLSTATE 55000): the queue refuses its result, and a
+    handler that sees its lease lost (``JobContext.lost``) stops with this error."""
 
 
 def translate(exc: psycopg.Error) -> DatabaseError:

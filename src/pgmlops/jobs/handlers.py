@@ -41,8 +41,9 @@ class JobContext:
     """What a handler gets: the job, a connection in the job's tenant context, and signals.
 
     ``lost`` becomes set when the worker no longer holds the job (lease lost or job cancelled):
-    its result will be refused, so long handlers should check it and return early. ``stopping``
-    is set when the worker was asked to stop (SIGTERM); a handler may finish or return early.
+    its result will be refused, so long handlers should check it and stop early, returning or
+    raising :class:`~pgmlops.errors.LeaseLost`. ``stopping`` is set when the worker was asked
+    to stop (SIGTERM); a handler may finish or return early.
     """
 
     job: Job

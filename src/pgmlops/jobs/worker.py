@@ -7,17 +7,21 @@ extends the leases of held jobs. :func:`run_workers` supervises N such processes
 
 Stopping: the first SIGTERM or SIGINT stops claiming; the running job finishes and prefetched
 jobs are given back unrun. A second signal aborts the running job and gives its lease back.
-SIGKILL loses nothing either: the job's lease expires and another worker claims it.
+SIGKILL loses nothing either: the job's lease expires and another worker claims it. A worker
+process of a :class:`WorkerPool` dies with its supervisor (SIGKILL, see :func:`_die_with_parent`),
+so a killed supervisor leaves no orphan claiming jobs.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -296,8 +300,54 @@ class Worker:
 
 # -- supervision -----------------------------------------------------------------------------
 
+# prctl(2) option: the kernel sends this process a signal when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Make this worker process die with the supervisor that started it.
+
+    Killed, not stopped gracefully: the supervisor is gone, so nobody waits for a graceful exit;
+    a handler may run for hours, or sit in C code where no Python signal handler runs; and a
+    SIGKILLed worker loses nothing (its open transaction rolls back with its connections, its
+    jobs' leases expire and other workers take them, a late result is refused). Two guards: on
+    Linux the kernel sends SIGKILL (``PR_SET_PDEATHSIG``), however busy the process is; on every
+    platform a thread waits on the pipe multiprocessing keeps from the parent, which ends when
+    the parent dies.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not started by multiprocessing: no supervisor to die with
+        return
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG): %s", os.strerror(ctypes.get_errno()))
+    # A parent that died before prctl sends nothing: this process has been reparented already.
+    if os.getppid() != parent.pid:
+        _kill_self(parent.pid)
+    _watch_parent()
+
+
+def _watch_parent() -> None:
+    """Kill this process when its multiprocessing parent dies (the portable guard)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()  # waits until the parent's end of the pipe closes, i.e. the parent died
+        _kill_self(parent.pid)
+
+    threading.Thread(target=watch, name="pgmlops-parent-watch", daemon=True).start()
+
+
+def _kill_self(parent_pid: int | None) -> None:
+    log.warning("worker process %s: supervisor %s died, exiting", os.getpid(), parent_pid)
+    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))  # SIGTERM: TerminateProcess on Windows
+
 
 def _child_main(options: dict[str, Any]) -> None:
+    _die_with_parent()
     logging.basicConfig(level=options.pop("log_level", logging.INFO),
                         format="%(asctime)s %(processName)s %(levelname)s %(message)s")
     modules = options.pop("modules", None)
@@ -309,7 +359,10 @@ class WorkerPool:
     """N worker processes (spawned, so each has its own interpreter and connections).
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`. :meth:`supervise` replaces
-    workers that die (crash, SIGKILL) until :meth:`stop` is called.
+    workers that die (crash, SIGKILL) until :meth:`stop` is called. Workers die with the process
+    that started them; on Linux with the very thread (``PR_SET_PDEATHSIG`` follows the thread that
+    spawned the process), so start, check and supervise the pool from a thread that outlives it,
+    such as the main thread.
     """
 
     def __init__(self, url: str | None = None, kinds: Sequence[str] | None = None, concurrency: int = 1, *,

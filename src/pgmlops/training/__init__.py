@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pgmlops.training._handler import (
-    JobLost,
     Project,
     load_project,
     load_training_frame,
@@ -27,7 +26,6 @@ from pgmlops.training._training import (
 __all__ = [
     "ALGORITHMS",
     "FitResult",
-    "JobLost",
     "Project",
     "Report",
     "TrainingError",

@@ -18,7 +18,7 @@ from uuid import UUID
 import psycopg
 from psycopg.types.json import Jsonb
 
-from pgmlops.errors import InvalidInput, NotFound, translate
+from pgmlops.errors import InvalidInput, LeaseLost, NotFound, translate
 from pgmlops.jobs.handlers import JobContext, PermanentError
 
 if TYPE_CHECKING:
@@ -26,13 +26,9 @@ if TYPE_CHECKING:
 
     from pgmlops.training._training import FitResult, Report
 
-__all__ = ["JobLost", "Project", "load_project", "load_training_frame", "record_fit", "run_training", "train"]
+__all__ = ["Project", "load_project", "load_training_frame", "record_fit", "run_training", "train"]
 
 Conn = psycopg.Connection[Any]
-
-
-class JobLost(Exception):
-    """The worker no longer holds the job (lease lost, job cancelled): the fit stops early."""
 
 
 @dataclass(frozen=True)
@@ -103,8 +99,8 @@ def run_training(conn: Conn, *, project_id: UUID | str, dataset_id: UUID | str, 
 
     The connection must act for the tenant as a service caller (a worker in a job's
     transaction). ``report`` gets the intermediate values (tuning); ``should_stop`` is polled at
-    each step and stops the fit with :class:`JobLost` when true. ``register=False`` records the
-    run only (tuning trials).
+    each step and stops the fit when true. ``register=False`` records the run only (tuning
+    trials).
 
     Returns:
         ``{run_id, model_version_id, model, version, metrics, n_train, n_test, dropped_rows}``
@@ -113,6 +109,7 @@ def run_training(conn: Conn, *, project_id: UUID | str, dataset_id: UUID | str, 
     Raises:
         PermanentError: unknown project or dataset, data or settings that cannot be trained on,
             SQL refusing the input (SQLSTATE 22xxx, P0002).
+        LeaseLost: ``should_stop`` became true: the worker no longer holds the job.
     """
     from pgmlops.training import _algorithms
     from pgmlops.training import _training as training
@@ -125,7 +122,7 @@ def run_training(conn: Conn, *, project_id: UUID | str, dataset_id: UUID | str, 
 
     def step_report(step: int, value: float) -> None:
         if should_stop is not None and should_stop():
-            raise JobLost("the job is no longer held by this worker: fit abandoned")
+            raise LeaseLost(f"job {job_id} is no longer held by this worker: fit abandoned", "55000")
         if report is not None:
             report(step, value)
 

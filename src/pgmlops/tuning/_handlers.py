@@ -40,6 +40,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from pgmlops import training
+from pgmlops.errors import LeaseLost
 from pgmlops.jobs.handlers import JobContext, PermanentError
 from pgmlops.tuning import _studies
 
@@ -55,10 +56,6 @@ CONFIGURATIONS_PER_SLOT = 3
 
 # training.fit, looked up at call time so a test may slow it down in its worker processes.
 _fit: Callable[..., training.FitResult] = training.fit
-
-
-class _LeaseLost(Exception):
-    """The worker lost the job while fitting: stop, the job's result would be refused."""
 
 
 # -- the study, as the database and Optuna hold it ------------------------------------------------
@@ -271,7 +268,7 @@ def _run_trial(ctx: JobContext, storage: Any, row: dict[str, Any], frame: pd.Dat
 
     def report(step: int, value: float) -> None:
         if ctx.lost.is_set():
-            raise _LeaseLost(f"job {ctx.job.id}: lease lost during trial {trial.number}")
+            raise LeaseLost(f"job {ctx.job.id} is no longer held by this worker: trial {trial.number} abandoned", "55000")
         reported.append((step, {metric: value}))
         trial.report(value, step)
         if trial.should_prune():
@@ -292,7 +289,7 @@ def _run_trial(ctx: JobContext, storage: Any, row: dict[str, Any], frame: pd.Dat
         frozen = trial.study.tell(trial, state=TrialState.PRUNED)
         log.info("study %s: trial %s %s", row["id"], trial.number, exc)
         return _settle(ctx, row, "pruned", trial.number, frozen.value, run_id)
-    except (_LeaseLost, optuna.exceptions.StorageInternalError):
+    except (LeaseLost, optuna.exceptions.StorageInternalError):
         raise
     except Exception as exc:  # this configuration cannot be fitted: fail it and sample another
         if ctx.lost.is_set():
