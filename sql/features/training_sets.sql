@@ -619,7 +619,7 @@ $$;
 --   features  'group:feature' or 'group@version:feature'; output columns are named by the
 --             feature, or <group>__<feature> when names collide (see ml_private.training_set_plan)
 --   label     a spine column, copied as it is
---   transformations  see "Transformations" above; statistics frozen at build
+--   transformations  see sql/features/transformations.sql; statistics frozen at build
 -- Writes ml_datasets."<name>_<8 hex of id>" (tenant_id on every row, read through RLS), the
 -- ml.datasets row (row count, content hash, columns, model inputs, time range, source groups,
 -- frozen transformations), lineage feature_group -> dataset, and the event 'dataset.created'

@@ -11,7 +11,7 @@
 -- its shortest distance, so cycles end), to a depth limit.
 
 ------------------------------------------------------------------------------------------------
--- Lineage
+-- Recording edges
 ------------------------------------------------------------------------------------------------
 
 -- ml_private.record_lineage(p_tenant, p_from_kind, p_from_id, p_to_kind, p_to_id,
@@ -30,7 +30,7 @@ as $$
 $$;
 
 ------------------------------------------------------------------------------------------------
--- Lineage
+-- Kinds and walks
 ------------------------------------------------------------------------------------------------
 
 -- ml_private.register_lineage_kind(p_kind text, p_name_sql text default null,

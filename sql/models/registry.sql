@@ -329,7 +329,7 @@ $$;
 
 -- ml.model_artifact(model text, version int) returns table (artifact bytea, artifact_format text,
 --                                                           artifact_sha256 text)
--- The artifact of one version, with what pgmlops.artifacts.load needs to check it. `model` may
+-- The artifact of one version, with what pgmlops.models.artifacts.load needs to check it. `model` may
 -- be 'name@version' or 'name@alias' with version NULL; 'name' with version NULL: the newest.
 -- Raises like ml_private.find_model_version; 42501 non-members. Callers: any member, service_role.
 create or replace function ml.model_artifact(model text, version int)

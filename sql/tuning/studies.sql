@@ -25,6 +25,8 @@
 -- Optuna's schema
 ------------------------------------------------------------------------------------------------
 
+-- Workers reach it as the database owner (search_path=optuna); clients never do: they read
+-- trials through ml.tuning_trials, filtered to their tenants.
 revoke all on schema optuna from public;
 
 do $$
@@ -39,7 +41,7 @@ $$;
 
 -- ml_private.tuning_metrics(p_task text) returns text[]
 -- The metrics a study may optimize for a task: the held-out metrics pgmlops.training reports
--- (pgmlops._metrics; HIGHER_IS_BETTER there agrees with ml_private.metric_direction).
+-- (its HIGHER_IS_BETTER agrees with ml_private.metric_direction).
 create or replace function ml_private.tuning_metrics(p_task text) returns text[]
 language sql immutable
 set search_path = ''

@@ -122,5 +122,5 @@ $$;
 
 
 def applied_query() -> str:
-    """The query reading the applied ``(path, checksum)`` pairs (NULL-safe when the table is absent)."""
+    """The query reading the applied ``(path, checksum)`` pairs."""
     return f"select path, checksum from {CHECKSUM_TABLE}"

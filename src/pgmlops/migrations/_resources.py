@@ -22,15 +22,10 @@ def _locate(name: str) -> Path:
 
 
 def sql_dir() -> Path:
-    """The directory holding the SQL API files (one per area)."""
+    """The directory holding the repeatable SQL (``sql/<capability>/*.sql``)."""
     return _locate("sql")
 
 
 def migrations_dir() -> Path:
     """The Alembic script directory."""
     return _locate("migrations")
-
-
-def read_sql(name: str) -> str:
-    """The text of ``sql/<name>``."""
-    return (sql_dir() / name).read_text(encoding="utf-8")

@@ -130,7 +130,8 @@ def apply_repeatables(revision: str, *, only_if_changed: bool = False) -> bool:
     repeatables = _repeatables.files()
     context = op.get_context()
     if only_if_changed and not context.as_sql:
-        applied = dict(op.get_bind().exec_driver_sql(_repeatables.applied_query()).fetchall())
+        rows = op.get_bind().exec_driver_sql(_repeatables.applied_query()).fetchall()
+        applied: dict[str, str] = {row[0]: row[1] for row in rows}
         if applied == {f.path: f.checksum for f in repeatables}:
             return False
     for piece in _repeatables.statements(revision, repeatables):
