@@ -15,6 +15,8 @@ SETUP_SQL = """
 create table if not exists public.test_effects (
     job_id bigint not null, worker text not null, tenant text, acting_tenant text,
     at timestamptz not null default clock_timestamp());
+-- Handlers run as the service role (pgmlops.db.tenant_context), as on Supabase.
+grant all on public.test_effects to service_role;
 select ml_private.register_job_kind('effect', 'test: records one row per execution',
     '{"type": "object", "properties": {"sleep_ms": {"type": "integer", "minimum": 0}}}'::jsonb,
     3, interval '30 seconds', interval '100 milliseconds', interval '1 second');
@@ -29,7 +31,8 @@ def effect(ctx: JobContext) -> dict[str, Any]:
             break
     row = ctx.conn.execute(
         "insert into public.test_effects (job_id, worker, tenant, acting_tenant) "
-        "values (%s, %s, current_setting('pgmlops.tenant_id', true), ml.current_tenant()::text) "
+        "values (%s, %s, current_setting('request.jwt.claims', true)::jsonb #>> '{app_metadata,tenant_id}', "
+        "ml.current_tenant()::text) "
         "returning tenant, acting_tenant",
         (ctx.job.id, ctx.worker_id),
     ).fetchone()

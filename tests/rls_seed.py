@@ -7,7 +7,7 @@
 #       conn.execute("select ml.create_feature_group(...)")
 #
 # A seeder makes at least one row of its tables for `tenant`, through the SQL API, on a connection
-# that acts as a service caller for that tenant (pgmlops.tenant_id is set), as a worker would. One
+# that acts as a service caller for that tenant (pgmlops.db.tenant_context), as a worker would. One
 # seeder may fill several tables (ml.enqueue writes ml.jobs and ml.events): name them all. Seeders
 # run in the order they are defined, so one may use rows an earlier one made (a feature group
 # before its values). Key by the name ml_private.tenant_tables lists the table under.
@@ -19,12 +19,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
+
+from pgmlops.db import tenant_context
 
 Conn = psycopg.Connection[Any]
 Seeder = Callable[[Conn, str], None]
@@ -46,13 +47,11 @@ def seeds(*tables: str) -> Callable[[Seeder], Seeder]:
 
 
 def seed_tenant(conn: Conn, tenant: str) -> None:
-    """Run every seeder once for ``tenant``, in the order they are defined."""
-    conn.execute("select set_config('pgmlops.tenant_id', %s, false)", (tenant,))
-    try:
+    """Run every seeder once for ``tenant``, in the order they are defined, in one transaction
+    of the service role acting for it (pgmlops.db.tenant_context, as a worker would)."""
+    with tenant_context(conn, tenant):
         for seeder in dict.fromkeys(SEEDERS.values()):
             seeder(conn, tenant)
-    finally:
-        conn.execute("select set_config('pgmlops.tenant_id', '', false)")
 
 
 # -- seeders -----------------------------------------------------------------------------------
@@ -120,12 +119,8 @@ def registered_model(conn: Conn, tenant: str) -> None:
     owner = conn.execute("select user_id from ml.tenant_members where tenant_id = %s and role = 'owner' limit 1",
                          (tenant,)).fetchone()
     assert owner is not None, "the RLS tests make every tenant with an owner"
-    conn.execute("select set_config('request.jwt.claims', %s, false)",
-                 (json.dumps({"sub": str(owner[0]), "role": "authenticated"}),))
-    try:
+    with tenant_context(conn, tenant, user=owner[0]):
         conn.execute("select ml.approve('rls-model', 1, 'approved', 'rls seed')")
-    finally:
-        conn.execute("select set_config('request.jwt.claims', '', false)")
 
 
 @seeds("ml.tuning_studies")

@@ -60,10 +60,10 @@ def test_enqueue_reports_bad_input_with_its_sqlstate_and_writes_nothing(fresh_db
     with psycopg.connect(fresh_db_url, autocommit=True) as conn:
         tenant = make_tenant(conn)
         run = pgmlops("enqueue", "echo", '{"sleep_ms": "soon"}', "--tenant", tenant, url=fresh_db_url)
-        assert run.returncode == 1
+        assert run.returncode == 2
         assert "[22023]" in run.stderr and "payload: $.sleep_ms: must be of type integer" in run.stderr
         run = pgmlops("enqueue", "bogus", "{}", "--tenant", tenant, url=fresh_db_url)
-        assert run.returncode == 1 and "unknown job kind 'bogus'" in run.stderr
+        assert run.returncode == 2 and "unknown job kind 'bogus'" in run.stderr
         run = pgmlops("enqueue", "echo", "{not json", "--tenant", tenant, url=fresh_db_url)
         assert run.returncode == 2 and "payload: not valid JSON" in run.stderr
         assert conn.execute("select count(*) from ml.jobs").fetchone()[0] == 0
@@ -76,7 +76,7 @@ def test_tenants_create_and_list(fresh_db_url: str) -> None:
     run = pgmlops("tenants", "add-member", tenant, "6f1c1f43-5a0e-4c4b-9d55-0b6c3b6ad0a1", "viewer", url=fresh_db_url)
     assert run.returncode == 0, run.stderr
     run = pgmlops("tenants", "add-member", tenant, "6f1c1f43-5a0e-4c4b-9d55-0b6c3b6ad0a1", "boss", url=fresh_db_url)
-    assert run.returncode == 1 and "role: must be one of owner, admin, ml_engineer, viewer" in run.stderr
+    assert run.returncode == 2 and "role: must be one of owner, admin, ml_engineer, viewer" in run.stderr
     run = pgmlops("tenants", "list", url=fresh_db_url)
     assert "acme" in run.stdout and tenant in run.stdout
 
@@ -158,7 +158,74 @@ def test_features_ingest_reports_the_bad_row_and_writes_nothing(fresh_db_url: st
     data = tmp_path / "customers.csv"
     data.write_text("customer,event_time,spend\nc1,2026-01-01,10.5\nc2,2026-01-02,-3\n")
     run = pgmlops("features", "ingest", "customers", str(data), "--tenant", tenant, url=fresh_db_url)
-    assert run.returncode == 1
+    assert run.returncode == 2
     assert "[22023]" in run.stderr and "row 2" in run.stderr and "spend: must be >= 0, got -3" in run.stderr
     with psycopg.connect(fresh_db_url, autocommit=True) as conn:
         assert conn.execute("select count(*) from ml.feature_values").fetchone() == (0,)
+
+
+# -- errors: one line with the SQLSTATE, a hint line, exit 2 for bad input and 1 for failures ----
+
+
+def error_lines(run: subprocess.CompletedProcess[str]) -> list[str]:
+    """What the command printed to stderr, line by line; never a traceback."""
+    assert "Traceback" not in run.stderr, run.stderr
+    return run.stderr.rstrip("\n").splitlines()
+
+
+def test_a_value_the_sql_refuses_is_bad_input_one_line_and_exit_2(fresh_db_url: str) -> None:
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        tenant = make_tenant(conn)
+    run = pgmlops("enqueue", "echo", '{"sleep_ms": "soon"}', "--tenant", tenant, url=fresh_db_url)
+    assert run.returncode == 2
+    assert error_lines(run) == ["error [22023]: payload: $.sleep_ms: must be of type integer, got string"]
+
+
+def test_an_error_with_a_hint_prints_it_on_the_next_line(fresh_db_url: str) -> None:
+    run = pgmlops("enqueue", "echo", "{}", "--tenant", "not-a-uuid", url=fresh_db_url)
+    assert run.returncode == 2
+    assert error_lines(run) == ["error [22P02]: tenant_id 'not-a-uuid' is not a uuid",
+                                "hint: Set pgmlops.tenant_id or app_metadata.tenant_id to a tenant's uuid."]
+
+
+def test_a_name_that_names_nothing_is_bad_input(fresh_db_url: str) -> None:
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        tenant = make_tenant(conn)
+    run = pgmlops("features", "show", "nosuch", "--tenant", tenant, url=fresh_db_url)
+    assert run.returncode == 2
+    assert error_lines(run) == ["error [P0002]: feature group 'nosuch' does not exist",
+                                "hint: Create it with ml.create_feature_group(...)."]
+
+
+def test_a_missing_tenant_is_a_usage_error(fresh_db_url: str) -> None:
+    run = pgmlops("features", "list", url=fresh_db_url, env={"PGMLOPS_TENANT": ""})
+    assert run.returncode == 2
+    assert "--tenant" in run.stderr and "required" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_state_that_forbids_the_command_is_a_failure_exit_1(fresh_db_url: str, tmp_path: Any) -> None:
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        tenant = make_tenant(conn)
+        conn.execute("select set_config('pgmlops.tenant_id', %s, false)", (tenant,))
+        conn.execute("""select ml.create_feature_group('customers', 'customer', '{"spend": {"dtype": "float"}}')""")
+        conn.execute("select ml.set_feature_group_status('customers', 1, 'archived')")
+    data = tmp_path / "customers.csv"
+    data.write_text("customer,event_time,spend\nc1,2026-01-01,10.5\n")
+    run = pgmlops("features", "ingest", "customers@1", str(data), "--tenant", tenant, url=fresh_db_url)
+    assert run.returncode == 1
+    (line,) = [text for text in error_lines(run) if text.startswith("error")]
+    assert line.startswith("error [55000]: ") and "archived" in line
+
+
+def test_an_unreachable_database_is_a_failure_with_a_hint(tmp_path: Any) -> None:
+    run = pgmlops("tenants", "list", url="postgresql://postgres@127.0.0.1:1/nothing")
+    assert run.returncode == 1
+    error, hint = error_lines(run)
+    assert error.startswith("error [08006]: cannot connect to the pgmlops database: ")
+    assert hint.startswith("hint: check --database-url / DATABASE_URL")
+
+
+def test_an_embedded_server_that_cannot_start_is_a_failure_not_a_traceback(tmp_path: Any) -> None:
+    run = pgmlops("db", "start", env={"PGMLOPS_HOME": str(tmp_path), "PGMLOPS_EMBEDDED_PORT": "junk"})
+    assert run.returncode == 1
+    assert error_lines(run) == ["error: PGMLOPS_EMBEDDED_PORT='junk' is not an integer"]

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from pgmlops.db import tenant_context
 from pgmlops.errors import AccessDenied, InvalidInput, NotFound
 from pgmlops.features import _stats as feature_stats
-from pgmlops.tenants import as_user
 
 from .conftest import act_for, make_tenant
 
@@ -368,17 +368,17 @@ def _tenant_with_members(conn: Conn) -> tuple[str, str, str, str]:
 
 def test_viewer_reads_stats_but_may_not_compute(conn: Conn) -> None:
     tenant, _, viewer, group = _tenant_with_members(conn)
-    with conn.transaction(), as_user(conn, viewer, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=viewer):
         assert feature_stats.latest_stats(conn, group) is not None
         assert conn.execute("select count(*) from ml.feature_stats").fetchone() == (1,)
-    with pytest.raises(AccessDenied), conn.transaction(), as_user(conn, viewer, tenant_id=tenant):
+    with pytest.raises(AccessDenied), tenant_context(conn, tenant, user=viewer):
         feature_stats.compute_stats(conn, group)
     assert stats_rows(conn, tenant) == 1
 
 
 def test_member_with_a_writing_role_computes(conn: Conn) -> None:
     tenant, owner, _, group = _tenant_with_members(conn)
-    with conn.transaction(), as_user(conn, owner, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=owner):
         stats = feature_stats.compute_stats(conn, group)
     assert stats["rows"] == 1 and stats_rows(conn, tenant) == 2
 
@@ -388,7 +388,7 @@ def test_another_tenant_cannot_see_the_stats(conn: Conn) -> None:
     stranger = str(uuid.uuid4())
     theirs = make_tenant(conn)
     conn.execute("select ml.add_tenant_member(%s, %s, 'owner')", (theirs, stranger))
-    with conn.transaction(), as_user(conn, stranger, tenant_id=theirs):
+    with tenant_context(conn, theirs, user=stranger):
         assert conn.execute("select count(*) from ml.feature_stats").fetchone() == (0,)
         with pytest.raises(NotFound):
             feature_stats.latest_stats(conn, group)

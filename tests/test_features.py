@@ -22,8 +22,8 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from pgmlops import features
+from pgmlops.db import tenant_context
 from pgmlops.errors import DatabaseError, InvalidState
-from pgmlops.tenants import as_user
 
 from .conftest import act_for, make_tenant
 
@@ -227,7 +227,7 @@ def test_a_group_name_that_is_not_lowercase_snake_case_is_refused(conn: Conn, te
 
 def test_a_viewer_cannot_create_a_group(conn: Conn, tenant: str) -> None:
     viewer = member(conn, tenant, "viewer")
-    with refused("42501"), conn.transaction(), as_user(conn, viewer, tenant_id=tenant):
+    with refused("42501"), tenant_context(conn, tenant, user=viewer):
         create(conn, {"x": {"dtype": "int"}})
     assert conn.execute("select count(*) from ml.feature_groups where tenant_id = %s", (tenant,)).fetchone() == (0,)
 
@@ -721,23 +721,23 @@ def other_tenant_member(conn: Conn, tenant: str) -> tuple[str, str]:
 def test_a_member_of_another_tenant_cannot_ingest_into_the_group(
         conn: Conn, tenant: str, other_tenant_member: tuple[str, str]) -> None:
     theirs, stranger = other_tenant_member
-    with refused("P0002"), conn.transaction(), as_user(conn, stranger, tenant_id=theirs):
+    with refused("P0002"), tenant_context(conn, theirs, user=stranger):
         ingest(conn, [{"card": "a", "event_time": T1, "x": 2}])
-    with refused("42501"), conn.transaction(), as_user(conn, stranger, tenant_id=tenant):
+    with refused("42501"), tenant_context(conn, tenant, user=stranger):
         ingest(conn, [{"card": "a", "event_time": T1, "x": 2}])
     assert stored(conn, tenant)["feature_values"] == 1
 
 
 def test_a_member_of_another_tenant_cannot_read_the_group(conn: Conn, tenant: str, other_tenant_member: tuple[str, str]) -> None:
     theirs, stranger = other_tenant_member
-    with conn.transaction(), as_user(conn, stranger, tenant_id=theirs):
+    with tenant_context(conn, theirs, user=stranger):
         for table in STORE + ("feature_groups",):
             assert conn.execute(f"select count(*) from ml.{table}").fetchone() == (0,), table
         with refused("P0002"), conn.transaction():
             online(conn, ["g:x"], ["a"])
         with refused("P0002"), conn.transaction():
             conn.execute("select ml.feature_group('g')")
-    with refused("42501"), conn.transaction(), as_user(conn, stranger, tenant_id=tenant):
+    with refused("42501"), tenant_context(conn, tenant, user=stranger):
         online(conn, ["g:x"], ["a"])
 
 
@@ -746,9 +746,9 @@ def test_a_viewer_reads_online_features_but_cannot_ingest(conn: Conn, tenant: st
     ingest(conn, [{"card": "a", "event_time": T0, "x": 1}])
     viewer = member(conn, tenant, "viewer")
     act_for(conn, None)
-    with conn.transaction(), as_user(conn, viewer, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=viewer):
         assert online(conn, ["g:x"], ["a"]) == [("a", {"g:x": 1})]
-    with refused("42501"), conn.transaction(), as_user(conn, viewer, tenant_id=tenant):
+    with refused("42501"), tenant_context(conn, tenant, user=viewer):
         ingest(conn, [{"card": "a", "event_time": T1, "x": 2}])
     assert stored(conn, tenant)["feature_values"] == 1
 
@@ -758,7 +758,7 @@ def test_an_ml_engineer_ingests(conn: Conn, tenant: str, path: str) -> None:
     create(conn, {"x": {"dtype": "int"}})
     engineer = member(conn, tenant, "ml_engineer")
     act_for(conn, None)
-    with conn.transaction(), as_user(conn, engineer, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=engineer):
         PATHS[path](conn, [{"card": "a", "event_time": T0, "x": "1" if path == "bulk" else 1}])
         assert online(conn, ["g:x"], ["a"]) == [("a", {"g:x": 1})]
     row = conn.execute("select created_by::text from ml.feature_ingestions where tenant_id = %s", (tenant,)).fetchone()

@@ -10,8 +10,8 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from pgmlops import lineage
+from pgmlops.db import tenant_context
 from pgmlops.errors import InvalidInput, NotFound
-from pgmlops.tenants import as_user
 
 from .conftest import act_for, make_tenant
 
@@ -142,7 +142,7 @@ def test_a_member_of_another_tenant_sees_none_of_the_edges(conn: Conn, tenant: s
     theirs = make_tenant(conn)
     conn.execute("select ml.add_tenant_member(%s, %s, 'viewer')", (theirs, stranger))
     act_for(conn, None)
-    with conn.transaction(), as_user(conn, stranger, tenant_id=theirs):
+    with tenant_context(conn, theirs, user=stranger):
         walk = lineage.lineage_of(conn, *mv)
     assert (walk["upstream"], walk["edges"]) == ([], [])
 
@@ -153,7 +153,7 @@ def test_viewers_may_walk_lineage(conn: Conn, tenant: str) -> None:
     viewer = str(uuid.uuid4())
     conn.execute("select ml.add_tenant_member(%s, %s, 'viewer')", (tenant, viewer))
     act_for(conn, None)
-    with conn.transaction(), as_user(conn, viewer, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=viewer):
         walk = lineage.lineage_of(conn, *ds)
     assert listed(walk["upstream"]) == [(*fg, 1)]
 

@@ -3,7 +3,7 @@
 On the real server. Versions are registered the way the train handler registers them: a service
 caller (the worker) acting for the tenant starts and finishes a run, then calls
 ml.register_model_version with the artifact's bytes and their SHA-256. People (owners, admins,
-ml engineers, viewers) act through pgmlops.tenants.as_user, as PostgREST would run their calls.
+ml engineers, viewers) act through pgmlops.db.tenant_context, as PostgREST would run their calls.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from pgmlops import models as registry
+from pgmlops.db import tenant_context
 from pgmlops.errors import AccessDenied, InvalidState, NotFound
-from pgmlops.tenants import as_user
 
 from .conftest import act_for
 from .training_data import member, refused
@@ -166,13 +166,13 @@ def test_a_model_stays_in_its_project(conn: Conn, tenant: str, project: tuple[st
 def test_versions_are_registered_by_workers_only(conn: Conn, tenant: str, project: tuple[str, str]) -> None:
     run = finished_run(conn, project)
     owner = as_member(conn, tenant, "owner")
-    with refused("42501"), conn.transaction(), as_user(conn, owner, tenant_id=tenant):
+    with refused("42501"), tenant_context(conn, tenant, user=owner):
         register(conn, project, run=run)
 
 
 def test_created_by_is_the_user_who_queued_the_training(conn: Conn, tenant: str, project: tuple[str, str]) -> None:
     engineer = as_member(conn, tenant, "ml_engineer")
-    with conn.transaction(), as_user(conn, engineer, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=engineer):
         job = one(conn, "select ml.train('churn', %s, 'hist_gradient_boosting')", project[1])
     created = register(conn, project, run=finished_run(conn, project, job=job))
     assert one(conn, "select created_by::text from ml.model_versions where id = %s", created["model_version_id"]) == engineer
@@ -216,7 +216,7 @@ def test_model_version_reads_by_number_alias_or_newest(conn: Conn, tenant: str, 
 def test_viewers_read_versions_and_artifacts(conn: Conn, tenant: str, project: tuple[str, str]) -> None:
     register(conn, project, artifact=b"weights")
     viewer = as_member(conn, tenant, "viewer")
-    with conn.transaction(), as_user(conn, viewer, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=viewer):
         assert one(conn, "select ml.model_version('churn@1') ->> 'artifact_size'") == "7"
         assert one(conn, "select artifact from ml.model_artifact('churn@1', null)") == b"weights"
 
@@ -228,7 +228,7 @@ def test_an_alias_is_set_moved_and_removed_with_an_audit_row_each(conn: Conn, te
     for _ in range(2):
         register(conn, project)
     engineer = as_member(conn, tenant, "ml_engineer")
-    with conn.transaction(), as_user(conn, engineer, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=engineer):
         assert one(conn, "select ml.set_alias('churn', 'challenger', 1) ->> 'version'") == "1"
         conn.execute("select ml.set_alias('churn', 'challenger', 1)")  # no change, no audit row
         conn.execute("select ml.set_alias('churn', 'challenger', 2)")
@@ -261,7 +261,7 @@ def test_any_alias_name_works_and_aliases_are_per_model(conn: Conn, tenant: str,
 def test_a_viewer_cannot_move_an_alias(conn: Conn, tenant: str, project: tuple[str, str]) -> None:
     register(conn, project)
     viewer = as_member(conn, tenant, "viewer")
-    with refused("42501"), conn.transaction(), as_user(conn, viewer, tenant_id=tenant):
+    with refused("42501"), tenant_context(conn, tenant, user=viewer):
         conn.execute("select ml.set_alias('churn', 'challenger', 1)")
     assert alias_of(conn, "churn", "challenger") is None
 
@@ -281,10 +281,10 @@ def test_admins_and_ml_engineers_approve_and_a_second_decision_replaces_the_firs
         conn: Conn, tenant: str, project: tuple[str, str]) -> None:
     register(conn, project)
     admin, engineer = as_member(conn, tenant, "admin"), as_member(conn, tenant, "ml_engineer")
-    with conn.transaction(), as_user(conn, admin, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=admin):
         assert one(conn, "select ml.approve('churn', 1, 'approved', 'looks good')") == {
             "model": "churn", "version": 1, "decision": "approved", "approvals": 1, "rejections": 0}
-    with conn.transaction(), as_user(conn, engineer, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=engineer):
         conn.execute("select ml.approve('churn', 1, 'rejected', 'recall too low')")
         assert one(conn, "select ml.approve('churn', 1, 'approved', 'fixed')")["approvals"] == 2
     assert one(conn, "select count(*) from ml.model_approvals where tenant_id = %s", tenant) == 2
@@ -296,14 +296,14 @@ def test_admins_and_ml_engineers_approve_and_a_second_decision_replaces_the_firs
 def test_an_owner_approves_too(conn: Conn, tenant: str, project: tuple[str, str]) -> None:
     register(conn, project)
     owner = as_member(conn, tenant, "owner")
-    with conn.transaction(), as_user(conn, owner, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=owner):
         assert one(conn, "select ml.approve('churn', 1, 'approved')")["approvals"] == 1
 
 
 def test_a_viewer_cannot_approve(conn: Conn, tenant: str, project: tuple[str, str]) -> None:
     register(conn, project)
     viewer = as_member(conn, tenant, "viewer")
-    with refused("42501", "role viewer .* may not do this"), conn.transaction(), as_user(conn, viewer, tenant_id=tenant):
+    with refused("42501", "role viewer .* may not do this"), tenant_context(conn, tenant, user=viewer):
         conn.execute("select ml.approve('churn', 1, 'approved')")
     assert one(conn, "select count(*) from ml.model_approvals where tenant_id = %s", tenant) == 0
 
@@ -317,8 +317,7 @@ def test_a_service_caller_cannot_approve(conn: Conn, tenant: str, project: tuple
 def test_a_decision_is_approved_or_rejected(conn: Conn, tenant: str, project: tuple[str, str]) -> None:
     register(conn, project)
     engineer = as_member(conn, tenant, "ml_engineer")
-    with refused("22023", "decision: must be approved or rejected"), conn.transaction(), \
-            as_user(conn, engineer, tenant_id=tenant):
+    with refused("22023", "decision: must be approved or rejected"), tenant_context(conn, tenant, user=engineer):
         conn.execute("select ml.approve('churn', 1, 'maybe')")
 
 
@@ -329,7 +328,7 @@ def test_a_policy_is_set_replaced_and_removed_with_audit_rows(conn: Conn, tenant
     admin = as_member(conn, tenant, "admin")
     policy = {"min_metrics": {"roc_auc": 0.9}, "max_metrics": {"log_loss": 0.4}, "max_inference_latency_ms": 50,
               "min_approvals": 1, "min_hours_as_challenger": 24}
-    with conn.transaction(), as_user(conn, admin, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=admin):
         assert one(conn, "select ml.set_promotion_policy('churn', 'champion', %s)", Jsonb(policy)) == policy
         assert one(conn, "select ml.set_promotion_policy('churn', 'champion', '{\"min_approvals\": 2}')") == {
             "min_metrics": {}, "max_metrics": {}, "min_approvals": 2}
@@ -343,7 +342,7 @@ def test_a_policy_is_set_replaced_and_removed_with_audit_rows(conn: Conn, tenant
 def test_ml_engineers_and_viewers_cannot_set_policies(conn: Conn, tenant: str, project: tuple[str, str]) -> None:
     for role in ("ml_engineer", "viewer"):
         user = as_member(conn, tenant, role)
-        with refused("42501", f"role {role} .* may not do this"), conn.transaction(), as_user(conn, user, tenant_id=tenant):
+        with refused("42501", f"role {role} .* may not do this"), tenant_context(conn, tenant, user=user):
             conn.execute("select ml.set_promotion_policy('churn', 'champion', '{\"min_approvals\": 0}')")
 
 
@@ -406,9 +405,9 @@ def test_an_approved_version_passing_every_gate_is_promoted_and_audited(
                  "and after ->> 'alias' = 'challenger'", (tenant,))
     conn.execute("select ml.set_promotion_policy('churn', 'champion', %s)", (Jsonb(STRICT),))
     reviewer, engineer = as_member(conn, tenant, "admin"), as_member(conn, tenant, "ml_engineer")
-    with conn.transaction(), as_user(conn, reviewer, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=reviewer):
         conn.execute("select ml.approve('churn', 2, 'approved')")
-    with conn.transaction(), as_user(conn, engineer, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=engineer):
         result = one(conn, "select ml.promote('churn', 2)")
     assert (result["version"], result["previous_version"], result["changed"]) == (2, 1, True)
     assert all(g["passed"] for g in result["gates"])
@@ -453,7 +452,7 @@ def test_hours_as_challenger_restart_when_the_alias_comes_back(conn: Conn, tenan
 def test_a_rejected_version_is_not_promoted_even_without_a_policy(conn: Conn, tenant: str, project: tuple[str, str]) -> None:
     register(conn, project)
     engineer = as_member(conn, tenant, "ml_engineer")
-    with conn.transaction(), as_user(conn, engineer, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=engineer):
         conn.execute("select ml.approve('churn', 1, 'rejected', 'leaks the label')")
     with refused("23514", r"rejections 1 > 0"):
         conn.execute("select ml.promote('churn', 1)")
@@ -486,9 +485,9 @@ def test_metric_gates_read_nested_metrics_by_path(conn: Conn, tenant: str, proje
 def test_a_viewer_cannot_promote(conn: Conn, tenant: str, project: tuple[str, str]) -> None:
     register(conn, project)
     viewer = as_member(conn, tenant, "viewer")
-    with refused("42501"), conn.transaction(), as_user(conn, viewer, tenant_id=tenant):
+    with refused("42501"), tenant_context(conn, tenant, user=viewer):
         conn.execute("select ml.promote('churn', 1)")
-    with conn.transaction(), as_user(conn, viewer, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=viewer):
         assert one(conn, "select ml.check_promotion('churn', 1) ->> 'passed'") == "true"
 
 
@@ -500,7 +499,7 @@ def test_every_registry_change_is_audited_and_published(conn: Conn, tenant: str,
     conn.execute("select ml.set_alias('churn', 'challenger', 1)")
     conn.execute("select ml.set_promotion_policy('churn', 'champion', '{\"min_approvals\": 1}')")
     engineer = as_member(conn, tenant, "ml_engineer")
-    with conn.transaction(), as_user(conn, engineer, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=engineer):
         conn.execute("select ml.approve('churn', 1, 'approved')")
         conn.execute("select ml.promote('churn', 1)")
     actions = [(a, actor) for a, actor, _, _ in audit(conn, tenant)]
@@ -517,7 +516,7 @@ def test_the_audit_log_is_append_only_for_clients_and_the_service_role(conn: Con
     owner = as_member(conn, tenant, "owner")
     for caller in ((owner, "authenticated"), (None, "service_role")):
         for statement in ("update ml.audit_log set action = 'forged'", "delete from ml.audit_log"):
-            with refused("42501"), conn.transaction(), as_user(conn, caller[0], role=caller[1], tenant_id=tenant):
+            with refused("42501"), tenant_context(conn, tenant, user=caller[0], role=caller[1]):
                 conn.execute(statement)
     assert len(audit(conn, tenant)) == 2
 
@@ -527,11 +526,11 @@ def test_a_member_of_another_tenant_sees_no_model(conn: Conn, tenant: str, proje
     theirs = str(one(conn, "select ml.create_tenant('theirs')"))
     stranger = member(conn, theirs, "owner")
     act_for(conn, None)  # the stranger names their tenant in their JWT
-    with refused("P0002", "model 'churn' does not exist"), conn.transaction(), as_user(conn, stranger, tenant_id=theirs):
+    with refused("P0002", "model 'churn' does not exist"), tenant_context(conn, theirs, user=stranger):
         conn.execute("select ml.model_version('churn')")
-    with refused("42501"), conn.transaction(), as_user(conn, stranger, tenant_id=tenant):
+    with refused("42501"), tenant_context(conn, tenant, user=stranger):
         conn.execute("select ml.model_version('churn')")
-    with conn.transaction(), as_user(conn, stranger, tenant_id=theirs):
+    with tenant_context(conn, theirs, user=stranger):
         assert one(conn, "select count(*) from ml.model_versions") == 0
 
 
@@ -572,14 +571,15 @@ def test_the_python_registry_api(conn: Conn, tenant: str, project: tuple[str, st
     with pytest.raises(AccessDenied):
         registry.approve(conn, "churn", 2)  # a service caller is nobody to approve
     engineer = as_member(conn, tenant, "ml_engineer")
-    with conn.transaction(), as_user(conn, engineer, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=engineer):
         assert registry.approve(conn, "churn", 2, comment="ok")["approvals"] == 1
     assert registry.list_models(conn, project="other") == []
 
 
 def test_load_model_checks_the_artifact(conn: Conn, tenant: str, project: tuple[str, str]) -> None:
-    from pgmlops.models import artifacts
     from sklearn.linear_model import LogisticRegression
+
+    from pgmlops.models import artifacts
 
     fitted = LogisticRegression().fit([[0.0], [1.0], [2.0], [3.0]], [0, 0, 1, 1])
     data, fmt, digest = artifacts.dump(fitted)
@@ -602,7 +602,7 @@ def test_deleting_a_tenant_erases_its_projects_runs_models_and_audit(conn: Conn,
     conn.execute("select ml.set_alias('churn', 'challenger', 1)")
     conn.execute("select ml.set_promotion_policy('churn', 'champion', '{}')")
     engineer = as_member(conn, tenant, "ml_engineer")
-    with conn.transaction(), as_user(conn, engineer, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=engineer):
         conn.execute("select ml.approve('churn', 1, 'approved')")
     act_for(conn, None)
     conn.execute("delete from ml.tenants where id = %s", (tenant,))

@@ -17,8 +17,8 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from pgmlops import features as datasets
+from pgmlops.db import tenant_context
 from pgmlops.errors import AccessDenied, InvalidInput, NotFound
-from pgmlops.tenants import as_user
 
 from .conftest import act_for, make_tenant
 from .training_data import (
@@ -366,11 +366,11 @@ def test_the_dataset_table_is_read_through_rls_and_not_listed_as_a_fixed_tenant_
                         (table,)).fetchone()[0]
     assert conn.execute("select count(*) from ml_private.tenant_tables where table_name = %s", (table,)).fetchone()[0] == 0
     owner, stranger = member(conn, tenant, "viewer"), member(conn, make_tenant(conn), "owner")
-    with conn.transaction(), as_user(conn, owner):
+    with tenant_context(conn, user=owner):
         assert conn.execute(f"select count(*) from {table}").fetchone()[0] == 1
-    with conn.transaction(), as_user(conn, stranger):
+    with tenant_context(conn, user=stranger):
         assert conn.execute(f"select count(*) from {table}").fetchone()[0] == 0
-    with conn.transaction(), as_user(conn, None, role="anon"), refused("42501"):
+    with tenant_context(conn, role="anon"), refused("42501"):
         conn.execute(f"select count(*) from {table}")
 
 
@@ -491,7 +491,7 @@ def test_python_errors_are_pgmlops_errors(conn: Conn, tenant: str) -> None:
 def test_a_viewer_cannot_build_a_training_set(conn: Conn, tenant: str) -> None:
     customers(conn)
     viewer = member(conn, tenant, "viewer")
-    with conn.transaction(), as_user(conn, viewer), pytest.raises(AccessDenied):
+    with tenant_context(conn, user=viewer), pytest.raises(AccessDenied):
         datasets.create_training_set(conn, "ds", f"select 'c1' as customer_id, '{iso(at(1))}'::timestamptz as event_time",
                                      ["customers:amount"])
 
@@ -500,7 +500,7 @@ def test_a_member_builds_a_training_set_as_authenticated(conn: Conn, tenant: str
     customers(conn)
     ingest(conn, "customers", [{"customer_id": "c1", "event_time": at(0), "amount": 1.0}])
     engineer = member(conn, tenant, "ml_engineer")
-    with conn.transaction(), as_user(conn, engineer, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=engineer):
         dataset = build(conn, "ds", f"select 'c1' as customer_id, '{iso(at(1))}'::timestamptz as event_time", ["customers:amount"])
         assert rows(conn, dataset) == [{"customer_id": "c1", "event_time": at(1), "amount": 1.0}]
 
@@ -513,7 +513,7 @@ def test_a_spine_naming_another_tenants_dataset_reads_nothing_of_it(conn: Conn, 
     intruder = member(conn, other, "owner")
     act_for(conn, other)
     customers(conn)
-    with conn.transaction(), as_user(conn, intruder, tenant_id=other), refused("22023", r"^spine: returned no rows"):
+    with tenant_context(conn, other, user=intruder), refused("22023", r"^spine: returned no rows"):
         build(conn, "stolen", table, ["customers:amount"])
     assert written(conn, other) == {"datasets": 0, "tables": 0, "lineage": 0, "events": 0}
 
@@ -524,7 +524,7 @@ def test_a_spine_naming_another_tenants_dataset_reads_nothing_of_it(conn: Conn, 
 def test_a_spine_reading_a_private_table_is_refused(conn: Conn, tenant: str, source: str) -> None:
     customers(conn)
     engineer = member(conn, tenant, "ml_engineer")
-    with conn.transaction(), as_user(conn, engineer, tenant_id=tenant), refused("42501", "permission denied"):
+    with tenant_context(conn, tenant, user=engineer), refused("42501", "permission denied"):
         build(conn, "ds", source, ["customers:amount"])
 
 

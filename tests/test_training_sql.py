@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from pgmlops.tenants import as_user
+from pgmlops.db import tenant_context
 
 from .training_data import member, refused
 
@@ -172,9 +172,9 @@ def test_the_torch_schemas_name_the_network_settings(conn: Conn) -> None:
 
 def test_clients_read_the_algorithms_anon_does_not(conn: Conn, tenant: str) -> None:
     user = member(conn, tenant, "viewer")
-    with conn.transaction(), as_user(conn, user, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=user):
         assert one(conn, "select count(*) from ml.algorithms") == len(ALGORITHMS)
-    with refused("42501"), conn.transaction(), as_user(conn, None, role="anon"):
+    with refused("42501"), tenant_context(conn, role="anon"):
         conn.execute("select count(*) from ml.algorithms")
 
 
@@ -229,7 +229,7 @@ def test_an_anomaly_detection_project_needs_no_target(conn: Conn, tenant: str) -
 
 def test_a_viewer_cannot_create_a_project(conn: Conn, tenant: str) -> None:
     viewer = member(conn, tenant, "viewer")
-    with refused("42501"), conn.transaction(), as_user(conn, viewer, tenant_id=tenant):
+    with refused("42501"), tenant_context(conn, tenant, user=viewer):
         conn.execute("select ml.create_project('churn', 'classification', 'churned')")
 
 
@@ -258,10 +258,10 @@ def test_train_keeps_the_options_given(conn: Conn, tenant: str, project: tuple[s
 
 def test_an_ml_engineer_trains_and_a_viewer_may_not(conn: Conn, tenant: str, project: tuple[str, str]) -> None:
     engineer, viewer = member(conn, tenant, "ml_engineer"), member(conn, tenant, "viewer")
-    with conn.transaction(), as_user(conn, engineer, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=engineer):
         job = train(conn, project[1])
     assert one(conn, "select created_by::text from ml.jobs where id = %s", job) == engineer
-    with refused("42501"), conn.transaction(), as_user(conn, viewer, tenant_id=tenant):
+    with refused("42501"), tenant_context(conn, tenant, user=viewer):
         train(conn, project[1])
 
 
@@ -445,10 +445,10 @@ def test_a_run_needs_a_known_project_algorithm_dataset_and_job(conn: Conn, tenan
 def test_runs_are_recorded_by_workers_only(conn: Conn, tenant: str, project: tuple[str, str]) -> None:
     owner = member(conn, tenant, "owner")
     run = start_run(conn, *project)
-    with refused("42501"), conn.transaction(), as_user(conn, owner, tenant_id=tenant):
+    with refused("42501"), tenant_context(conn, tenant, user=owner):
         start_run(conn, *project)
-    with refused("42501"), conn.transaction(), as_user(conn, owner, tenant_id=tenant):
+    with refused("42501"), tenant_context(conn, tenant, user=owner):
         conn.execute("select ml.finish_run(%s, 'succeeded', '{}', 1, 1, 1)", (run,))
     # a member reads the tenant's runs and metrics through RLS
-    with conn.transaction(), as_user(conn, owner, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=owner):
         assert one(conn, "select count(*) from ml.runs") == 1

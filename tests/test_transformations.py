@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from pgmlops import features as datasets
-from pgmlops.tenants import as_user
+from pgmlops.db import tenant_context
 
 from .conftest import act_for
 from .training_data import (
@@ -221,7 +221,7 @@ def test_windowed_aggregates_read_their_source_with_the_callers_rights(conn: Con
     engineer = member(conn, tenant, "ml_engineer")
     spec = {"type": "window_aggregate", "source": "ml_private.settings", "key": "key", "time": "updated_at",
             "aggregates": ["count"], "windows": ["1h"]}
-    with conn.transaction(), as_user(conn, engineer, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=engineer):
         with refused("42501", r"^transformations\[0\].source: permission denied"):
             build(conn, "ds", "select 'c000' as customer_id, now() as event_time", FEATURES, transformations=[spec])
 
@@ -332,11 +332,11 @@ def test_scoring_refuses_what_is_not_rows_and_an_unknown_dataset(conn: Conn, ten
 def test_another_tenants_dataset_cannot_be_used_for_scoring(conn: Conn, tenant: str) -> None:
     dataset = build(conn, "ds", customers(conn, [{"amount": 1.0}]), FEATURES)
     stranger = member(conn, tenant, "viewer")
-    with conn.transaction(), as_user(conn, stranger, tenant_id=tenant):
+    with tenant_context(conn, tenant, user=stranger):
         assert score(conn, dataset, {"amount": 1.0}) == {"amount": 1.0, "visits": None, "tier": None, "seen": None}
     other = member(conn, conn.execute("select ml.create_tenant('other')").fetchone()[0], "owner")
     act_for(conn, None)
-    with conn.transaction(), as_user(conn, other), refused("P0002"):
+    with tenant_context(conn, user=other), refused("P0002"):
         conn.execute("select ml.apply_transformations(%s, '{}')", (dataset,))
 
 

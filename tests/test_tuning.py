@@ -24,6 +24,7 @@ from psycopg.types.json import Jsonb
 from sklearn.datasets import make_classification
 
 from pgmlops import tuning
+from pgmlops.db import tenant_context
 from pgmlops.jobs import queue
 from pgmlops.jobs.worker import WorkerPool
 
@@ -220,9 +221,7 @@ def test_tune_from_python_names_the_rule_broken(conn: Conn, tenant: str, dataset
 def test_a_viewer_may_not_tune(conn: Conn, tenant: str, dataset: str) -> None:
     viewer = str(uuid.uuid4())
     conn.execute("select ml.add_tenant_member(%s, %s, 'viewer')", (tenant, viewer))
-    with conn.transaction(force_rollback=True):
-        conn.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps({"sub": viewer, "role": "authenticated"}),))
-        conn.execute("set local role authenticated")
+    with tenant_context(conn, tenant, user=viewer):
         with pytest.raises(psycopg.Error) as info:
             tune(conn, dataset)
     assert info.value.sqlstate == "42501"
@@ -453,14 +452,6 @@ def optuna_trials(url: str, study_id: str, values: list[float]) -> None:
                                 intermediate_values={}, trial_id=0))
 
 
-@contextmanager
-def as_user(conn: Conn, user: str) -> Iterator[Conn]:
-    with conn.transaction(force_rollback=True):
-        conn.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps({"sub": user, "role": "authenticated"}),))
-        conn.execute("set local role authenticated")
-        yield conn
-
-
 def test_tuning_trials_show_a_tenant_only_its_own(fresh_db_url: str) -> None:
     with psycopg.connect(fresh_db_url, autocommit=True) as conn:
         owners = {name: str(uuid.uuid4()) for name in ("a", "b")}
@@ -478,7 +469,7 @@ def test_tuning_trials_show_a_tenant_only_its_own(fresh_db_url: str) -> None:
         optuna_trials(fresh_db_url, studies["b"], [0.6])
 
         for name, owner in owners.items():
-            with as_user(conn, owner):
+            with tenant_context(conn, user=owner):
                 seen = conn.execute("select study_id::text, state, value from ml.tuning_trials order by number").fetchall()
                 assert {s for s, _, _ in seen} == {studies[name]}
                 # The function behind the view filters too, so calling it directly shows no more.
@@ -489,7 +480,7 @@ def test_tuning_trials_show_a_tenant_only_its_own(fresh_db_url: str) -> None:
                     conn.execute("select ml.tuning_study(%s)", (other,))
                 assert info.value.sqlstate == "P0002"
             assert len(seen) == {"a": 3, "b": 2}[name]
-        with as_user(conn, owners["a"]):
+        with tenant_context(conn, user=owners["a"]):
             progress = one(conn, "select ml.tuning_study(%s)", studies["a"])
         assert {k: progress[k] for k in ("complete", "running", "failed", "best_value", "best_params")} == {
             "complete": 2, "running": 1, "failed": 0, "best_value": 0.9, "best_params": {"learning_rate": 0.45}}
@@ -501,7 +492,7 @@ def test_tuning_trials_show_a_tenant_only_its_own(fresh_db_url: str) -> None:
         assert one(conn, "select count(*) from ml.tuning_trials") == 5
 
         # Clients never reach Optuna's schema itself.
-        with as_user(conn, owners["a"]), pytest.raises(psycopg.Error) as info:
+        with tenant_context(conn, user=owners["a"]), pytest.raises(psycopg.Error) as info:
             conn.execute("select count(*) from optuna.trials")
         assert info.value.sqlstate == "42501"
 
@@ -548,5 +539,5 @@ def test_the_command_line_tunes_trains_lists_shows_and_promotes(studio: tuple[st
                      "where a.alias = 'champion'") == 1
     run = pgmlops(url, "tune", "churn", "tune_set", "hist_gradient_boosting", "--search-space", '{"max_iter": {"type": "int", '
                   '"low": 0, "high": 5}}', "--n-trials", "2", "--tenant", tenant)
-    assert run.returncode == 1
+    assert run.returncode == 2  # bad input
     assert "[22023]" in run.stderr and "search_space: $.max_iter.low: must be >= 1, got 0" in run.stderr

@@ -1,8 +1,15 @@
-"""The exceptions pgmlops raises, and how database errors map onto them."""
+"""The exceptions pgmlops raises: every one derives from :class:`PgmlopsError`.
+
+Errors of the SQL API carry the SQLSTATE the database raised; :func:`pgmlops.db.sql_errors` is
+the one place that maps driver errors onto these classes. Python-side checks of the same kind
+raise the same class with the SQLSTATE the SQL would have used (``22023`` for a bad argument),
+so a caller, and the CLI, handle both alike.
+"""
 
 from __future__ import annotations
 
-import psycopg
+import json
+from typing import Any
 
 __all__ = [
     "AccessDenied",
@@ -13,12 +20,25 @@ __all__ = [
     "LeaseLost",
     "NotFound",
     "PgmlopsError",
-    "translate",
+    "PromotionRefused",
 ]
 
 
 class PgmlopsError(Exception):
-    """Base class of every error pgmlops raises on purpose."""
+    """Base class of every error pgmlops raises on purpose.
+
+    ``message`` is the one-line summary, ``sqlstate`` the five-character SQLSTATE when the error
+    has one (SQL errors, and Python checks that mirror them), ``detail`` more context and
+    ``hint`` what to do about it (each None when absent). ``str()`` is the message.
+    """
+
+    def __init__(self, message: str, sqlstate: str | None = None, detail: str | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.sqlstate = sqlstate
+        self.detail = detail
+        self.hint = hint
 
 
 class ConfigurationError(PgmlopsError):
@@ -26,17 +46,11 @@ class ConfigurationError(PgmlopsError):
 
 
 class DatabaseError(PgmlopsError):
-    """An error raised by the SQL API. ``sqlstate`` is the five-character SQLSTATE."""
-
-    def __init__(self, message: str, sqlstate: str | None = None, detail: str | None = None,
-                 hint: str | None = None) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-        self.detail = detail
-        self.hint = hint
+    """An error raised by the SQL API. ``sqlstate`` is the five-character SQLSTATE; ``str()``
+    adds the DETAIL and HINT lines PostgreSQL sent, as psql prints them."""
 
     def __str__(self) -> str:
-        parts = [super().__str__()]
+        parts = [self.message]
         if self.detail:
             parts.append(f"DETAIL: {self.detail}")
         if self.hint:
@@ -44,8 +58,9 @@ class DatabaseError(PgmlopsError):
         return "\n".join(parts)
 
 
-class InvalidInput(DatabaseError):
-    """Bad input (SQLSTATE class 22, or 54000 for oversize values); nothing was written."""
+class InvalidInput(DatabaseError, ValueError):
+    """Bad input (SQLSTATE class 22, or 54000 for oversize values); nothing was written. Also a
+    ``ValueError``, for callers that catch Python's own."""
 
 
 class AccessDenied(DatabaseError):
@@ -67,21 +82,19 @@ class LeaseLost(InvalidState):
     handler that sees its lease lost (``JobContext.lost``) stops with this error."""
 
 
-def translate(exc: psycopg.Error) -> DatabaseError:
-    """Map a driver error from the SQL API to the matching :class:`DatabaseError` subclass."""
-    diag = exc.diag
-    state = exc.sqlstate or ""
-    message = diag.message_primary or str(exc)
-    cls: type[DatabaseError]
-    if state.startswith("22") or state == "54000":
-        cls = InvalidInput
-    elif state == "42501":
-        cls = AccessDenied
-    elif state in ("P0002", "42703"):
-        cls = NotFound
-    elif state == "55000":
-        # Only the queue's refusals are about leases; other 55000s are states such as "archived".
-        cls = LeaseLost if "held by worker" in message else InvalidState
-    else:
-        cls = DatabaseError
-    return cls(message, state or None, diag.message_detail, diag.message_hint)
+class PromotionRefused(DatabaseError):
+    """``ml.promote`` refused (SQLSTATE 23514): at least one gate failed and nothing changed.
+
+    ``gates`` lists every gate checked as ``{gate, passed, message}``; ``failed`` the messages
+    of the failed ones (``"roc_auc 0.81 < 0.9"``, ``"approvals 0 < 1"``).
+    """
+
+    def __init__(self, message: str, sqlstate: str | None = None, detail: str | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message, sqlstate, detail, hint)
+        try:
+            gates: Any = json.loads(detail) if detail else []
+        except ValueError:
+            gates = []
+        self.gates: list[dict[str, Any]] = list(gates) if isinstance(gates, list) else []
+        self.failed: list[str] = [g["message"] for g in self.gates if not g.get("passed")]

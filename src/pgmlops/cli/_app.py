@@ -11,11 +11,12 @@ from typing import Annotated
 
 import typer
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from pgmlops import __version__, migrations
 from pgmlops.cli import db, demo, events, features, jobs, migrate, models, tenants, training
 from pgmlops.cli._common import DatabaseUrl, console, err_console, state
-from pgmlops.errors import PgmlopsError
+from pgmlops.errors import InvalidInput, NotFound, PgmlopsError
 
 __all__ = ["app", "main"]
 
@@ -27,6 +28,7 @@ app = typer.Typer(help="pgmlops: SQL-native MLOps on PostgreSQL and Supabase.", 
 def _main(database_url: DatabaseUrl = None,
           verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
     state.url = database_url
+    state.verbose = verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=err_console, show_path=False)])
 
@@ -52,11 +54,39 @@ app.command()(demo.demo)
 app.command()(version)
 
 
+# Exit statuses. 2, bad input: what the user typed is wrong, and running it again unchanged
+# fails again: a usage error (typer/click: a bad option, BadParameter), a value the SQL refused
+# (InvalidInput: SQLSTATE class 22, 54000) or a name or id that names nothing (NotFound: P0002,
+# 42703; every name a command looks up is one the user typed). 1, failure: anything else (not
+# allowed 42501, a state that forbids it 55000, the database unreachable, the embedded server not
+# starting, ...). 3: still running after --timeout, or the embedded server not running.
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+
+def exit_status(exc: PgmlopsError) -> int:
+    """The exit status of a command that ended with ``exc`` (see above)."""
+    return EXIT_BAD_INPUT if isinstance(exc, InvalidInput | NotFound) else EXIT_FAILURE
+
+
+def report(exc: PgmlopsError) -> None:
+    """Print ``exc`` to stderr as one line, ``error [SQLSTATE]: message``, then ``hint: ...``
+    on a second line when it has a hint; with --verbose, its detail and full message too."""
+    lines = exc.message.strip().splitlines() or [type(exc).__name__]
+    code = f" [{exc.sqlstate}]" if exc.sqlstate else ""
+    err_console.print(f"[red]error[/red]{code}: {escape(lines[0])}", soft_wrap=True, highlight=False)
+    if exc.hint:
+        err_console.print(f"hint: {escape(' '.join(exc.hint.split()))}", soft_wrap=True, highlight=False)
+    if state.verbose:
+        for line in [*lines[1:], *(exc.detail or "").splitlines()]:
+            err_console.print(escape(line), soft_wrap=True, highlight=False)
+
+
 def main() -> None:
-    """Console-script entry point: turns pgmlops errors into a message and exit status 1."""
+    """Console-script entry point: a pgmlops error ends the command with :func:`report` and
+    :func:`exit_status` (2 for bad input, 1 for failures) instead of a traceback."""
     try:
         app()
     except PgmlopsError as exc:
-        sqlstate = getattr(exc, "sqlstate", None)
-        err_console.print(f"[red]error[/red]{f' [{sqlstate}]' if sqlstate else ''}: {exc}")
-        raise SystemExit(1) from None
+        report(exc)
+        raise SystemExit(exit_status(exc)) from None

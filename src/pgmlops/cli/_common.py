@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,9 +12,10 @@ import psycopg
 import typer
 from rich.console import Console
 
-from pgmlops.db import connect, resolve_url
+from pgmlops.db import connect, resolve_url, tenant_context
 
-__all__ = ["DatabaseUrl", "Tenant", "console", "database_url", "err_console", "json_arg", "state", "tenant_conn"]
+__all__ = ["DatabaseUrl", "Tenant", "connection", "console", "database_url", "err_console", "json_arg", "state", "tenant_conn",
+           "tenant_id"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -20,6 +23,7 @@ err_console = Console(stderr=True)
 
 class _State:
     url: str | None = None
+    verbose: bool = False
 
 
 state = _State()
@@ -37,10 +41,28 @@ def database_url() -> str:
     return resolve_url(state.url)
 
 
-def tenant_conn(tenant: str) -> psycopg.Connection[Any]:
-    conn = connect(state.url, autocommit=True)
-    conn.execute("select set_config('pgmlops.tenant_id', %s, false)", (tenant,))
-    return conn
+def connection() -> psycopg.Connection[Any]:
+    """A new autocommit connection to the database of this invocation (close it: a context manager)."""
+    return connect(state.url, autocommit=True)
+
+
+def tenant_id(tenant: str) -> str:
+    """``--tenant`` (or PGMLOPS_TENANT), which a command acting for a tenant cannot do without."""
+    if not tenant.strip():
+        raise typer.BadParameter("required: the id of the tenant to act for (or set PGMLOPS_TENANT)",
+                                 param_hint="'--tenant'")
+    return tenant.strip()
+
+
+@contextmanager
+def tenant_conn(tenant: str) -> Iterator[psycopg.Connection[Any]]:
+    """A new connection in one transaction acting for ``tenant`` as the service role
+    (:func:`pgmlops.db.tenant_context`): committed when the block ends, closed after. Commands
+    that wait (``--wait``, ``--watch``) open a :func:`connection` and one tenant context per
+    step instead, so what they queued is committed before they wait for it."""
+    acting_for = tenant_id(tenant)
+    with connection() as conn, tenant_context(conn, acting_for):
+        yield conn
 
 
 def json_arg(value: str, field: str) -> Any:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-import psycopg
 import typer
 
 from pgmlops import events as events_mod
 from pgmlops.cli._common import console, database_url
+from pgmlops.db import connect
 
 
 def events(
@@ -26,7 +26,7 @@ def events(
         console.print(f"[dim]{ev.at:%H:%M:%S.%f}[/dim] [bold]{ev.event}[/bold] tenant={ev.tenant_id} "
                       f"{json.dumps(ev.data, default=str)}", highlight=False)
 
-    with psycopg.connect(url, autocommit=True) as conn:
+    with connect(url, autocommit=True) as conn:
         for ev in events_mod.recent(conn, limit, topics=topic):
             if tenant is None or ev.tenant_id == tenant:
                 show(ev)

@@ -8,15 +8,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pgmlops.cli._common import console, database_url, state
-from pgmlops.db import connect
+from pgmlops.cli._common import Tenant, connection, console, database_url, tenant_conn
+from pgmlops.db import sql_errors
 from pgmlops.jobs import queue
 
 
 def enqueue(
     kind: str,
     payload: Annotated[str, typer.Argument(help="JSON object.")] = "{}",
-    tenant: Annotated[str, typer.Option(envvar="PGMLOPS_TENANT", help="Tenant id to act for.")] = "",
+    tenant: Tenant = "",
     priority: int = 0,
 ) -> None:
     """Queue a job and print its id."""
@@ -24,14 +24,14 @@ def enqueue(
         body = json.loads(payload)
     except json.JSONDecodeError as exc:
         raise typer.BadParameter(f"payload: not valid JSON ({exc})") from exc
-    with connect(state.url, autocommit=True) as conn:
-        conn.execute("select set_config('pgmlops.tenant_id', %s, false)", (tenant,))
-        console.print(str(queue.enqueue(conn, kind, body, priority=priority)))
+    with tenant_conn(tenant) as conn:
+        job_id = queue.enqueue(conn, kind, body, priority=priority)
+    console.print(str(job_id))
 
 
 def jobs(failures: Annotated[int, typer.Option(help="How many recent failures to list.")] = 10) -> None:
     """Job counts by kind and status, and the most recent failures."""
-    with connect(state.url, autocommit=True) as conn:
+    with connection() as conn, sql_errors():
         counts = queue.counts(conn)
         failed = conn.execute(
             "select id, kind, status, attempts, coalesce(finished_at, created_at), left(error, 120) from ml.jobs "

@@ -8,7 +8,8 @@ import psycopg
 import typer
 from rich.table import Table
 
-from pgmlops.cli._common import Tenant, console, err_console, json_arg, tenant_conn
+from pgmlops.cli._common import Tenant, connection, console, err_console, json_arg, tenant_id
+from pgmlops.db import tenant_context
 from pgmlops.jobs import queue
 
 _FINISHED = ("succeeded", "failed", "dead", "cancelled")
@@ -38,6 +39,12 @@ def metrics_table(metrics: dict[str, Any], title: str | None = None) -> Table:
     return table
 
 
+def _job_result(conn: psycopg.Connection[Any], tenant: str, job_id: int) -> dict[str, Any]:
+    """The job's status and result now, read in a transaction of its own acting for ``tenant``."""
+    with tenant_context(conn, tenant):
+        return queue.result(conn, job_id)
+
+
 def _job_failed(result: dict[str, Any]) -> None:
     err_console.print(f"[red]job {result['id']} {result['status']}[/red]: {(result.get('error') or '').split(chr(10))[0]}")
     raise typer.Exit(1)
@@ -58,15 +65,17 @@ def train(
 
     from pgmlops import training
 
-    with tenant_conn(tenant) as conn:
-        job_id = training.train(conn, project, _dataset_id(conn, dataset), algorithm, json_arg(hyperparams, "hyperparams"),
-                                json_arg(options, "options"))
+    acting_for = tenant_id(tenant)
+    with connection() as conn:
+        with tenant_context(conn, acting_for):
+            job_id = training.train(conn, project, _dataset_id(conn, dataset), algorithm, json_arg(hyperparams, "hyperparams"),
+                                    json_arg(options, "options"))
         console.print(f"train job {job_id}")
         if not wait:
             return
         deadline = None if timeout is None else time.monotonic() + timeout
         with err_console.status(f"training {algorithm} (job {job_id}): start a worker if none runs"):
-            while (result := queue.result(conn, job_id))["status"] not in _FINISHED:
+            while (result := _job_result(conn, acting_for, job_id))["status"] not in _FINISHED:
                 if deadline is not None and time.monotonic() > deadline:
                     err_console.print(f"still {result['status']} after {timeout}s")
                     raise typer.Exit(3)
@@ -99,24 +108,32 @@ def tune(
 
     from pgmlops import tuning
 
-    with tenant_conn(tenant) as conn:
-        job_id = tuning.tune(conn, project, _dataset_id(conn, dataset), algorithm, json_arg(search_space, "search_space"),
-                             n_trials, json_arg(options, "options"))
-        study_id = tuning.study_id_of(conn, job_id)
+    acting_for = tenant_id(tenant)
+    with connection() as conn:
+        with tenant_context(conn, acting_for):
+            job_id = tuning.tune(conn, project, _dataset_id(conn, dataset), algorithm, json_arg(search_space, "search_space"),
+                                 n_trials, json_arg(options, "options"))
+            study_id = tuning.study_id_of(conn, job_id)
         console.print(f"tune job {job_id}, study {study_id}")
         if not watch:
             return
+
+        def progress_now() -> dict[str, Any]:
+            with tenant_context(conn, acting_for):
+                return tuning.study_progress(conn, study_id)
+
         deadline = None if timeout is None else time.monotonic() + timeout
-        with Live(_progress_view(tuning.study_progress(conn, study_id)), console=err_console, refresh_per_second=4) as live:
-            while (result := queue.result(conn, job_id))["status"] not in _FINISHED:
-                live.update(_progress_view(tuning.study_progress(conn, study_id)))
+        with Live(_progress_view(progress_now()), console=err_console, refresh_per_second=4) as live:
+            while (result := _job_result(conn, acting_for, job_id))["status"] not in _FINISHED:
+                live.update(_progress_view(progress_now()))
                 if deadline is not None and time.monotonic() > deadline:
                     err_console.print(f"study still {result['status']} after {timeout}s")
                     raise typer.Exit(3)
                 time.sleep(0.5)
-            progress = tuning.study_progress(conn, study_id)
+            progress = progress_now()
             live.update(_progress_view(progress))
-        trials = tuning.trials(conn, study_id)
+        with tenant_context(conn, acting_for):
+            trials = tuning.trials(conn, study_id)
     console.print(_leaderboard(trials, progress))
     if result["status"] != "succeeded":
         _job_failed(result)

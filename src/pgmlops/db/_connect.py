@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -13,7 +11,7 @@ from psycopg.rows import dict_row
 from pgmlops import embedded as _embedded
 from pgmlops.errors import ConfigurationError
 
-__all__ = ["connect", "resolve_url", "sqlalchemy_url", "tenant_context"]
+__all__ = ["connect", "resolve_url", "sqlalchemy_url"]
 
 
 def resolve_url(url: str | None = None, *, start_embedded: bool = True) -> str:
@@ -54,7 +52,9 @@ def connect(url: str | None = None, *, autocommit: bool = False, dict_rows: bool
             row_factory=dict_row if dict_rows else psycopg.rows.tuple_row, **kwargs,
         )
     except psycopg.OperationalError as exc:
-        raise ConfigurationError(f"cannot connect to the pgmlops database: {exc}") from exc
+        reason = " ".join(str(exc).split())  # libpq's message spans lines
+        raise ConfigurationError(f"cannot connect to the pgmlops database: {reason}", "08006",
+                                 hint="check --database-url / DATABASE_URL, or unset it to use the embedded server") from exc
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -63,25 +63,3 @@ def sqlalchemy_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
     raise ConfigurationError(f"not a PostgreSQL URL: {url.split('@')[-1]!r}")
-
-
-@contextmanager
-def tenant_context(conn: psycopg.Connection[Any], tenant_id: str | None,
-                   claims: dict[str, Any] | None = None) -> Iterator[None]:
-    """Make ``conn`` act for ``tenant_id`` (and, optionally, a JWT's ``claims``) inside the block.
-
-    Sets the ``pgmlops.tenant_id`` and ``request.jwt.claims`` settings for the session and clears
-    them on exit, whatever happens in the block.
-    """
-    import json
-
-    conn.execute(
-        "select set_config('pgmlops.tenant_id', %s, false), set_config('request.jwt.claims', %s, false)",
-        (tenant_id or "", json.dumps(claims) if claims else ""),
-    )
-    try:
-        yield
-    finally:
-        if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
-            conn.execute("select set_config('pgmlops.tenant_id', '', false), "
-                         "set_config('request.jwt.claims', '', false)")

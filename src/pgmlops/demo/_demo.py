@@ -23,16 +23,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-import psycopg
-from psycopg.types.json import Jsonb
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pgmlops import features, migrations, tenants
+from pgmlops import features, migrations, models, tenants, training, tuning
 from pgmlops import features as datasets
-from pgmlops.db import resolve_url
+from pgmlops.db import call, connect, resolve_url, sql_errors, tenant_context
+from pgmlops.errors import PgmlopsError
+from pgmlops.jobs import queue
 from pgmlops.jobs.worker import WorkerPool
+from pgmlops.models import ModelRef
 
 __all__ = ["DemoSummary", "run_demo"]
 
@@ -66,7 +67,7 @@ def run_demo(url: str | None = None, *, trials: int = 12, workers: int = 2,
     """Run the demo against ``url`` (None: embedded) and return its summary.
 
     Raises:
-        RuntimeError: tuning did not finish within ten minutes, or failed.
+        PgmlopsError: tuning did not finish within ten minutes, or failed; and what the steps raise.
     """
     console = console or Console()
     started = time.monotonic()
@@ -78,35 +79,35 @@ def run_demo(url: str | None = None, *, trials: int = 12, workers: int = 2,
         migrations.upgrade(url)
     console.print(f"[green]✓[/green] schema at revision {migrations.current(url)}")
 
-    with psycopg.connect(url, autocommit=True) as conn:
-        caps = conn.execute("select ml.capabilities()").fetchone()
-        assert caps is not None
-        console.print("[green]✓[/green] capabilities: " + ", ".join(f"{k}={v}" for k, v in sorted(caps[0].items())))
+    with connect(url, autocommit=True) as conn:
+        caps = call(conn, "ml.capabilities()")
+        console.print("[green]✓[/green] capabilities: " + ", ".join(f"{k}={v}" for k, v in sorted(caps.items())))
         tenant = str(tenants.create_tenant(conn, f"demo {time.strftime('%Y-%m-%d %H:%M:%S')}"))
-        conn.execute("select set_config('pgmlops.tenant_id', %s, false)", (tenant,))
         console.print(f"[green]✓[/green] tenant {tenant}")
 
+        # Each step is a transaction of the service role acting for the tenant, as a worker's
+        # or an edge function's would be: committed before the workers look for it.
         measurements, diagnoses = _breast_cancer()
-        features.create_group(conn, "tumor", "patient", _schema(measurements), ttl="7 days",
-                              description="Cell nucleus measurements from a fine needle aspirate (scikit-learn's breast cancer data)")
-        result = features.ingest(conn, "tumor", measurements, source_name="sklearn.datasets.load_breast_cancer")
+        with tenant_context(conn, tenant):
+            features.create_group(conn, "tumor", "patient", _schema(measurements), ttl="7 days",
+                                  description="Cell nucleus measurements from a fine needle aspirate "
+                                              "(scikit-learn's breast cancer data)")
+            result = features.ingest(conn, "tumor", measurements, source_name="sklearn.datasets.load_breast_cancer")
         console.print(f"[green]✓[/green] feature group tumor: {result.written} rows validated and ingested "
                       f"({result.online_updated} entities in the online store)")
 
-        dataset_id = datasets.create_training_set(conn, "diagnosis", diagnoses,
-                                                  [f"tumor:{c}" for c in _feature_columns(measurements)], label="malignant")
-        info = datasets.dataset_info(conn, dataset_id)
+        with tenant_context(conn, tenant):
+            dataset_id = datasets.create_training_set(conn, "diagnosis", diagnoses,
+                                                      [f"tumor:{c}" for c in _feature_columns(measurements)], label="malignant")
+            info = datasets.dataset_info(conn, dataset_id)
         console.print(f"[green]✓[/green] training set {info.name} v{info.version}: {info.row_count} rows, point in time "
                       f"(content hash {info.content_hash.split(':')[-1][:12]})")
 
-        conn.execute("select ml.create_project('diagnosis', 'classification', 'malignant', 'Is the tumor malignant?')")
-        row = conn.execute("select ml.tune('diagnosis', %s, %s, %s, %s, %s)",
-                           (info.id, ALGORITHM, Jsonb(SEARCH_SPACE), trials,
-                            Jsonb({"metric": "roc_auc", "direction": "maximize", "pruner": "median", "cv_folds": None})),
-                           ).fetchone()
-        assert row is not None
-        tune_job = int(row[0])
-        study_id = _scalar(conn, "select payload ->> 'study_id' from ml.jobs where id = %s", tune_job)
+        with tenant_context(conn, tenant):
+            training.create_project(conn, "diagnosis", "classification", "malignant", "Is the tumor malignant?")
+            tune_job = tuning.tune(conn, "diagnosis", info.id, ALGORITHM, SEARCH_SPACE, trials,
+                                   {"metric": "roc_auc", "direction": "maximize", "pruner": "median", "cv_folds": None})
+            study_id = tuning.study_id_of(conn, tune_job)
         console.print(f"[green]✓[/green] tuning {ALGORITHM}: {trials} trials as jobs, study {study_id}")
 
         tuning_started = time.monotonic()
@@ -117,25 +118,27 @@ def run_demo(url: str | None = None, *, trials: int = 12, workers: int = 2,
         ) as progress:
             task = progress.add_task("trials", total=trials, best="-")
             while True:
-                state = _scalar(conn, "select ml.tuning_study(%s)", study_id) or {}
+                with tenant_context(conn, tenant):
+                    state = tuning.study_progress(conn, study_id)
+                    job = queue.result(conn, tune_job)
                 done = int(state.get("complete", 0)) + int(state.get("pruned", 0))
                 best = state.get("best_value")
                 progress.update(task, completed=done, best=f"{best:.4f}" if isinstance(best, int | float) else "-")
-                job = _scalar(conn, "select ml.job_result(%s)", tune_job)
                 if job["status"] in ("succeeded", "failed", "dead", "cancelled"):
                     break
                 if time.monotonic() - tuning_started > 600:
-                    raise RuntimeError("demo: tuning did not finish within ten minutes")
+                    raise PgmlopsError("demo: tuning did not finish within ten minutes")
                 pool.check()
                 time.sleep(0.3)
         if job["status"] != "succeeded":
-            raise RuntimeError(f"demo: tuning ended {job['status']}: {job.get('error')}")
+            raise PgmlopsError(f"demo: tuning ended {job['status']}: {(job.get('error') or '').partition(chr(10))[0]}")
         registered = job["result"] or {}
-        version = _scalar(conn, "select ml.model_version(%s, %s)", registered.get("model", "diagnosis"), registered.get("version"))
-        leaderboard = conn.execute(
-            "select number, state, value, params, extract(epoch from duration) from ml.tuning_trials "
-            "where study_id = %s order by value desc nulls last, number limit 10", (study_id,)).fetchall()
-        n_trials = _scalar(conn, "select count(*) from ml.tuning_trials where study_id = %s", study_id)
+        with tenant_context(conn, tenant), sql_errors():
+            version = models.model_version(conn, ModelRef(registered.get("model", "diagnosis"), registered.get("version")))
+            leaderboard = conn.execute(
+                "select number, state, value, params, extract(epoch from duration) from ml.tuning_trials "
+                "where study_id = %s order by value desc nulls last, number limit 10", (study_id,)).fetchall()
+            n_trials = len(tuning.trials(conn, study_id))
 
     console.print(_leaderboard_table(leaderboard, int(n_trials or 0)))
 
@@ -208,8 +211,3 @@ def _schema(frame: pd.DataFrame) -> list[dict[str, Any]]:
 def _best(leaderboard: list[Any]) -> float | None:
     values = [row[2] for row in leaderboard if row[2] is not None]
     return max(values) if values else None
-
-
-def _scalar(conn: psycopg.Connection[Any], sql: str, *args: Any) -> Any:
-    row = conn.execute(sql, args).fetchone()
-    return row[0] if row else None

@@ -18,6 +18,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pgmlops.errors import ConfigurationError, InvalidInput
+
 __all__ = [
     "DATABASE",
     "DEFAULT_PORT",
@@ -53,8 +55,11 @@ _STOP_TIMEOUT = 60
 _LOG_TAIL_LINES = 40
 
 
-class EmbeddedPostgresError(RuntimeError):
-    """Raised when the embedded cluster cannot be located, initialised, started or stopped."""
+class EmbeddedPostgresError(ConfigurationError, RuntimeError):
+    """Raised when the embedded cluster cannot be located, initialised, started or stopped.
+
+    Its first line says what failed; the server log's tail follows when there is one, and
+    ``hint`` names the log file."""
 
 
 @dataclass(frozen=True)
@@ -547,7 +552,8 @@ def _pg_ctl_start(
     )
     if proc.returncode != 0:
         raise EmbeddedPostgresError(
-            f"embedded PostgreSQL failed to start (data dir {data_dir}): {_describe(proc)}\n{_log_tail(log)}"
+            f"embedded PostgreSQL failed to start (data dir {data_dir}): {_describe(proc)}\n{_log_tail(log)}",
+            hint=f"the server log: {log}",
         )
 
 
@@ -560,7 +566,8 @@ def _wait_ready(data_dir: Path, log: Path, wait: float) -> _Postmaster:
             return pm
         if time.monotonic() >= deadline:
             state = "not running" if pm is None else f"in state {pm.state!r}"
-            raise EmbeddedPostgresError(f"embedded PostgreSQL is {state} after {wait:.0f}s\n{_log_tail(log)}")
+            raise EmbeddedPostgresError(f"embedded PostgreSQL is {state} after {wait:.0f}s\n{_log_tail(log)}",
+                                        hint=f"the server log: {log}")
         time.sleep(0.1)
 
 
@@ -630,7 +637,7 @@ def stop(*, mode: str = "fast") -> bool:
     server is not running. Raises :class:`EmbeddedPostgresError` if it does not stop.
     """
     if mode not in _STOP_MODES:
-        raise ValueError(f"mode must be one of {sorted(_STOP_MODES)}, not {mode!r}")
+        raise InvalidInput(f"mode must be one of {sorted(_STOP_MODES)}, not {mode!r}", "22023")
     root = _data_root()
     data_dir = _data_dir(root)
     if _postmaster(data_dir) is None:
@@ -648,7 +655,8 @@ def stop(*, mode: str = "fast") -> bool:
         )
         if proc.returncode != 0 and _postmaster(data_dir) is not None:
             raise EmbeddedPostgresError(
-                f"embedded PostgreSQL did not stop: {_describe(proc)}\n{_log_tail(root / _LOG_NAME)}"
+                f"embedded PostgreSQL did not stop: {_describe(proc)}\n{_log_tail(root / _LOG_NAME)}",
+                hint=f"the server log: {root / _LOG_NAME}",
             )
         return True
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from pgmlops.db import resolve_url
+from pgmlops.db import connect, sql_errors
 
 __all__ = ["CHANNEL", "Event", "recent", "subscribe"]
 
@@ -52,8 +52,9 @@ def subscribe(url: str | None = None, *, tenant_id: str | None = None,
     """
     wanted = set(topics) if topics else None
     seen = 0
-    with psycopg.connect(resolve_url(url), autocommit=True, application_name="pgmlops events") as conn:
-        conn.execute(f"listen {CHANNEL}")
+    with connect(url, autocommit=True, application_name="pgmlops events") as conn:
+        with sql_errors():
+            conn.execute(f"listen {CHANNEL}")
         while True:
             got_one = False
             for note in conn.notifies(timeout=timeout):
@@ -73,9 +74,10 @@ def subscribe(url: str | None = None, *, tenant_id: str | None = None,
 
 def recent(conn: psycopg.Connection[Any], limit: int = 20, *, topics: Iterable[str] | None = None) -> list[Event]:
     """The newest ``limit`` events the connection may see in ml.events, oldest first."""
-    rows = conn.execute(
-        "select id, tenant_id, topic, event, created_at, payload from ml.events "
-        "where %s::text[] is null or topic = any(%s::text[]) order by created_at desc, id desc limit %s",
-        (list(topics) if topics else None, list(topics) if topics else None, limit),
-    ).fetchall()
+    with sql_errors():
+        rows = conn.execute(
+            "select id, tenant_id, topic, event, created_at, payload from ml.events "
+            "where %s::text[] is null or topic = any(%s::text[]) order by created_at desc, id desc limit %s",
+            (list(topics) if topics else None, list(topics) if topics else None, limit),
+        ).fetchall()
     return [Event(id=r[0], tenant_id=str(r[1]), topic=r[2], event=r[3], at=r[4], data=r[5]) for r in reversed(rows)]

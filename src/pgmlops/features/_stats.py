@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from pgmlops.errors import translate
+from pgmlops.db import call
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,13 +41,7 @@ def compute_stats(conn: psycopg.Connection[Any], group: str, *, since: datetime 
         NotFound: no such group or version.
         AccessDenied: viewers and non-members.
     """
-    try:
-        row = conn.execute("select ml.compute_feature_stats(%s, %s, %s, %s, %s)",
-                           (group, since, until, bins, top_categories)).fetchone()
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
-    assert row is not None
-    return dict(row[0])
+    return dict(call(conn, "ml.compute_feature_stats(%s, %s, %s, %s, %s)", (group, since, until, bins, top_categories)))
 
 
 def latest_stats(conn: psycopg.Connection[Any], group: str) -> dict[str, Any] | None:
@@ -58,11 +52,8 @@ def latest_stats(conn: psycopg.Connection[Any], group: str) -> dict[str, Any] | 
         NotFound: no such group or version.
         AccessDenied: non-members.
     """
-    try:
-        row = conn.execute("select ml.latest_feature_stats(%s)", (group,)).fetchone()
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
-    return None if row is None or row[0] is None else dict(row[0])
+    stats = call(conn, "ml.latest_feature_stats(%s)", (group,))
+    return None if stats is None else dict(stats)
 
 
 def stats_summary(stats: dict[str, Any]) -> pd.DataFrame:

@@ -5,8 +5,9 @@ and the online store live in the database, so Python, psql, Supabase RPC and edg
 meet the same rules. Bulk ingestion streams a DataFrame, CSV or Parquet file with COPY into a
 session temp table, then calls ``ml.ingest_staged`` once: one set-based, validated insert.
 
-Every function takes an open psycopg connection acting for a tenant (``pgmlops.tenant_id`` or a
-JWT) and raises :mod:`pgmlops.errors` exceptions for errors from the SQL API.
+Every function takes an open psycopg connection acting for a tenant (inside
+:func:`pgmlops.db.tenant_context`, or as psql does with ``pgmlops.tenant_id``) and raises
+:mod:`pgmlops.errors` exceptions for errors from the SQL API.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ import csv
 import io
 import json
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +25,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from pgmlops.errors import translate
+from pgmlops.db import call, sql_errors
+from pgmlops.errors import InvalidInput
 from pgmlops.features._stats import compute_stats, latest_stats, stats_summary
 
 if TYPE_CHECKING:
@@ -79,16 +80,6 @@ class IngestResult:
         return cls(**{name: data[name] for name in cls.__dataclass_fields__})
 
 
-@contextmanager
-def _sql_errors() -> Iterator[None]:
-    try:
-        yield
-    except psycopg.Error as exc:
-        if exc.sqlstate is None:
-            raise
-        raise translate(exc) from exc
-
-
 # -- groups --------------------------------------------------------------------------------------
 
 
@@ -105,32 +96,23 @@ def create_group(conn: psycopg.Connection[Any], name: str, entity: str, schema: 
         InvalidInput: a bad name, schema, ttl or status (the message names the rule).
         AccessDenied: the caller may not write in the tenant.
     """
-    with _sql_errors():
-        row = conn.execute(
-            "select ml.create_feature_group(%s, %s, %s, %s::interval, %s, %s, %s, %s)",
-            (name, entity, Jsonb(schema), ttl, description, join_key, event_time_column, status),
-        ).fetchone()
-    assert row is not None
-    return str(row[0])
+    return str(call(conn, "ml.create_feature_group(%s, %s, %s, %s::interval, %s, %s, %s, %s)",
+                    (name, entity, Jsonb(schema), ttl, description, join_key, event_time_column, status)))
 
 
 def set_status(conn: psycopg.Connection[Any], name: str, version: int, status: str) -> None:
     """Move a group version to ``status`` (draft, active, deprecated, archived; archived is final)."""
-    with _sql_errors():
-        conn.execute("select ml.set_feature_group_status(%s, %s, %s)", (name, version, status))
+    call(conn, "ml.set_feature_group_status(%s, %s, %s)", (name, version, status))
 
 
 def describe(conn: psycopg.Connection[Any], group: str) -> dict[str, Any]:
     """The group version ``group`` names (``name`` or ``name@version``), as ``ml.feature_group`` returns it."""
-    with _sql_errors():
-        row = conn.execute("select ml.feature_group(%s)", (group,)).fetchone()
-    assert row is not None
-    return dict(row[0])
+    return dict(call(conn, "ml.feature_group(%s)", (group,)))
 
 
 def list_groups(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     """Every feature group version the caller can see (through RLS), newest version first per name."""
-    with _sql_errors():
+    with sql_errors():
         cur = conn.execute(
             """select g.name, g.version, g.status, g.entity, g.join_key, g.ttl::text, jsonb_array_length(g.features),
                       g.created_at, (select count(*) from ml.feature_online o
@@ -152,10 +134,7 @@ def ingest_rows(conn: psycopg.Connection[Any], group: str, rows: Sequence[dict[s
     Each row holds the group's join key, its event time (ISO text or a datetime) and features.
     """
     payload = json.dumps(list(rows), default=_json_default)
-    with _sql_errors():
-        row = conn.execute("select ml.ingest(%s, %s::jsonb, %s)", (group, payload, on_error)).fetchone()
-    assert row is not None
-    return IngestResult.from_json(row[0])
+    return IngestResult.from_json(call(conn, "ml.ingest(%s, %s::jsonb, %s)", (group, payload, on_error)))
 
 
 def ingest(conn: psycopg.Connection[Any], group: str, source: pd.DataFrame | pa.Table | str | Path, *,
@@ -178,7 +157,7 @@ def ingest(conn: psycopg.Connection[Any], group: str, source: pd.DataFrame | pa.
         NotFound: no such group. InvalidState: the group version is archived.
     """
     name = source_name or (str(source) if isinstance(source, str | Path) else type(source).__name__)
-    with _sql_errors(), conn.transaction():
+    with sql_errors(), conn.transaction():
         if isinstance(source, str | Path):
             path = Path(source)
             suffix = path.suffix.lower()
@@ -191,7 +170,7 @@ def ingest(conn: psycopg.Connection[Any], group: str, source: pd.DataFrame | pa.
                 stage = _stage_batches(conn, parquet.schema_arrow.names, parquet.iter_batches(batch_size=_BATCH_ROWS),
                                        progress)
             else:
-                raise ValueError(f"source: {path.name} must be a .csv or .parquet file")
+                raise InvalidInput(f"source: {path.name} must be a .csv or .parquet file", "22023")
         else:
             table = _as_arrow(source)
             stage = _stage_batches(conn, table.column_names, table.to_batches(max_chunksize=_BATCH_ROWS), progress)
@@ -204,7 +183,7 @@ def ingest(conn: psycopg.Connection[Any], group: str, source: pd.DataFrame | pa.
 
 def _create_stage(conn: psycopg.Connection[Any], columns: Sequence[str]) -> str:
     if len(set(columns)) != len(columns):
-        raise ValueError(f"source: column names repeat: {sorted({c for c in columns if columns.count(c) > 1})}")
+        raise InvalidInput(f"source: column names repeat: {sorted({c for c in columns if columns.count(c) > 1})}", "22023")
     stage = f"_pgmlops_stage_{uuid.uuid4().hex[:12]}"
     conn.execute(sql.SQL("create temp table {} (_row bigint generated always as identity, {}) on commit drop").format(
         sql.Identifier(stage), sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(c)) for c in columns)))
@@ -222,7 +201,7 @@ def _stage_csv(conn: psycopg.Connection[Any], path: Path, progress: Progress | N
         try:
             header = next(csv.reader(f))
         except StopIteration:
-            raise ValueError(f"source: {path.name} is empty (a header row is needed)") from None
+            raise InvalidInput(f"source: {path.name} is empty (a header row is needed)", "22023") from None
     stage = _create_stage(conn, [c.strip() for c in header])
     sent = 0
     with path.open("rb") as f, conn.cursor().copy(_copy_sql(stage, [c.strip() for c in header], True)) as copy:
@@ -313,7 +292,7 @@ def online_features(conn: psycopg.Connection[Any], features: Sequence[str], enti
 
     Values past their group's TTL, and keys never ingested, are None.
     """
-    with _sql_errors():
+    with sql_errors():
         rows = conn.execute("select entity_key, values from ml.get_online_features(%s, %s)",
                             (list(features), [str(k) for k in entity_keys])).fetchall()
     return {str(key): dict(values) for key, values in rows}

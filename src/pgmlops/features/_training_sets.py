@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from psycopg import sql
 
-from pgmlops.errors import NotFound, translate
+from pgmlops.db import call, sql_errors
+from pgmlops.errors import NotFound
 
 __all__ = [
     "DatasetInfo",
@@ -87,19 +88,13 @@ def create_training_set(conn: Conn, name: str, spine: str | pd.DataFrame, featur
         DatabaseError: anything else the SQL raises, e.g. a failing spine query or a missing
             spine column (42703); nothing was written.
     """
-    try:
-        with conn.transaction():
-            spine_text = _stage_spine(conn, spine) if isinstance(spine, pd.DataFrame) else spine
-            row = conn.execute(
-                "select ml.create_training_set(%s, %s, %s, %s, %s::jsonb)",
-                (name, spine_text, list(features), label, json.dumps(list(transformations or []))),
-            ).fetchone()
-            if spine_text is not spine:
-                conn.execute(sql.SQL("drop table {}").format(sql.SQL(spine_text)))
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
-    assert row is not None
-    return UUID(str(row[0]))
+    with sql_errors(), conn.transaction():
+        spine_text = _stage_spine(conn, spine) if isinstance(spine, pd.DataFrame) else spine
+        dataset_id = call(conn, "ml.create_training_set(%s, %s, %s, %s, %s::jsonb)",
+                          (name, spine_text, list(features), label, json.dumps(list(transformations or []))))
+        if spine_text is not spine:
+            conn.execute(sql.SQL("drop table {}").format(sql.SQL(spine_text)))
+    return UUID(str(dataset_id))
 
 
 def training_set(conn: Conn, name: str, spine: str | pd.DataFrame, features: Sequence[str], label: str | None = None,
@@ -118,17 +113,17 @@ def dataset_info(conn: Conn, dataset: UUID | str) -> DatasetInfo:
         NotFound: no such dataset is visible to the caller.
     """
     where, params = _dataset_filter(dataset)
-    try:
+    # RLS shows a user every tenant they belong to, and a service caller every tenant: the
+    # dataset is the one of the tenant the caller acts for.
+    with sql_errors():
         row = conn.execute(
             sql.SQL("""select id, name, version, table_name, spine, features, label, key_columns, columns, inputs,
                               transformations, row_count, content_hash, lower(time_range), upper(time_range),
                               time_range is null, source_groups, created_at
-                       from ml.datasets d where {} and d.tenant_id = ml_private.acting_tenant_id(false)
+                       from ml.datasets d where {} and d.tenant_id = (select ml.current_tenant())
                        order by version desc limit 1""").format(where),
             params,
         ).fetchone()
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
     if row is None:
         raise NotFound(f"dataset {dataset} does not exist", "P0002")
     return DatasetInfo(
@@ -158,15 +153,12 @@ def load_dataset(conn: Conn, dataset: UUID | str) -> pd.DataFrame:
     query = sql.SQL("copy (select {} from {} d order by d.row_id) to stdout with (format csv, header true, null '\\N')").format(
         select, sql.SQL(info.table_name))
     buffer = io.BytesIO()
-    try:
-        with conn.transaction():
-            # Floats in their shortest exact form, whatever the session had.
-            conn.execute("set local extra_float_digits = 1")
-            with conn.cursor().copy(query) as copy:
-                for chunk in copy:
-                    buffer.write(chunk)
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
+    with sql_errors(), conn.transaction():
+        # Floats in their shortest exact form, whatever the session had.
+        conn.execute("set local extra_float_digits = 1")
+        with conn.cursor().copy(query) as copy:
+            for chunk in copy:
+                buffer.write(chunk)
     buffer.seek(0)
     frame = _read_csv(buffer, names, types)
     frame.attrs["dataset"] = info
@@ -190,15 +182,11 @@ def apply_transformations(conn: Conn, dataset: UUID | str,
         payload = _jsonable_row(rows)
     else:
         payload = [_jsonable_row(r) for r in rows]
-    try:
-        row = conn.execute("select ml.apply_transformations(%s, %s::jsonb)", (dataset_id, json.dumps(payload))).fetchone()
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
-    assert row is not None
+    inputs = call(conn, "ml.apply_transformations(%s, %s::jsonb)", (dataset_id, json.dumps(payload)))
     if isinstance(rows, pd.DataFrame):
         info = dataset_info(conn, dataset_id)
-        return pd.DataFrame(row[0], columns=info.inputs, index=rows.index)
-    return row[0]
+        return pd.DataFrame(inputs, columns=info.inputs, index=rows.index)
+    return inputs
 
 
 def drop_dataset(conn: Conn, dataset: UUID | str) -> bool:
@@ -207,11 +195,7 @@ def drop_dataset(conn: Conn, dataset: UUID | str) -> bool:
         dataset_id = dataset if isinstance(dataset, UUID) else _resolve_id(conn, dataset)
     except NotFound:
         return False
-    try:
-        row = conn.execute("select ml.drop_dataset(%s)", (dataset_id,)).fetchone()
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
-    return bool(row and row[0])
+    return bool(call(conn, "ml.drop_dataset(%s)", (dataset_id,)))
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -6,8 +6,7 @@ connections commit each call). SQL errors come back as :mod:`pgmlops.errors` exc
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,7 +15,7 @@ import psycopg
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from pgmlops.errors import translate
+from pgmlops.db import call, sql_errors
 
 __all__ = [
     "Job",
@@ -57,33 +56,18 @@ class Job:
     finished_at: datetime | None
 
 
-@contextmanager
-def _sql_errors() -> Iterator[None]:
-    try:
-        yield
-    except psycopg.Error as exc:
-        if exc.sqlstate is None:
-            raise
-        raise translate(exc) from exc
-
-
 def enqueue(conn: psycopg.Connection[Any], kind: str, payload: dict[str, Any] | None = None, *,
             priority: int = 0, run_after: datetime | None = None,
             max_attempts: int | None = None) -> int:
     """Queue a job for the tenant the connection acts for; return its id (see ml.enqueue)."""
-    with _sql_errors():
-        row = conn.execute(
-            "select ml.enqueue(%s, %s, %s, coalesce(%s, now()), %s)",
-            (kind, Jsonb(payload if payload is not None else {}), priority, run_after, max_attempts),
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
+    return int(call(conn, "ml.enqueue(%s, %s, %s, coalesce(%s, now()), %s)",
+                    (kind, Jsonb(payload if payload is not None else {}), priority, run_after, max_attempts)))
 
 
 def claim(conn: psycopg.Connection[Any], worker_id: str, kinds: Sequence[str] | None = None,
           max_jobs: int = 1, lease: timedelta | None = None) -> list[Job]:
     """Claim up to ``max_jobs`` due jobs of ``kinds`` for ``worker_id`` (see ml.claim_jobs)."""
-    with _sql_errors(), conn.cursor(row_factory=class_row(Job)) as cur:
+    with sql_errors(), conn.cursor(row_factory=class_row(Job)) as cur:
         cur.execute("select * from ml.claim_jobs(%s, %s, %s, %s)",
                     (worker_id, list(kinds) if kinds else None, max_jobs, lease))
         return cur.fetchall()
@@ -91,51 +75,38 @@ def claim(conn: psycopg.Connection[Any], worker_id: str, kinds: Sequence[str] | 
 
 def heartbeat(conn: psycopg.Connection[Any], job_id: int, worker_id: str) -> bool:
     """Extend the lease; False when ``worker_id`` no longer holds the job."""
-    with _sql_errors():
-        row = conn.execute("select ml.heartbeat(%s, %s)", (job_id, worker_id)).fetchone()
-    return bool(row and row[0])
+    return bool(call(conn, "ml.heartbeat(%s, %s)", (job_id, worker_id)))
 
 
 def complete(conn: psycopg.Connection[Any], job_id: int, worker_id: str, result: Any = None) -> None:
     """Mark the job succeeded. Raises :class:`~pgmlops.errors.LeaseLost` if not held."""
-    with _sql_errors():
-        conn.execute("select ml.complete_job(%s, %s, %s)",
-                     (job_id, worker_id, Jsonb(result) if result is not None else None))
+    call(conn, "ml.complete_job(%s, %s, %s)", (job_id, worker_id, Jsonb(result) if result is not None else None))
 
 
 def fail(conn: psycopg.Connection[Any], job_id: int, worker_id: str, error: str, *,
          retry: bool = True) -> str:
     """Record a failed attempt; return the new status (``queued``, ``dead`` or ``failed``)."""
-    with _sql_errors():
-        row = conn.execute("select ml.fail_job(%s, %s, %s, %s)", (job_id, worker_id, error, retry)).fetchone()
-    assert row is not None
-    return str(row[0])
+    return str(call(conn, "ml.fail_job(%s, %s, %s, %s)", (job_id, worker_id, error, retry)))
 
 
 def release(conn: psycopg.Connection[Any], job_id: int, worker_id: str) -> None:
     """Give a held job back to the queue unrun (the attempt is not counted)."""
-    with _sql_errors():
-        conn.execute("select ml.release_job(%s, %s)", (job_id, worker_id))
+    call(conn, "ml.release_job(%s, %s)", (job_id, worker_id))
 
 
 def cancel(conn: psycopg.Connection[Any], job_id: int) -> bool:
     """Cancel a queued or running job; False when it had already finished."""
-    with _sql_errors():
-        row = conn.execute("select ml.cancel_job(%s)", (job_id,)).fetchone()
-    return bool(row and row[0])
+    return bool(call(conn, "ml.cancel_job(%s)", (job_id,)))
 
 
 def result(conn: psycopg.Connection[Any], job_id: int) -> dict[str, Any]:
     """The job's status, attempts, result and error (see ml.job_result)."""
-    with _sql_errors():
-        row = conn.execute("select ml.job_result(%s)", (job_id,)).fetchone()
-    assert row is not None
-    return dict(row[0])
+    return dict(call(conn, "ml.job_result(%s)", (job_id,)))
 
 
 def counts(conn: psycopg.Connection[Any]) -> list[tuple[str, str, int]]:
     """(kind, status, jobs) for every kind and status the caller can see, busiest first."""
-    with _sql_errors():
+    with sql_errors():
         rows = conn.execute(
             "select kind, status, sum(jobs)::bigint from ml.job_counts group by kind, status "
             "order by kind, status"

@@ -15,7 +15,6 @@ so a killed supervisor leaves no orphan claiming jobs.
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import multiprocessing
 import os
@@ -33,8 +32,8 @@ from typing import Any
 
 import psycopg
 
-from pgmlops.db import resolve_url
-from pgmlops.errors import LeaseLost
+from pgmlops.db import resolve_url, tenant_context
+from pgmlops.errors import LeaseLost, PgmlopsError
 from pgmlops.jobs import handlers, queue
 from pgmlops.jobs.handlers import JobContext, PermanentError
 
@@ -118,7 +117,7 @@ class _Heartbeat(threading.Thread):
                     if still_held and h.ctx is not None:
                         log.warning("job %s: lease lost (expired, cancelled or taken over)", h.job.id)
                         h.ctx.lost.set()
-            except psycopg.Error as exc:
+            except (psycopg.Error, PgmlopsError) as exc:  # a broken connection: the queue's error, translated
                 log.warning("heartbeat failed, will retry: %s", exc)
                 if conn is not None:
                     conn.close()
@@ -239,12 +238,9 @@ class Worker:
         self._running_job = held
         try:
             fn = handlers.get(job.kind)
-            with work.transaction():
-                work.execute(
-                    "select set_config('pgmlops.tenant_id', %s, true), set_config('request.jwt.claims', %s, true)",
-                    (str(job.tenant_id),
-                     json.dumps({"role": "service_role", "app_metadata": {"tenant_id": str(job.tenant_id)}})),
-                )
+            # One transaction as the service role acting for the job's tenant: the handler's
+            # writes and the job's completion land together, with the claims any client has.
+            with tenant_context(work, job.tenant_id):
                 result = fn(ctx)
                 queue.complete(work, job.id, self.worker_id, result)
             self.stats.succeeded += 1

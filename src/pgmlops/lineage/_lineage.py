@@ -7,7 +7,7 @@ from uuid import UUID
 
 import psycopg
 
-from pgmlops.errors import translate
+from pgmlops.db import call
 
 __all__ = ["lineage_of"]
 
@@ -34,9 +34,4 @@ def lineage_of(conn: psycopg.Connection[Any], kind: str, id: UUID | str, *, max_
         NotFound: the artifact does not exist and has no edges.
         AccessDenied: the caller is not a member of the tenant.
     """
-    try:
-        row = conn.execute("select ml.lineage_of(%s, %s, %s)", (kind, str(id), max_depth)).fetchone()
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
-    assert row is not None
-    return dict(row[0])
+    return dict(call(conn, "ml.lineage_of(%s, %s, %s)", (kind, str(id), max_depth)))

@@ -6,24 +6,22 @@ psql, Supabase RPC and edge functions all meet the same rules.
 
 Versions are named by references: ``"churn"`` (the newest version), ``"churn@3"`` (version 3) or
 ``"churn@champion"`` (the version the alias points at). Every function takes an open psycopg
-connection acting for a tenant (``pgmlops.tenant_id`` or a JWT) and raises
+connection acting for a tenant (inside :func:`pgmlops.db.tenant_context`) and raises
 :mod:`pgmlops.errors` exceptions for errors from the SQL API; writes join the connection's
 transaction (commit it, or use an autocommit connection).
 """
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from pgmlops.errors import DatabaseError, translate
+from pgmlops.db import call, sql_errors
+from pgmlops.errors import InvalidInput, PromotionRefused
 
 __all__ = [
     "ModelRef",
@@ -57,53 +55,23 @@ class ModelRef:
         return f"{self.model}@{self.alias}" if self.alias else self.model
 
 
-class PromotionRefused(DatabaseError):
-    """``ml.promote`` refused (SQLSTATE 23514): at least one gate failed and nothing changed.
-
-    ``gates`` lists every gate checked as ``{gate, passed, message}``; ``failed`` the messages
-    of the failed ones (``"roc_auc 0.81 < 0.9"``, ``"approvals 0 < 1"``).
-    """
-
-    def __init__(self, message: str, sqlstate: str | None = None, detail: str | None = None,
-                 hint: str | None = None) -> None:
-        super().__init__(message, sqlstate, detail, hint)
-        try:
-            self.gates: list[dict[str, Any]] = list(json.loads(detail)) if detail else []
-        except ValueError:
-            self.gates = []
-        self.failed: list[str] = [g["message"] for g in self.gates if not g.get("passed")]
-
-
-@contextmanager
-def _sql_errors() -> Iterator[None]:
-    try:
-        yield
-    except psycopg.Error as exc:
-        if exc.sqlstate == "23514" and (exc.diag.message_primary or "").startswith("promotion of "):
-            diag = exc.diag
-            raise PromotionRefused(diag.message_primary or str(exc), exc.sqlstate, diag.message_detail,
-                                   diag.message_hint) from exc
-        raise translate(exc) from exc
-
-
-def _one(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...]) -> Any:
-    with _sql_errors():
-        row = conn.execute(query, params).fetchone()
-    assert row is not None
-    return row[0]
+def _one(conn: psycopg.Connection[Any], expression: str, params: tuple[Any, ...]) -> Any:
+    result = call(conn, expression, params)
+    assert result is not None
+    return result
 
 
 def parse_ref(ref: str | ModelRef) -> ModelRef:
     """Parse ``"model"``, ``"model@3"`` or ``"model@alias"``.
 
     Raises:
-        ValueError: ``ref`` is not a model reference.
+        InvalidInput: ``ref`` is not a model reference (a ``ValueError`` too).
     """
     if isinstance(ref, ModelRef):
         return ref
     match = _REF.match(ref.strip())
     if match is None:
-        raise ValueError(f"not a model reference (model, model@version or model@alias): {ref!r}")
+        raise InvalidInput(f"not a model reference (model, model@version or model@alias): {ref!r}", "22023")
     version = match.group("version")
     return ModelRef(match.group("model"), int(version) if version else None, match.group("alias"))
 
@@ -115,7 +83,7 @@ def list_models(conn: psycopg.Connection[Any], project: str | None = None) -> li
     Raises:
         AccessDenied: the caller is not a member of the tenant.
     """
-    with _sql_errors():
+    with sql_errors():
         cur = conn.execute(
             """select m.name, p.name, p.task, count(v.id), max(v.version),
                       coalesce((select jsonb_object_agg(a.alias, av.version)
@@ -143,7 +111,7 @@ def show(conn: psycopg.Connection[Any], ref: str | ModelRef) -> dict[str, Any]:
     """
     parsed = parse_ref(ref)
     if parsed.version is None and parsed.alias is None:
-        return dict(_one(conn, "select ml.model(%s)", (parsed.model,)))
+        return dict(_one(conn, "ml.model(%s)", (parsed.model,)))
     return model_version(conn, parsed)
 
 
@@ -154,7 +122,7 @@ def model_version(conn: psycopg.Connection[Any], ref: str | ModelRef) -> dict[st
         NotFound: no such model, version or alias (or a model with no versions).
     """
     parsed = parse_ref(ref)
-    return dict(_one(conn, "select ml.model_version(%s, %s, %s)", (parsed.model, parsed.version, parsed.alias)))
+    return dict(_one(conn, "ml.model_version(%s, %s, %s)", (parsed.model, parsed.version, parsed.alias)))
 
 
 def set_alias(conn: psycopg.Connection[Any], model: str, alias: str, version: int | None) -> dict[str, Any] | None:
@@ -167,7 +135,7 @@ def set_alias(conn: psycopg.Connection[Any], model: str, alias: str, version: in
         InvalidState: the alias has a promotion policy: use :func:`promote`.
         AccessDenied: the caller may not write in the tenant.
     """
-    result = _one(conn, "select ml.set_alias(%s, %s, %s)", (model, alias, version))
+    result = call(conn, "ml.set_alias(%s, %s, %s)", (model, alias, version))
     return dict(result) if result is not None else None
 
 
@@ -182,7 +150,7 @@ def approve(conn: psycopg.Connection[Any], model: str, version: int, decision: s
         AccessDenied: a service caller, a viewer, or not a member (reviews are people's:
             owner, admin or ml_engineer).
     """
-    return dict(_one(conn, "select ml.approve(%s, %s, %s, %s)", (model, version, decision, comment)))
+    return dict(_one(conn, "ml.approve(%s, %s, %s, %s)", (model, version, decision, comment)))
 
 
 def set_policy(conn: psycopg.Connection[Any], project: str, policy: dict[str, Any] | None, *,
@@ -197,7 +165,7 @@ def set_policy(conn: psycopg.Connection[Any], project: str, policy: dict[str, An
         NotFound: no such project.
         AccessDenied: the caller is not an owner or admin of the tenant.
     """
-    result = _one(conn, "select ml.set_promotion_policy(%s, %s, %s)",
+    result = call(conn, "ml.set_promotion_policy(%s, %s, %s)",
                   (project, alias, Jsonb(policy) if policy is not None else None))
     return dict(result) if result is not None else None
 
@@ -205,7 +173,7 @@ def set_policy(conn: psycopg.Connection[Any], project: str, policy: dict[str, An
 def check_promotion(conn: psycopg.Connection[Any], model: str, version: int, alias: str = "champion") -> dict[str, Any]:
     """What :func:`promote` would decide now, changing nothing:
     ``{model, version, alias, policy, passed, gates: [{gate, passed, message}]}``."""
-    return dict(_one(conn, "select ml.check_promotion(%s, %s, %s)", (model, version, alias)))
+    return dict(_one(conn, "ml.check_promotion(%s, %s, %s)", (model, version, alias)))
 
 
 def promote(conn: psycopg.Connection[Any], model: str, version: int, alias: str = "champion") -> dict[str, Any]:
@@ -217,7 +185,7 @@ def promote(conn: psycopg.Connection[Any], model: str, version: int, alias: str 
         NotFound: no such model or version.
         AccessDenied: the caller may not write in the tenant.
     """
-    return dict(_one(conn, "select ml.promote(%s, %s, %s)", (model, version, alias)))
+    return dict(_one(conn, "ml.promote(%s, %s, %s)", (model, version, alias)))
 
 
 def load_model(conn: psycopg.Connection[Any], ref: str | ModelRef) -> Any:
@@ -235,7 +203,7 @@ def load_model(conn: psycopg.Connection[Any], ref: str | ModelRef) -> Any:
     from pgmlops.models import artifacts
 
     parsed = parse_ref(ref)
-    with _sql_errors():
+    with sql_errors():
         row = conn.execute("select artifact, artifact_format, artifact_sha256 from ml.model_artifact(%s, %s)",
                            (str(parsed), None)).fetchone()
     assert row is not None

@@ -1,19 +1,15 @@
-"""Tenants and their members."""
+"""Tenants and their members. Acting as one: :func:`pgmlops.db.tenant_context`."""
 
 from __future__ import annotations
 
 from pgmlops.tenants._tenants import (
     add_member,
-    as_service,
-    as_user,
     create_tenant,
     remove_member,
 )
 
 __all__ = [
     "add_member",
-    "as_service",
-    "as_user",
     "create_tenant",
     "remove_member",
 ]

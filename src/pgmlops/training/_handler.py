@@ -18,7 +18,8 @@ from uuid import UUID
 import psycopg
 from psycopg.types.json import Jsonb
 
-from pgmlops.errors import InvalidInput, LeaseLost, NotFound, translate
+from pgmlops.db import sql_errors
+from pgmlops.errors import InvalidInput, LeaseLost, NotFound
 from pgmlops.jobs.handlers import JobContext, PermanentError
 
 if TYPE_CHECKING:
@@ -43,9 +44,12 @@ class Project:
 
 def load_project(conn: Conn, project_id: UUID | str) -> Project:
     """The acting tenant's project ``project_id``. Raises PermanentError when there is none."""
-    row = conn.execute(
-        """select id, name, task, target from ml.projects
-           where id = %s and tenant_id = ml_private.acting_tenant_id(false)""", (str(project_id),)).fetchone()
+    # RLS hides other tenants' projects from users; a service caller sees every tenant's, so
+    # the project must be the acting tenant's.
+    with sql_errors():
+        row = conn.execute(
+            """select id, name, task, target from ml.projects
+               where id = %s and tenant_id = (select ml.current_tenant())""", (str(project_id),)).fetchone()
     if row is None:
         raise PermanentError(f"project {project_id} does not exist")
     return Project(UUID(str(row[0])), row[1], row[2], row[3])
@@ -130,25 +134,23 @@ def run_training(conn: Conn, *, project_id: UUID | str, dataset_id: UUID | str, 
     # with a report is fitted in warm-started chunks, which only pruning is worth.
     staged = report is not None or (should_stop is not None and spec.stage_param == "epochs")
     try:
-        row = conn.execute(
-            "select ml.start_run(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (str(project.id), job_id, algorithm, Jsonb(dict(hyperparams)), Jsonb(dict(options)), str(dataset_id),
-             Jsonb(training.library_versions(spec.library)), None if study_id is None else str(study_id), trial_number),
-        ).fetchone()
-        assert row is not None
-        run_id = row[0]
-        try:
-            result = training.fit(frame, project.task, project.target, algorithm, hyperparams, options,
-                                  report=step_report if staged else None)
-        except training.TrainingError as exc:
-            raise PermanentError(str(exc)) from exc
-        model = (options.get("model") or project.name) if register else None
-        out = record_fit(conn, run_id, result, model=model, tags=options.get("tags"))
-    except psycopg.Error as exc:
-        error = translate(exc)
-        if isinstance(error, InvalidInput | NotFound):
-            raise PermanentError(str(error)) from exc
-        raise error from exc
+        with sql_errors():
+            row = conn.execute(
+                "select ml.start_run(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (str(project.id), job_id, algorithm, Jsonb(dict(hyperparams)), Jsonb(dict(options)), str(dataset_id),
+                 Jsonb(training.library_versions(spec.library)), None if study_id is None else str(study_id), trial_number),
+            ).fetchone()
+            assert row is not None
+            run_id = row[0]
+            try:
+                result = training.fit(frame, project.task, project.target, algorithm, hyperparams, options,
+                                      report=step_report if staged else None)
+            except training.TrainingError as exc:
+                raise PermanentError(str(exc)) from exc
+            model = (options.get("model") or project.name) if register else None
+            out = record_fit(conn, run_id, result, model=model, tags=options.get("tags"))
+    except (InvalidInput, NotFound) as exc:  # the SQL refused the input: no retry can fix it
+        raise PermanentError(str(exc)) from exc
     out.update({"n_train": result.n_train, "n_test": result.n_test, "dropped_rows": result.dropped_rows})
     return out
 

@@ -32,7 +32,8 @@ from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from pgmlops import features as datasets
-from pgmlops.errors import PgmlopsError, translate
+from pgmlops.db import call
+from pgmlops.errors import PgmlopsError
 from pgmlops.models import artifacts
 from pgmlops.training import _algorithms, _metrics
 
@@ -726,12 +727,7 @@ def create_project(conn: Conn, name: str, task: str, target: str | None, descrip
         InvalidInput: bad name, task or target. DatabaseError (23505): a project of that name
             with another task or target. AccessDenied: viewers and non-members.
     """
-    try:
-        row = conn.execute("select ml.create_project(%s, %s, %s, %s)", (name, task, target, description)).fetchone()
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
-    assert row is not None
-    return UUID(str(row[0]))
+    return UUID(str(call(conn, "ml.create_project(%s, %s, %s, %s)", (name, task, target, description))))
 
 
 def train(conn: Conn, project: str, dataset: UUID | str, algorithm: str, hyperparams: Mapping[str, Any] | None = None,
@@ -747,13 +743,8 @@ def train(conn: Conn, project: str, dataset: UUID | str, algorithm: str, hyperpa
         AccessDenied: viewers and non-members.
     """
     dataset_id = dataset if isinstance(dataset, UUID) else datasets.dataset_info(conn, dataset).id
-    try:
-        row = conn.execute("select ml.train(%s, %s, %s, %s, %s)",
-                           (project, dataset_id, algorithm, Jsonb(dict(hyperparams or {})), Jsonb(dict(options or {})))).fetchone()
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
-    assert row is not None
-    return int(row[0])
+    return int(call(conn, "ml.train(%s, %s, %s, %s, %s)",
+                    (project, dataset_id, algorithm, Jsonb(dict(hyperparams or {})), Jsonb(dict(options or {})))))
 
 
 def load_dataset(conn: Conn, dataset: UUID | str) -> pd.DataFrame:

@@ -101,14 +101,14 @@ def _optuna_study(storage: Any, row: dict[str, Any], seed: int, *, create: bool 
                              sampler=_sampler(row["options"], seed), pruner=_pruner(row["options"]))
 
 
-def _slot_trials(conn: Conn, row: dict[str, Any], job_id: int) -> list[tuple[int, int, str]]:
-    """(trial_id, number, state) of the trials earlier attempts of job ``job_id`` made."""
-    return [(int(r[0]), int(r[1]), str(r[2])) for r in conn.execute(
-        "select t.trial_id, t.number, t.state::text from optuna.trials t "
-        "join optuna.studies s on s.study_id = t.study_id "
-        "join optuna.trial_user_attributes a on a.trial_id = t.trial_id and a.key = 'job_id' "
-        "where s.study_name = %s and a.value_json = %s order by t.number",
-        (_studies.study_name(row["id"]), json.dumps(job_id))).fetchall()]
+def _slot_trials(storage: Any, row: dict[str, Any], job_id: int) -> list[tuple[int, int, str]]:
+    """(trial_id, number, state) of the trials earlier attempts of job ``job_id`` made, in number
+    order. Read through Optuna's storage (its own connection): the job's connection acts as the
+    tenant's service role, which has no access to schema optuna."""
+    study = storage.get_study_id_from_name(_studies.study_name(row["id"]))
+    mine = [(t._trial_id, t.number, t.state.name) for t in storage.get_all_trials(study, deepcopy=False)
+            if t.user_attrs.get("job_id") == job_id]
+    return sorted(mine, key=lambda t: t[1])
 
 
 # -- runs ---------------------------------------------------------------------------------------
@@ -223,7 +223,7 @@ def tune_trial(ctx: JobContext) -> dict[str, Any]:
     job_id = ctx.job.id
 
     # 1. What earlier attempts of this slot left behind.
-    for trial_id, number, state in _slot_trials(ctx.conn, row, job_id):
+    for trial_id, number, state in _slot_trials(storage, row, job_id):
         if state != "RUNNING":
             continue
         message = f"worker died: job {job_id} attempt {ctx.job.attempts} took the slot over after its lease expired"
@@ -234,7 +234,7 @@ def tune_trial(ctx: JobContext) -> dict[str, Any]:
             continue  # it finished after all; the scan below takes it over
         _record_trial(ctx, row, storage.get_trial(trial_id), "failed", library_versions, message)
         log.info("study %s: trial %s of job %s failed (its worker died)", study_id, number, job_id)
-    for trial_id, _, state in _slot_trials(ctx.conn, row, job_id):
+    for trial_id, _, state in _slot_trials(storage, row, job_id):
         if state in ("COMPLETE", "PRUNED"):
             trial = storage.get_trial(trial_id)
             run_id = _record_trial(ctx, row, trial, "succeeded" if state == "COMPLETE" else "pruned", library_versions)

@@ -21,8 +21,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from pgmlops import features as datasets
-from pgmlops.db import resolve_url
-from pgmlops.errors import NotFound, translate
+from pgmlops.db import call, resolve_url, sql_errors
+from pgmlops.errors import NotFound
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
@@ -58,14 +58,8 @@ def tune(conn: Conn, project: str, dataset: UUID | str, algorithm: str, search_s
         AccessDenied: viewers and non-members.
     """
     dataset_id = dataset if isinstance(dataset, UUID) else datasets.dataset_info(conn, dataset).id
-    try:
-        row = conn.execute("select ml.tune(%s, %s, %s, %s, %s, %s)",
-                           (project, dataset_id, algorithm, Jsonb(dict(search_space)), n_trials,
-                            Jsonb(dict(options or {})))).fetchone()
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
-    assert row is not None
-    return int(row[0])
+    return int(call(conn, "ml.tune(%s, %s, %s, %s, %s, %s)",
+                    (project, dataset_id, algorithm, Jsonb(dict(search_space)), n_trials, Jsonb(dict(options or {})))))
 
 
 def study_id_of(conn: Conn, tune_job_id: int) -> UUID:
@@ -74,7 +68,8 @@ def study_id_of(conn: Conn, tune_job_id: int) -> UUID:
     Raises:
         NotFound: no study of the caller's has that job.
     """
-    row = conn.execute("select id from ml.tuning_studies where tune_job_id = %s", (tune_job_id,)).fetchone()
+    with sql_errors():
+        row = conn.execute("select id from ml.tuning_studies where tune_job_id = %s", (tune_job_id,)).fetchone()
     if row is None:
         raise NotFound(f"no tuning study has tune job {tune_job_id}", "P0002")
     return UUID(str(row[0]))
@@ -93,19 +88,14 @@ def study_progress(conn: Conn, study: UUID | str | int) -> dict[str, Any]:
         NotFound: the caller cannot read the study.
     """
     study_id = _study_id(conn, study)
-    try:
-        row = conn.execute("select ml.tuning_study(%s)", (study_id,)).fetchone()
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
-    assert row is not None
-    return dict(row[0])
+    return dict(call(conn, "ml.tuning_study(%s)", (study_id,)))
 
 
 def trials(conn: Conn, study: UUID | str | int) -> list[dict[str, Any]]:
     """The study's trials (``ml.tuning_trials``) in number order: number, state, params, value,
     duration. ``study`` is the study's id or its tune job's id."""
     study_id = _study_id(conn, study)
-    with conn.cursor(row_factory=dict_row) as cur:
+    with sql_errors(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute("select number, state, params, value, duration from ml.tuning_trials "
                     "where study_id = %s order by number", (study_id,))
         return list(cur.fetchall())
