@@ -98,7 +98,9 @@ def offline_sql(revision: str = "head", *, repeatables: bool = True) -> str:
 _FIRST_EXPORT = "20261123132152_pgmlops.sql"
 _FIRST_EXPORT_HEAD = "0004_training"
 
-_REPEATABLES_SECTION = re.compile(r"-- Repeatable objects: .*?-- End of repeatable objects\n\n", re.S)
+# The section and the blank lines after it: a file written while its revision was the head has
+# them between its version update and COMMIT, where a later export has one blank line.
+_REPEATABLES_SECTION = re.compile(r"-- Repeatable objects: .*?-- End of repeatable objects\n\n\n", re.S)
 
 
 def _first_export_text() -> str:
