@@ -6,13 +6,19 @@
 -- keep (nullable, min/max, allowed values, regex, max length). Values are validated in the
 -- database at write time (sql/features/ingest.sql), so every client gets the same rules.
 --
--- Storage:
---   ml.feature_groups      one row per group version; older versions stay readable
---   ml.feature_values      every value ever ingested, keyed by (group version, entity, event time);
---                          time-partitioned (hypertable, or native range partitions)
---   ml.feature_online      the latest values per group version and entity (the online store)
+-- Storage (docs/features.md has the contract other code reads the values by):
+--   ml.feature_groups      one row per group version; older versions stay readable; names the
+--                          version's two tables (offline_table, online_table)
+--   ml_features.fg_<id>    the version's offline table: every row ingested, one typed column per
+--                          feature, keyed by (tenant_id, entity_key, event_time); time-partitioned
+--                          (hypertable, or native range partitions)
+--   ml_features.fg_<id>_online  the newest row per entity (the online store), keyed by
+--                          (tenant_id, entity_key)
 --   ml.feature_quarantine  rows refused by an ingestion in `quarantine` mode, with the reasons
 --   ml.feature_ingestions  one row per ingestion: source, mode, counts
+-- Both tables of a version are made by ml_private.create_feature_tables when the version is
+-- created, are tenant tables like any other (ml_private.enable_tenant_rls) and are dropped with
+-- the version (or its tenant).
 --
 -- Feature references: 'group:feature' (the group's current version: the newest `active` one, or
 -- the newest that is not archived when none is active) or 'group@version:feature'.
@@ -21,12 +27,24 @@
 -- Deleting a group version
 ------------------------------------------------------------------------------------------------
 
--- ml_private.feature_groups_delete_values(): deleting a group version deletes its values.
+-- ml_private.feature_groups_delete_values(): deleting a group version (or its tenant, whose
+-- versions go by ON DELETE CASCADE) drops the version's offline and online tables, and forgets
+-- them in the registries of tenant and time-partitioned tables.
 create or replace function ml_private.feature_groups_delete_values() returns trigger
 language plpgsql security definer
 set search_path = ''
 as $$
+declare
+    v_table regclass;
 begin
+    for v_table in
+        select t from old_rows o, unnest(array[o.online_table, o.offline_table]) t
+        where exists (select 1 from pg_class c where c.oid = t)
+    loop
+        delete from ml_private.tenant_tables where table_name = v_table::text;
+        delete from ml_private.time_partitioned_tables where table_name = v_table::text;
+        execute format('drop table %s', v_table);
+    end loop;
     delete from ml.feature_values v using old_rows o where v.tenant_id = o.tenant_id and v.group_id = o.id;
     delete from ml.feature_online v using old_rows o where v.tenant_id = o.tenant_id and v.group_id = o.id;
     return null;
@@ -109,7 +127,8 @@ begin
         if v_name = any (v_names) then
             raise exception '%: declared twice', v_path using errcode = '22023';
         end if;
-        if v_name = any (p_reserved) or v_name in ('tenant_id', 'entity_key', 'label') then
+        -- The join key and event time of ingested rows, and the columns of the typed tables.
+        if v_name = any (p_reserved) or v_name in ('tenant_id', 'entity_key', 'event_time', 'ingested_at', 'ingestion_id', 'label') then
             raise exception '%: the name % is reserved (join key, event time or a pgmlops column)', v_path, quote_literal(v_name)
                 using errcode = '22023';
         end if;
@@ -275,6 +294,96 @@ as $$
 $$;
 
 ------------------------------------------------------------------------------------------------
+-- Storage: the tables of a group version
+------------------------------------------------------------------------------------------------
+
+-- ml_private.feature_sql_type(p_spec jsonb) returns text
+-- The column type of a normalized feature spec: int -> bigint, float -> double precision, bool
+-- -> boolean, text and category -> text, timestamp -> timestamptz, vector(n) -> pgvector's
+-- vector(n) (schema-qualified; single precision), or double precision[] when pgvector is not
+-- installed. Raises 22023 for an unknown dtype (normalize_feature_schema lets none through).
+create or replace function ml_private.feature_sql_type(p_spec jsonb) returns text
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+    v_vector_schema name;
+begin
+    case p_spec ->> 'dtype'
+        when 'int' then return 'bigint';
+        when 'float' then return 'double precision';
+        when 'bool' then return 'boolean';
+        when 'text', 'category' then return 'text';
+        when 'timestamp' then return 'timestamptz';
+        when 'vector' then
+            select n.nspname into v_vector_schema
+            from pg_extension e join pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector';
+            if v_vector_schema is null then
+                return 'double precision[]';
+            end if;
+            return format('%I.vector(%s)', v_vector_schema, (p_spec ->> 'dim')::int);
+        else
+            raise exception 'feature %: unknown dtype %', p_spec ->> 'name', p_spec ->> 'dtype' using errcode = '22023';
+    end case;
+end
+$$;
+
+-- ml_private.create_feature_tables(p_group_id uuid) returns void
+-- Makes the two tables of the feature group version p_group_id and records them in
+-- ml.feature_groups (offline_table, online_table):
+--   ml_features.fg_<id without dashes>         the offline table: tenant_id uuid, entity_key
+--       text, event_time timestamptz, one column per feature named as the feature (in declared
+--       order; NOT NULL when the feature is not nullable), ingested_at timestamptz, ingestion_id
+--       uuid; primary key (tenant_id, entity_key, event_time); time-partitioned by event_time in
+--       30-day chunks (ml_private.create_time_partitioned_table: a hypertable, or native partitions)
+--   ml_features.fg_<id without dashes>_online  the online table: the same columns, primary key
+--       (tenant_id, entity_key)
+-- Both hold the rows of the version's tenant only (a CHECK on tenant_id) and are tenant tables
+-- (ml_private.enable_tenant_rls: RLS forced, read by members, partitions secured). Identifiers
+-- come from format('%I'), so feature names cannot inject SQL (normalize_feature_schema also
+-- restricts them to [a-z_][a-z0-9_]*). Names do not carry the group's name: the catalog, which
+-- every role can read, shows a version's id and feature names, never its group name or values.
+-- Raises P0002 unknown version. Callers: ml.create_feature_group and migrations (owner only).
+create or replace function ml_private.create_feature_tables(p_group_id uuid) returns void
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+declare
+    v_group   ml.feature_groups;
+    v_name    text;
+    v_columns text;
+begin
+    select * into v_group from ml.feature_groups g where g.id = p_group_id;
+    if v_group.id is null then
+        raise exception 'feature group version % does not exist', p_group_id using errcode = 'P0002';
+    end if;
+    v_name := 'fg_' || replace(v_group.id::text, '-', '');
+    select string_agg(format('%I %s%s', f ->> 'name', ml_private.feature_sql_type(f),
+                             case when (f ->> 'nullable')::boolean then '' else ' not null' end), ', ' order by o)
+    into v_columns
+    from jsonb_array_elements(v_group.features) with ordinality x (f, o);
+    v_columns := format('tenant_id uuid not null, entity_key text not null, event_time timestamptz not null, %s, '
+                        'ingested_at timestamptz not null default now(), ingestion_id uuid', v_columns);
+
+    perform ml_private.create_time_partitioned_table('ml_features', v_name,
+        v_columns || format(', constraint %I check (tenant_id = %L), constraint %I primary key (tenant_id, entity_key, event_time)',
+                            v_name || '_tenant', v_group.tenant_id, v_name || '_pkey'),
+        'event_time', interval '30 days');
+    -- fillfactor 90: an entity's newer row replaces its older one in place (a HOT update).
+    execute format('create table ml_features.%I (%s, constraint %I check (tenant_id = %L), constraint %I primary key (tenant_id, entity_key))
+                    with (fillfactor = 90)',
+                   v_name || '_online', v_columns, v_name || '_online_tenant', v_group.tenant_id, v_name || '_online_pkey');
+    perform ml_private.enable_tenant_rls(format('ml_features.%I', v_name)::regclass);
+    perform ml_private.enable_tenant_rls(format('ml_features.%I', v_name || '_online')::regclass);
+
+    update ml.feature_groups g
+    set offline_table = format('ml_features.%I', v_name)::regclass,
+        online_table = format('ml_features.%I', v_name || '_online')::regclass
+    where g.id = v_group.id;
+end
+$$;
+
+------------------------------------------------------------------------------------------------
 -- Finding groups and features
 ------------------------------------------------------------------------------------------------
 
@@ -388,8 +497,11 @@ $$;
 -- versions stay readable, as 'name@version'). `entity` names what the rows describe; `join_key`
 -- (default: the entity's name) is the key column in ingested rows and training spines;
 -- `event_time_column` the time column. `ttl` bounds how old a value may be when read (NULL: no
--- limit). `schema`: see ml_private.normalize_feature_schema. Returns the new version's id and
--- publishes 'feature_group.created' (topic 'features').
+-- limit). `schema`: see ml_private.normalize_feature_schema; feature names may not be the join
+-- key, the event time column, or a column of the version's tables (tenant_id, entity_key,
+-- event_time, ingested_at, ingestion_id) nor label. Makes the version's offline and online
+-- tables (ml_private.create_feature_tables). Returns the new version's id and publishes
+-- 'feature_group.created' (topic 'features').
 -- Raises 22023 on a bad name, entity, key, ttl, status or schema (naming the rule); 42501 for
 -- viewers and non-members. Callers: authenticated (owner, admin, ml_engineer), service_role.
 create or replace function ml.create_feature_group(
@@ -443,6 +555,7 @@ begin
             description, entity, v_join_key, v_time_col, ttl, v_features,
             ml_private.feature_json_schema(v_features), ml_private.caller_user_id())
     returning id into v_id;
+    perform ml_private.create_feature_tables(v_id);
 
     perform ml_private.publish(v_tenant, 'features', 'feature_group.created',
         jsonb_build_object('group_id', v_id, 'name', create_feature_group.name, 'version', v_version));
@@ -484,15 +597,18 @@ $$;
 
 -- ml.feature_group(name text) returns jsonb
 -- The group version `name` ('name' or 'name@version') names, as jsonb: id, name, version,
--- status, entity, join_key, event_time_column, ttl, features, description, created_at, and
--- value/entity counts. Raises like ml_private.find_feature_group. Callers: any member.
+-- status, entity, join_key, event_time_column, ttl, features, description, created_at, its
+-- versions, offline_table and online_table (the tables holding its values) and `entities`
+-- (entities in the online store). Raises like ml_private.find_feature_group. Callers: any member.
 create or replace function ml.feature_group(name text) returns jsonb
 language plpgsql stable security definer
 set search_path = ''
 as $$
 declare
-    v_group ml.feature_groups := ml_private.find_feature_group(ml_private.acting_tenant_id(false), name);
+    v_group    ml.feature_groups := ml_private.find_feature_group(ml_private.acting_tenant_id(false), name);
+    v_entities bigint;
 begin
+    execute format('select count(*) from %s where tenant_id = $1', v_group.online_table) into v_entities using v_group.tenant_id;
     return jsonb_build_object(
         'id', v_group.id, 'name', v_group.name, 'version', v_group.version, 'status', v_group.status,
         'entity', v_group.entity, 'join_key', v_group.join_key, 'event_time_column', v_group.event_time_column,
@@ -500,7 +616,8 @@ begin
         'created_at', v_group.created_at,
         'versions', (select jsonb_agg(jsonb_build_object('version', g.version, 'status', g.status) order by g.version)
                      from ml.feature_groups g where g.tenant_id = v_group.tenant_id and g.name = v_group.name),
-        'entities', (select count(*) from ml.feature_online o where o.tenant_id = v_group.tenant_id and o.group_id = v_group.id));
+        'offline_table', v_group.offline_table::text, 'online_table', v_group.online_table::text,
+        'entities', v_entities);
 end
 $$;
 

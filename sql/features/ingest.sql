@@ -397,6 +397,9 @@ begin
     where o.event_time <= excluded.event_time;
     get diagnostics v_online = row_count;
 
+    -- The version's typed tables (docs/features.md), written from the same rows.
+    perform ml_private.write_typed_rows(p_group, v_ingestion);
+
     update ml.feature_ingestions set
         written = v_written, inserted = v_inserted, updated = v_written - v_inserted, quarantined = v_invalid,
         superseded = v_rows - v_invalid - v_valid, online_updated = v_online, finished_at = clock_timestamp()
@@ -411,6 +414,51 @@ begin
     drop table pg_temp._pgmlops_ingest;
     drop table pg_temp._pgmlops_valid;
     return v_result;
+end
+$$;
+
+-- ml_private.write_typed_rows(p_group ml.feature_groups, p_ingestion uuid) returns void
+-- Upserts the validated rows of pg_temp._pgmlops_valid (entity_key, event_time, values jsonb)
+-- into the group version's offline table, and the newest per entity into its online table.
+create or replace function ml_private.write_typed_rows(p_group ml.feature_groups, p_ingestion uuid) returns void
+language plpgsql volatile
+set search_path = ''
+set timezone = 'UTC'
+as $$
+declare
+    v_cols    text;
+    v_sources text;
+    v_updates text;
+    v_from    timestamptz;
+    v_to      timestamptz;
+begin
+    select string_agg(format('%I', f ->> 'name'), ', ' order by o), string_agg(format('r.%I', f ->> 'name'), ', ' order by o),
+           string_agg(format('%1$I = excluded.%1$I', f ->> 'name'), ', ' order by o)
+    into v_cols, v_sources, v_updates
+    from jsonb_array_elements(p_group.features) with ordinality x (f, o);
+    select min(event_time), max(event_time) into v_from, v_to from pg_temp._pgmlops_valid;
+    if v_from is null then
+        return;
+    end if;
+    perform ml_private.ensure_time_partitions(p_group.offline_table, v_from, v_to);
+    execute format(
+        'insert into %1$s as t (tenant_id, entity_key, event_time, %2$s, ingestion_id)
+         select $1, v.entity_key, v.event_time, %3$s, $2
+         from pg_temp._pgmlops_valid v cross join lateral jsonb_populate_record(null::%1$s, v.values) r
+         on conflict (tenant_id, entity_key, event_time)
+         do update set %4$s, ingested_at = now(), ingestion_id = excluded.ingestion_id',
+        p_group.offline_table, v_cols, v_sources, v_updates)
+        using p_group.tenant_id, p_ingestion;
+    execute format(
+        'insert into %1$s as t (tenant_id, entity_key, event_time, %2$s, ingestion_id)
+         select distinct on (v.entity_key) $1, v.entity_key, v.event_time, %3$s, $2
+         from pg_temp._pgmlops_valid v cross join lateral jsonb_populate_record(null::%1$s, v.values) r
+         order by v.entity_key, v.event_time desc
+         on conflict (tenant_id, entity_key)
+         do update set event_time = excluded.event_time, %4$s, ingested_at = now(), ingestion_id = excluded.ingestion_id
+         where t.event_time <= excluded.event_time',
+        p_group.online_table, v_cols, v_sources, v_updates)
+        using p_group.tenant_id, p_ingestion;
 end
 $$;
 
