@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from pgmlops import events
+from pgmlops.errors import AccessDenied, InvalidInput
 from pgmlops.jobs import queue
 
 from .conftest import act_for, make_tenant
@@ -124,3 +125,32 @@ def test_recent_filters_by_topic(conn: Conn, topics: list[str]) -> None:
     queue.enqueue(conn, "echo", {})
     got = events.recent(conn, 5, topics=topics)
     assert bool(got) is (topics == ["job"])
+
+
+def test_a_handler_announces_its_progress_as_its_job_s_tenant(fresh_db_url: str) -> None:
+    from pgmlops.db import tenant_context
+    from pgmlops.jobs.handlers import JobContext
+
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        tenant = make_tenant(conn)
+        with tenant_context(conn, tenant):
+            job_id = queue.enqueue(conn, "echo", {"message": "progress"})
+        (job,) = queue.claim(conn, "w-progress", ["echo"])
+        # As a worker runs a handler: the service role acting for the job's tenant.
+        ctx = JobContext(job=job, conn=conn, worker_id="w-progress")
+        with tenant_context(conn, job.tenant_id):
+            ctx.publish("progress", {"done": 3, "of": 10})
+        with pytest.raises(InvalidInput, match="event: must be 1 to 100 characters"), tenant_context(conn, job.tenant_id):
+            ctx.publish(" ")
+        row = conn.execute("select tenant_id::text, topic, payload from ml.events where event = 'progress'").fetchone()
+    assert row == (tenant, "job", {"job_id": job_id, "kind": "echo", "done": 3, "of": 10})
+
+
+def test_a_service_caller_runs_maintenance_through_the_sql_api(conn: Conn) -> None:
+    from pgmlops.db import call, tenant_context
+
+    with tenant_context(conn):
+        report = call(conn, "ml.run_maintenance()")
+    assert set(report) >= {"ml.events", "jobs_purged"} or report == {"skipped": "another session is running maintenance"}
+    with tenant_context(conn, role="anon"), pytest.raises(AccessDenied):
+        call(conn, "ml.run_maintenance()")

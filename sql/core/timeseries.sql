@@ -272,6 +272,19 @@ begin
 end
 $$;
 
+-- ml.run_maintenance() returns jsonb
+-- The periodic upkeep (ml_private.run_maintenance) as a call of the SQL API: partitions ahead of
+-- time, retention, every partition's row-level security, finished jobs purged. Workers call it
+-- every few minutes when pg_cron is absent. Returns what it did per table, or {"skipped"} when
+-- another session is running it. Raises nothing of its own. Callers: service_role (workers);
+-- the owner.
+create or replace function ml.run_maintenance() returns jsonb
+language sql volatile
+set search_path = ''
+as $$
+    select ml_private.run_maintenance()
+$$;
+
 ------------------------------------------------------------------------------------------------
 -- Row-level security of partitions and chunks
 ------------------------------------------------------------------------------------------------
@@ -391,5 +404,6 @@ grant execute on function
     ml.capabilities()
 to anon, authenticated, service_role;
 grant execute on function
-    ml_private.run_maintenance()
+    ml_private.run_maintenance(),
+    ml.run_maintenance()
 to service_role;

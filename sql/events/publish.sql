@@ -46,9 +46,46 @@ end
 $$;
 
 ------------------------------------------------------------------------------------------------
+-- Job progress
+------------------------------------------------------------------------------------------------
+
+-- ml.publish_job_event(job_id bigint, event text, data jsonb default '{}') returns bigint
+-- Announces a job's progress, for handlers (pgmlops' JobContext.publish): an event of topic
+-- 'job' for the job's tenant with payload {job_id, kind, ...data} (data's keys win), written and
+-- announced as ml_private.publish does, in the caller's transaction, so a handler's events land
+-- with its result or not at all. The job's row is read, never locked: the heartbeat that keeps
+-- its lease must not wait behind a handler. Returns the event id.
+-- Raises: 22023 event blank or over 100 characters, data not a JSON object; P0002 no such job.
+-- Callers: service_role (workers' handlers).
+create or replace function ml.publish_job_event(job_id bigint, event text, data jsonb default '{}')
+returns bigint
+language plpgsql volatile
+set search_path = ''
+as $$
+declare
+    v_tenant uuid;
+    v_kind   text;
+begin
+    if event is null or length(btrim(event)) not between 1 and 100 then
+        raise exception 'event: must be 1 to 100 characters, not blank' using errcode = '22023';
+    end if;
+    if data is not null and jsonb_typeof(data) <> 'object' then
+        raise exception 'data: must be a JSON object, got %', jsonb_typeof(data) using errcode = '22023';
+    end if;
+    select j.tenant_id, j.kind into v_tenant, v_kind from ml.jobs j where j.id = publish_job_event.job_id;
+    if not found then
+        raise exception 'job % not found', publish_job_event.job_id using errcode = 'P0002';
+    end if;
+    return ml_private.publish(v_tenant, 'job', event,
+                              jsonb_build_object('job_id', publish_job_event.job_id, 'kind', v_kind) || coalesce(data, '{}'));
+end
+$$;
+
+------------------------------------------------------------------------------------------------
 -- Grants
 ------------------------------------------------------------------------------------------------
 
 grant execute on function
-    ml_private.publish(uuid, text, text, jsonb)
+    ml_private.publish(uuid, text, text, jsonb),
+    ml.publish_job_event(bigint, text, jsonb)
 to service_role;

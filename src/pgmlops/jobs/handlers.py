@@ -61,11 +61,17 @@ class JobContext:
         return str(self.job.tenant_id)
 
     def publish(self, event: str, data: dict[str, Any] | None = None) -> None:
-        """Announce a progress event (topic ``job``) for the job's tenant, in its transaction."""
+        """Announce a progress event (topic ``job``, payload ``{job_id, kind, **data}``) for the
+        job's tenant, in its transaction (``ml.publish_job_event``).
+
+        Raises:
+            InvalidInput: ``event`` blank or over 100 characters.
+        """
         from psycopg.types.json import Jsonb
 
-        payload = {"job_id": self.job.id, "kind": self.job.kind, **(data or {})}
-        self.conn.execute("select ml_private.publish(%s, 'job', %s, %s)", (self.job.tenant_id, event, Jsonb(payload)))
+        from pgmlops.db import call
+
+        call(self.conn, "ml.publish_job_event(%s, %s, %s)", (self.job.id, event, Jsonb(data or {})))
 
 
 Handler = Callable[[JobContext], Any]

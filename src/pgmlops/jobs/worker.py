@@ -32,7 +32,7 @@ from typing import Any
 
 import psycopg
 
-from pgmlops.db import resolve_url, tenant_context
+from pgmlops.db import call, resolve_url, tenant_context
 from pgmlops.errors import LeaseLost, PgmlopsError
 from pgmlops.jobs import handlers, queue
 from pgmlops.jobs.handlers import JobContext, PermanentError
@@ -136,7 +136,7 @@ class Worker:
         prefetch: jobs claimed per round trip; the ones not yet started are heartbeated too.
         poll_interval: seconds to wait for a NOTIFY before polling again.
         idle_exit: exit after this many seconds with nothing to do (None: run until stopped).
-        maintenance_interval: seconds between ml_private.run_maintenance() calls when pg_cron
+        maintenance_interval: seconds between ml.run_maintenance() calls when pg_cron
             is absent (None: never).
         install_signals: install SIGTERM/SIGINT handlers (only possible in the main thread).
         lease: lease in seconds for claimed jobs (None: each kind's own lease).
@@ -288,9 +288,8 @@ class Worker:
 
     def _maintenance(self, conn: psycopg.Connection[Any]) -> None:
         try:
-            row = conn.execute("select ml_private.run_maintenance()").fetchone()
-            log.debug("maintenance: %s", row[0] if row else None)
-        except psycopg.Error as exc:
+            log.debug("maintenance: %s", call(conn, "ml.run_maintenance()"))
+        except PgmlopsError as exc:
             log.warning("maintenance failed: %s", exc)
 
 
