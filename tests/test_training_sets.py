@@ -7,13 +7,14 @@ Every test gets a tenant of its own; spines are temporary tables of the test's s
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from pgmlops import features as datasets
@@ -53,6 +54,19 @@ def spine(conn: Conn, *points: tuple[str, float], label: list[Any] | None = None
         frame["label"] = label
         types["label"] = "int"
     return spine_table(conn, frame, types)
+
+
+def offline_table(conn: Conn, group: str) -> str:
+    """The offline table of the current version of ``group`` (see docs/features.md)."""
+    row = conn.execute("select offline_table::text from ml.feature_groups where id = (ml.feature_group(%s) ->> 'id')::uuid",
+                       (group,)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def force_plan(conn: Conn, plan: str) -> None:
+    """Make ml.create_training_set join every group with ``plan`` ('probe', 'merge' or 'auto') in this session."""
+    conn.execute("select set_config('pgmlops.training_set_plan', %s, false)", (plan,))
 
 
 def amounts(conn: Conn, dataset: str) -> list[tuple[str, datetime, float | None]]:
@@ -132,9 +146,10 @@ def random_world(conn: Conn, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.
     """Two groups with random values: customers (TTL 2 days; float, int, category and bool features)
     and merchants (no TTL; float and timestamp), over 90 days on an hourly grid (so spine times tie
     with value times), with missing and null values, ingested out of order in several batches (late
-    arrivals), plus merchant rows from a year earlier written straight into ml.feature_values (with
-    native partitioning they sit in the DEFAULT partition). Returns (customer values, merchant
-    values, spine)."""
+    arrivals), plus merchant rows from a year earlier written straight into the group's offline
+    table (with native partitioning they sit in its DEFAULT partition). The spine has rows at value
+    times (ties), exactly the TTL after a value (still in) and a second past it (out), duplicates,
+    and a row before everything. Returns (customer values, merchant values, spine)."""
     rng = np.random.default_rng(seed)
     create_group(conn, "customers", {"amount": {"dtype": "float"}, "visits": {"dtype": "int"},
                                      "tier": {"dtype": "category"}, "vip": {"dtype": "bool"}}, ttl="2 days")
@@ -166,11 +181,11 @@ def random_world(conn: Conn, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.
     ingest(conn, "merchants", [merch_rows[i] for i in rng.permutation(len(merch_rows))])
 
     early = [{"merchant_id": f"m{i}", "event_time": at(-365 * 24 + i), "risk": 0.5, "opened": at(-400 * 24)} for i in range(8)]
-    conn.execute(
-        """insert into ml.feature_values (tenant_id, group_id, entity_key, event_time, values)
-           select ml.current_tenant(), (ml.feature_group('merchants') ->> 'id')::uuid, r ->> 'merchant_id',
-                  (r ->> 'event_time')::timestamptz, r - 'merchant_id' - 'event_time'
-           from jsonb_array_elements(%s) r""",
+    conn.execute(sql.SQL(
+        """insert into {} (tenant_id, entity_key, event_time, risk, opened)
+           select ml.current_tenant(), r ->> 'merchant_id', (r ->> 'event_time')::timestamptz, (r ->> 'risk')::float8,
+                  (r ->> 'opened')::timestamptz
+           from jsonb_array_elements(%s) r""").format(sql.SQL(offline_table(conn, "merchants"))),
         (Jsonb([{k: iso(v) if isinstance(v, datetime) else v for k, v in r.items()} for r in early]),))
     merch_rows = early + merch_rows
 
@@ -180,6 +195,10 @@ def random_world(conn: Conn, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.
         when = cust_times[int(rng.integers(len(cust_times)))] if rng.random() < 0.3 else at(int(rng.integers(-48, hours + 48)))
         points.append({"customer_id": f"c{int(rng.integers(0, 22))}", "merchant_id": f"m{int(rng.integers(0, 9))}",
                        "event_time": when, "label": int(rng.integers(0, 2))})
+    for _ in range(150):  # exactly the TTL after a customer value (still in), and a second past it (out)
+        when = cust_times[int(rng.integers(len(cust_times)))] + timedelta(days=2, seconds=int(rng.integers(0, 2)))
+        points.append({"customer_id": cust_rows[cust_times.index(when - timedelta(days=2, seconds=when.second))]["customer_id"],
+                       "merchant_id": f"m{int(rng.integers(0, 9))}", "event_time": when, "label": int(rng.integers(0, 2))})
     points += [points[int(i)] for i in rng.integers(0, len(points), size=40)]  # duplicates
     points.append({"customer_id": "c1", "merchant_id": "m1", "event_time": at(-366 * 24), "label": 0})  # before everything
 
@@ -211,14 +230,17 @@ def normalized(frame: pd.DataFrame, columns: list[str]) -> list[tuple[Any, ...]]
     return out
 
 
+@pytest.mark.parametrize("plan", ["probe", "merge"])
 @pytest.mark.parametrize("seed", [1, 2])
-def test_random_spines_match_pandas_merge_asof_row_for_row(any_db_url: str, seed: int) -> None:
+def test_random_spines_match_pandas_merge_asof_row_for_row(any_db_url: str, seed: int, plan: str) -> None:
     with psycopg.connect(any_db_url, autocommit=True) as conn:
         act_for(conn, make_tenant(conn))
         cust, merch, points = random_world(conn, seed)
         name = spine_table(conn, points, SPINE_TYPES)
+        force_plan(conn, plan)
         frame = datasets.training_set(conn, "pit", name, ["customers:amount", "customers:visits", "customers:tier",
                                                           "customers:vip", "merchants:risk", "merchants:opened"], label="label")
+        assert [g["plan"] for g in frame.attrs["dataset"].source_groups] == [plan, plan]
 
         expected = merge_asof_reference(points, cust, "customer_id", "2 days")
         expected = expected.join(merge_asof_reference(points, merch, "merchant_id", None)[["risk", "opened"]])
@@ -227,9 +249,63 @@ def test_random_spines_match_pandas_merge_asof_row_for_row(any_db_url: str, seed
         assert list(frame.columns) == columns
         assert normalized(frame, columns) == normalized(expected, columns)
         assert frame["amount"].notna().sum() > 100 and frame["amount"].isna().sum() > 50  # both cases exercised
+        # Ties, the TTL's edge and a second past it all occur (each customer row's time is unique per customer).
+        last = pd.merge_asof(points.sort_values("event_time").reset_index(), cust.sort_values("event_time")[["customer_id", "event_time"]]
+                             .assign(value_time=lambda f: f["event_time"]), on="event_time", by="customer_id").set_index("index")
+        age = (last["event_time"] - last["value_time"]).value_counts()
+        assert age.get(pd.Timedelta(0), 0) > 15 and age.get(pd.Timedelta(days=2), 0) > 15
+        assert age.get(pd.Timedelta(days=2, seconds=1), 0) > 15
         if conn.execute("select ml.capabilities() ->> 'partitioning'").fetchone()[0] == "native":
             # The early merchant rows were read from the DEFAULT partition, next to the ranged ones.
-            assert conn.execute("select count(*) from ml.feature_values_default").fetchone()[0] == 8
+            assert conn.execute(f"select count(*) from {offline_table(conn, 'merchants')}_default").fetchone()[0] == 8
+
+
+def test_an_entity_with_more_rows_than_a_timeline_holds_is_probed_with_the_same_result(any_db_url: str) -> None:
+    """The merge plan keeps at most 1000 rows per entity in a timeline; a larger entity is probed."""
+    with psycopg.connect(any_db_url, autocommit=True) as conn:
+        act_for(conn, make_tenant(conn))
+        rng = np.random.default_rng(3)
+        create_group(conn, "ticks", {"price": {"dtype": "float"}, "venue": {"dtype": "text"}}, key="symbol", ttl="90 minutes")
+        values = [{"symbol": key, "event_time": at(m / 60), "price": None if rng.random() < 0.2 else float(m),
+                   "venue": None if rng.random() < 0.2 else f"v{m % 7}"}
+                  for key, minutes in (("big", 1500), ("small", 40)) for m in sorted(rng.choice(3000, minutes, replace=False))]
+        for batch in np.array_split(rng.permutation(len(values)), 3):
+            ingest(conn, "ticks", [values[i] for i in batch])
+        points = pd.DataFrame({"symbol": rng.choice(["big", "small", "none"], 400),
+                               "event_time": [at(int(m) / 60) for m in rng.integers(-100, 3200, 400)]})
+        expected = merge_asof_reference(points, pd.DataFrame(values).assign(
+            event_time=lambda f: pd.to_datetime(f["event_time"], utc=True)), "symbol", "90 minutes")
+        expected = expected.sort_values(["symbol", "event_time"], kind="stable")
+        name = spine_table(conn, points, {"symbol": "text", "event_time": "timestamptz"})
+        for plan in ("merge", "probe"):
+            force_plan(conn, plan)
+            frame = datasets.training_set(conn, f"ticks_{plan}", name, ["ticks:price", "ticks:venue"])
+            assert frame.attrs["dataset"].source_groups[0]["plan"] == plan
+            assert normalized(frame, ["symbol", "event_time", "price", "venue"]) == \
+                normalized(expected, ["symbol", "event_time", "price", "venue"])
+            assert frame.loc[frame["symbol"] == "big", "price"].notna().sum() > 50
+
+
+def test_the_plan_is_chosen_by_the_spines_size_next_to_the_groups(conn: Conn, tenant: str) -> None:
+    """'auto' probes for a spine under a tenth of the group's rows (the planner's estimate), else merges."""
+    customers(conn)
+    ingest(conn, "customers", [{"customer_id": f"c{i % 20}", "event_time": at(i), "amount": float(i)} for i in range(400)])
+    conn.execute(f"analyze {offline_table(conn, 'customers')}")
+    force_plan(conn, "auto")
+    small = build(conn, "small", spine(conn, *[(f"c{i}", 500.0) for i in range(10)]), ["customers:amount"])
+    large = build(conn, "large", spine(conn, *[(f"c{i % 20}", float(i)) for i in range(60)]), ["customers:amount"])
+    plans = dict(conn.execute("select id::text, source_groups -> 0 ->> 'plan' from ml.datasets where tenant_id = %s",
+                              (tenant,)).fetchall())
+    assert (plans[small], plans[large]) == ("probe", "merge")
+    assert [a for _, _, a in amounts(conn, small)] == [float(380 + i) for i in range(10)]
+
+
+def test_an_unknown_plan_setting_is_refused(conn: Conn, tenant: str) -> None:
+    customers(conn)
+    force_plan(conn, "fastest")
+    with refused("22023", r"^pgmlops.training_set_plan: 'fastest' must be auto, probe or merge"):
+        build(conn, "ds", spine(conn, ("c1", 1)), ["customers:amount"])
+    force_plan(conn, "")
 
 
 # -- the spine -------------------------------------------------------------------------------------

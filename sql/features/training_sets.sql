@@ -146,56 +146,92 @@ $$;
 ------------------------------------------------------------------------------------------------
 -- The point-in-time join
 ------------------------------------------------------------------------------------------------
+--
+-- Each group's values are read from its offline table (ml.feature_groups.offline_table, see
+-- docs/features.md): tenant_id, entity_key, event_time and one typed column per feature. For each
+-- group one of two plans is chosen (ml_private.as_of_plan):
+--
+--   probe   one backward index probe per spine row (ml_private.as_of_probe_sql): about 3 µs a row,
+--           whatever the size of the group. Best for spines that are small next to the group.
+--   merge   one pass over the group's rows in the window the spine needs (ml_private.as_of_timeline_sql):
+--           its rows, in primary-key order (entity, then time), become one timeline per entity,
+--           its times and each feature's values as arrays in time order; every spine row then finds
+--           its place on its entity's timeline by binary search (width_bucket over the times: the
+--           number of rows at or before the spine time, which is the running count of rows Feast's
+--           SQL computes with a window function) and takes that row's values by subscript. Costs
+--           about 0.4 µs per row of the group plus 0.3 µs per spine row: best for large spines.
+--           An entity with more than 1000 rows in the window is probed instead: subscripting the
+--           n-th element of an array with NULLs or of variable-width values walks n elements
+--           (about 2 ns each), so past a thousand a probe is cheaper.
+--
+-- Why not the literal timeline (spine rows and feature rows in one sorted relation, a running
+-- count as a group id, a second window to spread the row's values): PostgreSQL sorts the union
+-- (spine plus every group row, so 6M rows for the benchmark's 1M-row spine) and runs two or three
+-- WindowAgg nodes over it; measured at 4 to 5 times the time of the arrays above, which sort
+-- nothing (the primary key's order is read) and touch each spine row once.
 
--- ml_private.feature_value_partitions(p_tenant uuid, p_group uuid, p_from timestamptz, p_to timestamptz)
+-- Old signatures (the jsonb value table ml.feature_values).
+drop function if exists ml_private.feature_value_partitions(uuid, uuid, timestamptz, timestamptz);
+drop function if exists ml_private.as_of_probe_sql(uuid, uuid, interval, text, text, timestamptz, timestamptz);
+
+-- ml_private.feature_partitions(p_table regclass, p_tenant uuid, p_from timestamptz, p_to timestamptz)
 -- returns table (relation text, range_start timestamptz, range_end timestamptz)
--- The tables holding ml.feature_values rows with event times in [p_from, p_to]: the
--- hypertable's chunks or the native partitions, each with its time range, plus (range NULL) a
--- native DEFAULT partition holding rows of the group. When a chunk in range is compressed, or
--- two chunks share a time range (space partitioning), the hypertable itself, range NULL (it
--- decompresses; ordered probing needs chunks that do not overlap in time).
-create or replace function ml_private.feature_value_partitions(p_tenant uuid, p_group uuid, p_from timestamptz, p_to timestamptz)
+-- The relations holding rows of the time-partitioned table p_table (a group's offline table)
+-- with event times in [p_from, p_to]: the hypertable's chunks or the native partitions, each
+-- with its time range, plus (range NULL) a native DEFAULT partition holding rows of p_tenant up
+-- to p_to. When a chunk in range is compressed, or two chunks share a time range (space
+-- partitioning), p_table itself, range NULL (ordered probing needs chunks that do not overlap in
+-- time). A table that is not time-partitioned is returned as it is, range NULL.
+create or replace function ml_private.feature_partitions(p_table regclass, p_tenant uuid, p_from timestamptz, p_to timestamptz)
 returns table (relation text, range_start timestamptz, range_end timestamptz)
 language plpgsql stable
 set search_path = ''
 as $$
 declare
-    v_part  record;
-    v_bound text[];
-    v_has   boolean;
+    v_mode   text;
+    v_schema name;
+    v_name   name;
+    v_part   record;
+    v_bound  text[];
+    v_has    boolean;
 begin
-    if (select t.mode from ml_private.time_partitioned_tables t where t.table_name = 'ml.feature_values') = 'hypertable' then
-        -- Compressed chunks, or chunks sharing a time range (space partitioning): the hypertable.
+    select t.mode into v_mode from ml_private.time_partitioned_tables t where t.table_name = p_table::text;
+    select n.nspname, c.relname into v_schema, v_name
+    from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = p_table;
+    if v_mode = 'hypertable' then
         execute 'with c as (select c.range_start, c.range_end, c.is_compressed from timescaledb_information.chunks c
-                            where c.hypertable_schema = ''ml'' and c.hypertable_name = ''feature_values''
+                            where c.hypertable_schema = $3 and c.hypertable_name = $4
                               and c.range_end > $1 and c.range_start <= $2)
                  select exists (select 1 from c where c.is_compressed)
                      or exists (select 1 from c a join c b on a.range_start < b.range_end and b.range_start < a.range_end
                                 where (a.range_start, a.range_end) <> (b.range_start, b.range_end))
                      or (select count(*) <> count(distinct c.range_start) from c)'
-            into v_has using p_from, p_to;
+            into v_has using p_from, p_to, v_schema, v_name;
         if v_has then
-            return query select 'ml.feature_values'::text, null::timestamptz, null::timestamptz;
+            return query select p_table::text, null::timestamptz, null::timestamptz;
             return;
         end if;
         return query execute
             'select format(''%I.%I'', c.chunk_schema, c.chunk_name), c.range_start, c.range_end
              from timescaledb_information.chunks c
-             where c.hypertable_schema = ''ml'' and c.hypertable_name = ''feature_values''
-               and c.range_end > $1 and c.range_start <= $2'
-            using p_from, p_to;
+             where c.hypertable_schema = $3 and c.hypertable_name = $4 and c.range_end > $1 and c.range_start <= $2'
+            using p_from, p_to, v_schema, v_name;
+        return;
+    end if;
+    if v_mode is null or not exists (select 1 from pg_inherits i where i.inhparent = p_table) then
+        return query select p_table::text, null::timestamptz, null::timestamptz;
         return;
     end if;
     for v_part in
-        select c.oid::regclass::text as rel, pg_catalog.pg_get_expr(c.relpartbound, c.oid) as bound
-        from pg_catalog.pg_inherits i join pg_catalog.pg_class c on c.oid = i.inhrelid
-        where i.inhparent = 'ml.feature_values'::regclass
+        select c.oid::regclass::text as rel, pg_get_expr(c.relpartbound, c.oid) as bound
+        from pg_inherits i join pg_class c on c.oid = i.inhrelid
+        where i.inhparent = p_table
     loop
         v_bound := regexp_match(v_part.bound, 'FROM \(''([^'']+)''\) TO \(''([^'']+)''\)');
         if v_bound is null then
-            -- The DEFAULT partition (or a bound this code does not read): probed when it holds the group.
-            execute format('select exists (select 1 from %s v where v.tenant_id = $1 and v.group_id = $2 and v.event_time <= $3)', v_part.rel)
-                into v_has using p_tenant, p_group, p_to;
+            -- The DEFAULT partition (or a bound this code does not read): probed when it holds the tenant's rows.
+            execute format('select exists (select 1 from %s v where v.tenant_id = $1 and v.event_time <= $2)', v_part.rel)
+                into v_has using p_tenant, p_to;
             if v_has then
                 relation := v_part.rel; range_start := null; range_end := null;
                 return next;
@@ -208,64 +244,133 @@ begin
 end
 $$;
 
--- ml_private.as_of_probe_sql(p_tenant uuid, p_group uuid, p_ttl interval, p_key text, p_time text,
+-- ml_private.as_of_probe_sql(p_table regclass, p_tenant uuid, p_ttl interval, p_key text, p_time text,
 --                            p_from timestamptz, p_to timestamptz) returns text
--- A LATERAL subquery (text) giving `values` of the group's latest row with entity_key = p_key
--- and p_time - p_ttl <= event_time <= p_time (p_key, p_time: SQL expressions of the outer row),
--- for outer times in [p_from, p_to], by backward probes of the unique
--- (tenant_id, group_id, entity_key, event_time) index.
--- Why not simply `from ml.feature_values ... order by event_time desc limit 1`: that works, but
--- TimescaleDB's runtime chunk exclusion (and native partition pruning) runs again for every
--- outer row and costs five times the probe itself. Chunks (or partitions) are probed directly
--- instead: first the one the outer time falls in (a CASE on the time picks it, so one probe
--- runs), and only when it has no row, the older ones newest first (a UNION ALL under LIMIT 1,
+-- An expression (text) giving, as a value of p_table's row type, p_table's latest row of p_tenant
+-- with entity_key = p_key and p_time - p_ttl <= event_time <= p_time (p_key, p_time: SQL
+-- expressions of the outer row; NULL when there is none), for outer times in [p_from, p_to], by
+-- backward probes of the primary key (tenant_id, entity_key, event_time).
+-- Why not simply `(select ... from <offline table> ... order by event_time desc limit 1)`: that
+-- works, but TimescaleDB's runtime chunk exclusion (and native partition pruning) runs again for
+-- every outer row and costs five times the probe itself. Chunks (or partitions) are probed
+-- directly instead: first the one the outer time falls in (a CASE on the time picks it, so one
+-- probe runs), and only when it has no row, the older ones newest first (a UNION ALL under LIMIT 1,
 -- each behind a one-time filter on its range; chunks do not overlap, so the first row found is
 -- the latest). Unbounded relations (a DEFAULT partition, or the hypertable when chunks are
--- compressed) are probed as well, and the latest row wins.
-create or replace function ml_private.as_of_probe_sql(p_tenant uuid, p_group uuid, p_ttl interval, p_key text, p_time text,
+-- compressed) are probed as well, and the latest row wins. Use it where it is evaluated once per
+-- outer row (a column of a subquery under OFFSET 0), then take fields with (expr).feature.
+create or replace function ml_private.as_of_probe_sql(p_table regclass, p_tenant uuid, p_ttl interval, p_key text, p_time text,
                                            p_from timestamptz, p_to timestamptz)
 returns text
 language plpgsql stable
 set search_path = ''
 as $$
 declare
-    v_cond   text := format('v.tenant_id = %L and v.group_id = %L and v.entity_key = %s and v.event_time <= %s%s',
-                            p_tenant, p_group, p_key, p_time,
-                            case when p_ttl is null then '' else format(' and v.event_time >= %s - %L::interval', p_time, p_ttl) end);
+    v_cond    text := format('v.tenant_id = %L and v.entity_key = %s and v.event_time <= %s%s',
+                             p_tenant, p_key, p_time,
+                             case when p_ttl is null then '' else format(' and v.event_time >= %s - %L::interval', p_time, p_ttl) end);
+    -- A chunk's or partition's row as the table's row type (they have the same columns).
+    v_row     text := format('row(v.*)::%s', p_table);
     v_own     text;
     v_older   text;
     v_ordered text;
     v_others  text;
 begin
-    select 'case ' || string_agg(format('when %s >= %L::timestamptz then (select v.values from %s v where %s order by v.event_time desc limit 1)',
-                                        p_time, p.range_start, p.relation, v_cond), ' ' order by p.range_start desc) || ' end',
+    select 'case ' || string_agg(format('when %s >= %L::timestamptz then (select %s from %s v where %s order by v.event_time desc limit 1)',
+                                        p_time, p.range_start, v_row, p.relation, v_cond), ' ' order by p.range_start desc) || ' end',
            -- No LIMIT per chunk: the outer one stops the Append at the first row.
-           string_agg(format('(select v.values from %s v where %s >= %L::timestamptz%s and %s order by v.event_time desc)',
-                             p.relation, p_time, p.range_end,
+           string_agg(format('(select %s as r from %s v where %s >= %L::timestamptz%s and %s order by v.event_time desc)',
+                             v_row, p.relation, p_time, p.range_end,
                              case when p_ttl is null then '' else format(' and %s - %L::interval < %L::timestamptz', p_time, p_ttl, p.range_end) end,
                              v_cond), ' union all ' order by p.range_start desc),
-           string_agg(format('(select v.event_time, v.values from %s v where %s >= %L::timestamptz and %s order by v.event_time desc)',
-                             p.relation, p_time, p.range_start, v_cond), ' union all ' order by p.range_start desc)
+           string_agg(format('(select v.event_time, %s as r from %s v where %s >= %L::timestamptz and %s order by v.event_time desc)',
+                             v_row, p.relation, p_time, p.range_start, v_cond), ' union all ' order by p.range_start desc)
     into v_own, v_older, v_ordered
-    from ml_private.feature_value_partitions(p_tenant, p_group, coalesce(p_from - p_ttl, '-infinity'), p_to) p
+    from ml_private.feature_partitions(p_table, p_tenant, coalesce(p_from - p_ttl, '-infinity'), p_to) p
     where p.range_start is not null;
-    select string_agg(format('(select v.event_time, v.values from %s v where %s order by v.event_time desc limit 1)', p.relation, v_cond),
+    select string_agg(format('(select v.event_time, %s as r from %s v where %s order by v.event_time desc limit 1)', v_row, p.relation, v_cond),
                       ' union all ')
     into v_others
-    from ml_private.feature_value_partitions(p_tenant, p_group, coalesce(p_from - p_ttl, '-infinity'), p_to) p
+    from ml_private.feature_partitions(p_table, p_tenant, coalesce(p_from - p_ttl, '-infinity'), p_to) p
     where p.range_start is null;
 
     if v_others is null then
         if v_own is null then
-            return 'select null::jsonb as values';
+            return format('null::%s', p_table);
         end if;
-        -- OFFSET 0 keeps the subquery whole: flattened, its expression would run once per feature.
-        return format('select coalesce(%s, (select x.values from (%s) x limit 1)) as values offset 0', v_own, v_older);
+        return format('coalesce(%s, (select x.r from (%s) x limit 1))', v_own, v_older);
     end if;
     -- With unbounded relations: the latest of what the ranged chunks (newest first) and they hold.
-    return format('select y.values from (%s%s) y order by y.event_time desc limit 1',
+    return format('(select y.r from (%s%s) y order by y.event_time desc limit 1)',
                   case when v_ordered is null then ''
-                       else format('(select x.event_time, x.values from (%s) x limit 1) union all ', v_ordered) end, v_others);
+                       else format('(select x.event_time, x.r from (%s) x limit 1) union all ', v_ordered) end, v_others);
+end
+$$;
+
+-- ml_private.as_of_timeline_sql(p_table regclass, p_tenant uuid, p_columns text[], p_from timestamptz, p_to timestamptz)
+-- returns text
+-- A subquery (text) with one row per entity of p_tenant's rows of p_table with p_from <=
+-- event_time <= p_to (p_from NULL: no lower bound): k (entity_key), h (true when it has more
+-- than 1000 rows), t (event_time[]) and v1..vN (one array per column of p_columns), all in
+-- event_time order, so that width_bucket(time, t) is the number of the entity's rows at or
+-- before `time` and vi[that] their latest row's value. Entities with more than 1000 rows get
+-- NULL arrays: the caller probes them (see the section's header). The rows are read in primary-key order
+-- (tenant_id, entity_key, event_time), so nothing is sorted.
+-- Order of the arrays: from PostgreSQL 16 on, array_agg(... order by event_time) over input
+-- already in that order costs nothing more (the planner sees it is presorted). Before 16 an
+-- ordered aggregate sorts every entity's rows again, once per array; there, array_agg takes the
+-- rows of the sorted subquery in its order (PostgreSQL's documented way, safe when nothing but
+-- the grouping sits between the subquery and the aggregate, as here; array_agg cannot run as
+-- partial aggregates before 16, so no parallel plan splits an entity's rows).
+create or replace function ml_private.as_of_timeline_sql(p_table regclass, p_tenant uuid, p_columns text[], p_from timestamptz,
+                                              p_to timestamptz)
+returns text
+language sql stable
+set search_path = ''
+as $$
+    select format(
+        'select v.entity_key as k, count(*) > 1000 as h, case when count(*) <= 1000 then array_agg(v.event_time%1$s) end as t%2$s
+         from (select v.entity_key, v.event_time%3$s from %4$s v where v.tenant_id = %5$L and v.event_time <= %6$L%7$s
+               order by v.entity_key, v.event_time) v
+         group by v.entity_key',
+        case when current_setting('server_version_num')::int >= 160000 then ' order by v.event_time' else '' end,
+        (select string_agg(format(', case when count(*) <= 1000 then array_agg(v.%I%s) end as v%s', c,
+                                  case when current_setting('server_version_num')::int >= 160000 then ' order by v.event_time' else '' end, n),
+                           '' order by n)
+         from unnest(p_columns) with ordinality x (c, n)),
+        (select string_agg(format(', v.%I', c), '' order by n) from unnest(p_columns) with ordinality x (c, n)),
+        p_table, p_tenant, p_to,
+        case when p_from is null then '' else format(' and v.event_time >= %L', p_from) end)
+$$;
+
+-- ml_private.as_of_plan(p_table regclass, p_tenant uuid, p_spine_rows bigint, p_from timestamptz, p_to timestamptz)
+-- returns text
+-- 'probe' or 'merge' (see the section's header) for joining p_spine_rows spine rows to p_tenant's
+-- rows of p_table with event times in [p_from, p_to] (p_from NULL: unbounded). The setting
+-- pgmlops.training_set_plan ('probe', 'merge', or 'auto', the default) forces a plan; 'auto'
+-- merges when the spine has at least a tenth as many rows as the planner estimates the window
+-- holds (measured in bench/features.py: the two plans cost the same near one spine row per
+-- eight to twelve group rows). Raises 22023 for another value of the setting. Volatile: it
+-- runs EXPLAIN, which a stable function may not.
+create or replace function ml_private.as_of_plan(p_table regclass, p_tenant uuid, p_spine_rows bigint, p_from timestamptz,
+                                      p_to timestamptz)
+returns text
+language plpgsql volatile
+set search_path = ''
+as $$
+declare
+    v_setting text := lower(coalesce(nullif(btrim(current_setting('pgmlops.training_set_plan', true)), ''), 'auto'));
+    v_plan    jsonb;
+begin
+    if v_setting in ('probe', 'merge') then
+        return v_setting;
+    elsif v_setting <> 'auto' then
+        raise exception 'pgmlops.training_set_plan: % must be auto, probe or merge', quote_literal(v_setting) using errcode = '22023';
+    end if;
+    execute format('explain (format json) select from %s v where v.tenant_id = %L and v.event_time <= %L%s', p_table, p_tenant, p_to,
+                   case when p_from is null then '' else format(' and v.event_time >= %L', p_from) end)
+    into v_plan;
+    return case when p_spine_rows * 10 >= (v_plan #>> '{0,Plan,Plan Rows}')::numeric then 'merge' else 'probe' end;
 end
 $$;
 
@@ -408,6 +513,15 @@ declare
     v_range      tstzrange;
     v_hash       text;
     v_needs_raw  boolean;
+    v_planned    jsonb;
+    v_ttl        interval;
+    v_offline    regclass;
+    v_features   text[];
+    v_probe      text;
+    v_group_plan text;
+    v_value      text;
+    v_x0         text[] := '{}';
+    v_x1         text[] := '{}';
 begin
     -- Only the caller's own temp table: this function runs with the owner's rights and must not
     -- read a table the caller could not.
@@ -457,30 +571,63 @@ begin
         raise exception 'spine: event_time is NULL in % of % rows', v_nulls, v_rows using errcode = '22004';
     end if;
 
-    -- The raw columns: keys, event_time, label, features (one LATERAL probe per group), aggregates.
+    -- The raw columns: keys, event_time, label, features (each group by its plan: see "The
+    -- point-in-time join"), aggregates. Three levels, each under OFFSET 0 so that what it computes
+    -- is computed once per spine row: x numbers the spine and joins the merged groups' timelines,
+    -- x0 finds each row's place on them, x1 applies the TTL and probes (probe plan, or an entity
+    -- too large for a timeline).
     foreach v_key in array v_key_cols loop
-        v_select := v_select || format('s.%I', v_key);
+        v_select := v_select || format('x1.%I', v_key);
         v_exprs := v_exprs || jsonb_build_object(v_key, format('r.%I', v_key));
         v_columns := v_columns || jsonb_build_array(jsonb_build_object('name', v_key, 'type', 'text', 'role', 'key'));
     end loop;
-    v_select := v_select || 's.event_time'::text;
+    v_select := v_select || 'x1.event_time'::text;
     v_exprs := v_exprs || jsonb_build_object('event_time', 'r.event_time');
     v_columns := v_columns || jsonb_build_array(jsonb_build_object('name', 'event_time', 'type', 'timestamptz', 'role', 'event_time'));
     if p_label is not null then
-        v_select := v_select || format('s.%I', p_label);
+        v_select := v_select || format('x1.%I', p_label);
         v_columns := v_columns || jsonb_build_array(jsonb_build_object('name', p_label, 'type', v_types ->> p_label, 'role', 'label'));
     end if;
+    v_planned := '[]';
     for v_group in select value from jsonb_array_elements(v_groups) loop
         v_n := v_n + 1;
-        v_joins := v_joins || format(' left join lateral (%s) g%s on true',
-            ml_private.as_of_probe_sql(v_tenant, (v_group ->> 'group_id')::uuid, (v_group ->> 'ttl')::interval,
-                                       format('s.%I', v_group ->> 'key_column'), 's.event_time', lower(v_range), upper(v_range)), v_n);
+        v_ttl := (v_group ->> 'ttl')::interval;
+        select g.offline_table into v_offline from ml.feature_groups g where g.id = (v_group ->> 'group_id')::uuid;
+        v_features := array(select f ->> 'feature' from jsonb_array_elements(v_plan -> 'features') f
+                            where f ->> 'group_id' = v_group ->> 'group_id' order by (f ->> 'ord')::int);
+        v_probe := ml_private.as_of_probe_sql(v_offline, v_tenant, v_ttl, format('x0.%I', v_group ->> 'key_column'), 'x0.event_time',
+                                              lower(v_range), upper(v_range));
+        v_group_plan := ml_private.as_of_plan(v_offline, v_tenant, v_rows, lower(v_range) - v_ttl, upper(v_range));
+        if v_group_plan = 'merge' then
+            v_joins := v_joins || format(' left join (%s) m%s on m%s.k = x.%I',
+                ml_private.as_of_timeline_sql(v_offline, v_tenant, v_features, lower(v_range) - v_ttl, upper(v_range)),
+                v_n, v_n, v_group ->> 'key_column');
+            v_x0 := v_x0 || format('m%1$s.h as g%1$s_h, m%1$s.t as g%1$s_t, width_bucket(x.event_time, m%1$s.t) as g%1$s_i', v_n)
+                         || array(select format('m%1$s.v%2$s as g%1$s_v%2$s', v_n, i) from generate_series(1, cardinality(v_features)) i);
+            v_x1 := v_x1 || format('case when x0.g%1$s_h then %2$s end as g%1$s_p', v_n, v_probe)
+                         || case when v_ttl is null then format('x0.g%1$s_i as g%1$s_j', v_n)
+                                 else format('case when x0.g%1$s_t[x0.g%1$s_i] >= x0.event_time - %2$L::interval then x0.g%1$s_i end as g%1$s_j',
+                                             v_n, v_ttl) end;
+        else
+            v_x1 := v_x1 || format('%2$s as g%1$s_p', v_n, v_probe);
+        end if;
         for v_f in select value from jsonb_array_elements(v_plan -> 'features')
-                   where (value ->> 'group_id') = (v_group ->> 'group_id') loop
-            v_select := v_select || format('%s as %I', ml_private.feature_value_sql(v_f ->> 'dtype', format('g%s.values', v_n), v_f ->> 'feature', true),
-                                           v_f ->> 'column');
+                   where (value ->> 'group_id') = (v_group ->> 'group_id') order by (value ->> 'ord')::int loop
+            v_value := case when v_group_plan = 'merge'
+                            then format('case when x1.g%1$s_h then (x1.g%1$s_p).%2$I else x1.g%1$s_v%3$s[x1.g%1$s_j] end',
+                                        v_n, v_f ->> 'feature', array_position(v_features, v_f ->> 'feature'))
+                            else format('(x1.g%s_p).%I', v_n, v_f ->> 'feature') end;
+            -- pgvector's vector (single precision) becomes double precision[] through its text,
+            -- the shortest decimal form of each element: 0.1 stays 0.1.
+            if (select t.typname from pg_attribute a join pg_type t on t.oid = a.atttypid
+                where a.attrelid = v_offline and a.attname = v_f ->> 'feature') = 'vector' then
+                v_value := format('translate((%s)::text, ''[]'', ''{}'')::double precision[]', v_value);
+            end if;
+            v_select := v_select || format('%s as %I', v_value, v_f ->> 'column');
         end loop;
+        v_planned := v_planned || jsonb_build_array(v_group || jsonb_build_object('plan', v_group_plan));
     end loop;
+    v_groups := v_planned;
     for v_f in select value from jsonb_array_elements(v_plan -> 'features') order by (value ->> 'ord')::int loop
         v_exprs := v_exprs || jsonb_build_object(v_f ->> 'column', format('r.%I', v_f ->> 'column'));
         v_columns := v_columns || jsonb_build_array(jsonb_build_object(
@@ -493,15 +640,17 @@ begin
                 raise exception 'spine: aggregate column % (%) is missing', v_o ->> 'name', ml_private.feature_sql_type(v_o ->> 'kind')
                     using errcode = '42703';
             end if;
-            v_select := v_select || format('s.%I', v_o ->> 'name');
+            v_select := v_select || format('x1.%I', v_o ->> 'name');
             v_exprs := v_exprs || jsonb_build_object(v_o ->> 'name', format('r.%I', v_o ->> 'name'));
             v_columns := v_columns || jsonb_build_array(jsonb_build_object(
                 'name', v_o ->> 'name', 'type', ml_private.feature_sql_type(v_o ->> 'kind'), 'role', 'aggregate'));
         end loop;
     end loop;
     -- Keys in C collation: sorting a million keys in a libc locale costs three times as much.
-    v_raw := format('select s.spine_row, %s from (select row_number() over (order by %s) as spine_row, %s from %s s0) s%s',
+    v_raw := format('select x1.spine_row, %s from (select x0.*%s from (select x.*%s from (select row_number() over (order by %s) as spine_row, %s from %s s0) x%s offset 0) x0 offset 0) x1',
                     array_to_string(v_select, ', '),
+                    (select string_agg(', ' || c, '') from unnest(v_x1) c),
+                    (select string_agg(', ' || c, '') from unnest(v_x0) c),
                     array_to_string(array(select format('s0.%I%s', c, case when c = any (v_key_cols) then ' collate "C"' else '' end)
                                           from unnest(v_key_cols || array['event_time']
                                                       || case when p_label is null then '{}'::text[] else array[p_label] end) c), ', '),
