@@ -1,5 +1,5 @@
-"""Imported by the worker processes of the tuning tests: every trial's fit (a fit with a report
-callback; the refit has none) first sleeps SLOW_TRIAL_SECONDS, so a test can kill a worker while
+"""Imported by the worker processes of the tuning tests: every trial's fit (``_tuning_handlers._fit``,
+which the refit does not use) first sleeps SLOW_TRIAL_SECONDS, so a test can kill a worker while
 its trial runs. training.fit itself is untouched."""
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ SLOW_TRIAL_SECONDS = float(os.environ.get("PGMLOPS_TEST_SLOW_TRIAL_SECONDS", "2"
 
 
 def _slow_fit(*args: Any, **kwargs: Any) -> training.FitResult:
-    if kwargs.get("report") is not None:
-        time.sleep(SLOW_TRIAL_SECONDS)
+    time.sleep(SLOW_TRIAL_SECONDS)
     return training.fit(*args, **kwargs)
 
 

@@ -137,6 +137,42 @@ def test_multiclass_metrics_are_macro_averages_and_one_vs_rest_on_wine() -> None
     })
 
 
+CLASSIFIERS = [name for name, tasks in training.ALGORITHMS.items() if "classification" in tasks]
+
+
+@pytest.mark.parametrize("algorithm", CLASSIFIERS)
+def test_label_metrics_equal_scikit_learns_on_what_predict_returns_for_every_classifier(algorithm: str) -> None:
+    frame = wine()  # three classes: argmax over more than a sign
+    result = fit(frame, "classification", "target", algorithm, SMALL.get(algorithm, {}))
+    X, y = held_out(result, frame, "target")
+    pred = result.model.predict(X)
+    assert_close(result.metrics, {
+        "accuracy": skm.accuracy_score(y, pred),
+        "precision": skm.precision_score(y, pred, average="macro", zero_division=0),
+        "recall": skm.recall_score(y, pred, average="macro", zero_division=0),
+        "f1": skm.f1_score(y, pred, average="macro", zero_division=0),
+        "log_loss": skm.log_loss(y, result.model.predict_proba(X), labels=[0, 1, 2]),
+    })
+
+
+def test_labels_come_from_predict_where_probabilities_tie() -> None:
+    """A decision of +1e-20 is class 1 for predict, but its probabilities round to 0.5 and 0.5,
+    whose argmax is class 0: the labels the metrics use must still be predict's."""
+    from sklearn.linear_model import LogisticRegression
+
+    from pgmlops.training import _training
+
+    frame = generated(100)
+    X, y = frame.drop(columns=["label"]).to_numpy(), frame["label"].to_numpy()
+    model = LogisticRegression().fit(X, y)
+    model.coef_[:] = 0.0
+    model.intercept_[:] = 1e-20
+    assert (model.predict_proba(X) == 0.5).all() and (model.predict(X) == 1).all()
+    labels, proba = _training._labels_and_proba(model, X, [0, 1])
+    assert (labels == model.predict(X)).all()
+    assert (proba == model.predict_proba(X)).all()
+
+
 def test_regression_metrics_equal_scikit_learns_on_diabetes() -> None:
     frame = diabetes()
     result = fit(frame, "regression", "target", "ridge", {"alpha": 1.0})
@@ -219,9 +255,48 @@ def test_every_algorithm_fits_and_predicts_on_small_data(algorithm: str, task: s
     assert result.metrics["inference_latency_ms"] > 0 and result.metrics["train_seconds"] > 0
 
 
+def test_the_latency_probe_times_a_few_single_row_predictions_after_one_warm_up() -> None:
+    from pgmlops.training import _training
+
+    frame = generated(150)
+    result = fit(frame, "classification", "label", "logistic_regression", {}, {"latency_rows": 3})
+    X, _ = held_out(result, frame, "label")
+    rows: list[int] = []
+    predict = result.model.predict
+    result.model.predict = lambda X: (rows.append(len(X)), predict(X))[1]  # type: ignore[method-assign]
+    latency = _training._single_row_latency(result.model, "classification", X, _training.LATENCY_ROWS)
+    assert rows == [1] * (1 + _training.LATENCY_ROWS)
+    assert 0 < latency < 1000
+    assert result.metrics["inference_latency_ms"] > 0
+
+
+def test_the_latency_probe_of_a_slow_model_stops_at_its_time_budget() -> None:
+    import time
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from pgmlops.training import _training
+
+    def slow(X: Any) -> Any:
+        time.sleep(0.06)
+        return X
+
+    frame = generated(60)
+    X, y = frame.drop(columns=["label"]), frame["label"]
+    model = Pipeline([("slow", FunctionTransformer(slow)), ("model", LogisticRegression())]).fit(X, y)
+    started = time.perf_counter()
+    latency = _training._single_row_latency(model, "classification", X, 20)
+    assert 60 <= latency < 200
+    # One warm-up, then timed predictions until 0.1 s went on them: two, not twenty.
+    assert time.perf_counter() - started < 0.06 * 5
+
+
 def test_an_mlp_learns_the_breast_cancer_data() -> None:
     frame = breast_cancer()
-    result = fit(frame, "classification", "target", "mlp", {"hidden_sizes": [32], "epochs": 15, "lr": 0.01})
+    result = fit(frame, "classification", "target", "mlp", {"hidden_sizes": [32], "epochs": 15, "lr": 0.01},
+                 {"learning_curve": True})
     assert result.metrics["roc_auc"] > 0.97
     assert [step for step, _ in result.steps] == list(range(1, 16))
     losses = [values["train_loss"] for _, values in result.steps]
@@ -356,7 +431,7 @@ def test_boosting_reports_every_iteration_to_the_callback() -> None:
 
 def test_gradient_boosting_steps_match_its_staged_predictions() -> None:
     frame = diabetes()
-    result = fit(frame, "regression", "target", "gradient_boosting", {"n_estimators": 8})
+    result = fit(frame, "regression", "target", "gradient_boosting", {"n_estimators": 8}, {"learning_curve": True})
     X, y = held_out(result, frame, "target")
     model = result.model
     staged = list(model.named_steps["model"].staged_predict(model[:-1].transform(X)))
@@ -382,15 +457,57 @@ def test_a_report_that_raises_stops_the_fit_there() -> None:
     assert seen == [1, 2, 3]
 
 
-def test_forests_grow_in_stages_only_when_a_report_is_wanted() -> None:
+def test_forests_grow_in_stages_only_when_a_report_or_the_curve_is_wanted() -> None:
     frame = generated(150)
     plain = fit(frame, "classification", "label", "random_forest", {"n_estimators": 20})
     seen: list[int] = []
     staged = fit(frame, "classification", "label", "random_forest", {"n_estimators": 20},
                  report=lambda step, value: seen.append(step))
+    curve = fit(frame, "classification", "label", "random_forest", {"n_estimators": 20}, {"learning_curve": True})
     assert plain.steps == []
     assert seen == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+    assert [step for step, _ in curve.steps] == seen
     assert len(staged.model.named_steps["model"].estimators_) == 20
+    # Grown in stages or at once, the same forest.
+    assert curve.metrics["roc_auc"] == plain.metrics["roc_auc"]
+
+
+@pytest.mark.parametrize(("algorithm", "hyperparams"), [
+    ("hist_gradient_boosting", {"max_iter": 12}),
+    ("gradient_boosting", {"n_estimators": 12}),
+    ("mlp", {"hidden_sizes": [8], "epochs": 12}),
+    ("extra_trees", {"n_estimators": 12}),
+])
+def test_the_learning_curve_is_absent_by_default_and_present_when_asked_or_reported(
+        algorithm: str, hyperparams: dict[str, Any]) -> None:
+    frame = generated(200)
+    plain = fit(frame, "classification", "label", algorithm, hyperparams)
+    asked = fit(frame, "classification", "label", algorithm, hyperparams, {"learning_curve": True})
+    reported: list[int] = []
+    pruning = fit(frame, "classification", "label", algorithm, hyperparams,
+                  report=lambda step, value: reported.append(step))
+    assert plain.steps == []
+    assert [step for step, _ in asked.steps] == [step for step, _ in pruning.steps] == reported
+    assert reported[-1] == 12 and len(reported) >= 6
+    assert all("roc_auc" in values for _, values in asked.steps)
+    # The curve's last step is the model the test metrics describe.
+    assert asked.steps[-1][1]["roc_auc"] == pytest.approx(asked.metrics["roc_auc"])
+    # Evaluating steps changes nothing about the model itself.
+    assert asked.metrics["roc_auc"] == pytest.approx(plain.metrics["roc_auc"])
+
+
+def test_on_step_is_called_every_epoch_without_a_curve_and_may_stop_the_fit() -> None:
+    polled: list[int] = []
+
+    def lost_at_four(step: int) -> None:
+        polled.append(step)
+        if step == 4:
+            raise Pruned
+
+    with pytest.raises(Pruned):
+        fit(breast_cancer(200), "classification", "target", "mlp", {"epochs": 20, "hidden_sizes": [8]},
+            on_step=lost_at_four)
+    assert polled == [1, 2, 3, 4]
 
 
 def test_the_reported_metric_comes_from_the_options() -> None:
@@ -412,6 +529,7 @@ def test_the_reported_metric_comes_from_the_options() -> None:
     ({"options": {"split": "time"}}, "needs an event_time column"),
     ({"options": {"test_size": 0.9}}, "test_size"),
     ({"options": {"metric": "rmse"}}, "metric"),
+    ({"options": {"learning_curve": "yes"}}, "learning_curve: must be true or false"),
 ])
 def test_bad_input_is_a_training_error_naming_the_problem(change: dict[str, Any], message: str) -> None:
     args = {"target": "label", "algorithm": "logistic_regression", "hyperparams": {}, "options": {}} | change
@@ -492,10 +610,8 @@ def test_a_train_job_records_a_run_and_registers_a_model_version_that_predicts(d
     assert run[3] == result["metrics"]
     assert run[4] == dataset_id and run[5] and run[6] == job_id and run[7]
     assert run[8] > 0 and run[9] > 0 and run[10] > 0
-    steps = conn.execute("select step, value from ml.run_metrics where run_id = %s and name = 'roc_auc' order by step",
-                         (result["run_id"],)).fetchall()
-    assert [s for s, _ in steps] == list(range(1, 16))
-    assert steps[-1][1] == pytest.approx(result["metrics"]["roc_auc"])
+    # No learning curve unless asked for.
+    assert conn.execute("select count(*) from ml.run_metrics where run_id = %s", (result["run_id"],)).fetchone() == (0,)
 
     version = conn.execute("""select id::text, run_id::text, dataset_id::text, algorithm, metrics, tags, signature,
                                      artifact_format, artifact_size
@@ -514,12 +630,44 @@ def test_a_train_job_records_a_run_and_registers_a_model_version_that_predicts(d
     assert skm.roc_auc_score(frame["malignant"].astype(int), proba) > 0.9
 
 
+def test_a_train_job_asked_for_the_learning_curve_logs_the_metric_at_each_step(db: tuple[str, Conn, str]) -> None:
+    url, conn, _ = db
+    dataset_id = breast_cancer_training_set(conn)
+    training.create_project(conn, "tumours", "classification", "malignant")
+    job_id = training.train(conn, "tumours", dataset_id, "hist_gradient_boosting", {"max_iter": 15},
+                            {"learning_curve": True})
+    assert one_value(conn, "select payload -> 'options' -> 'learning_curve' from ml.jobs where id = %s", job_id) is True
+    run_worker(url)
+    job = job_result(conn, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    steps = conn.execute("select step, value from ml.run_metrics where run_id = %s and name = 'roc_auc' order by step",
+                         (job["result"]["run_id"],)).fetchall()
+    assert [s for s, _ in steps] == list(range(1, 16))
+    assert steps[-1][1] == pytest.approx(job["result"]["metrics"]["roc_auc"])
+
+
+def test_ml_train_refuses_a_learning_curve_that_is_not_a_boolean(db: tuple[str, Conn, str]) -> None:
+    _, conn, _ = db
+    dataset_id = breast_cancer_training_set(conn, n=40)
+    training.create_project(conn, "tumours", "classification", "malignant")
+    with pytest.raises(psycopg.Error, match=r"options: \$\.learning_curve") as info:
+        conn.execute("select ml.train('tumours', %s, 'logistic_regression', '{}', '{\"learning_curve\": \"yes\"}')",
+                     (dataset_id,))
+    assert info.value.sqlstate == "22023"
+
+
+def one_value(conn: Conn, query: str, *args: Any) -> Any:
+    row = conn.execute(query, args).fetchone()
+    assert row is not None
+    return row[0]
+
+
 def test_a_train_job_on_a_torch_model_registers_a_torch_artifact(db: tuple[str, Conn, str]) -> None:
     url, conn, _ = db
     dataset_id = breast_cancer_training_set(conn, n=160)
     training.create_project(conn, "tumours", "classification", "malignant")
     job_id = training.train(conn, "tumours", dataset_id, "mlp", {"hidden_sizes": [16], "epochs": 8, "lr": 0.01},
-                            {"model": "tumour-mlp"})
+                            {"model": "tumour-mlp", "learning_curve": True})
     run_worker(url)
     job = job_result(conn, job_id)
     assert job["status"] == "succeeded", job["error"]

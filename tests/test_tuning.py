@@ -344,6 +344,34 @@ def test_a_slot_completes_whatever_sampler_draws_its_parameters(studio: tuple[st
     assert set(trial["params"]) == set(space)
 
 
+@pytest.mark.parametrize(("pruner", "trial_steps"), [("median", list(range(1, 13))), ("none", [])])
+def test_trials_log_the_learning_curve_only_for_a_pruner_and_the_refit_logs_none(
+        studio: tuple[str, Conn, str, str], pruner: str, trial_steps: list[int]) -> None:
+    from pgmlops.jobs.handlers import JobContext
+    from pgmlops.tuning import _handlers as _tuning_handlers
+
+    _, conn, _, dataset = studio
+    job = tune(conn, dataset, {"max_iter": {"type": "int", "low": 12, "high": 12}}, n_trials=1,
+               options={"pruner": pruner})
+    (slot,) = queue.claim(conn, "w1", ["tune_trial"])
+    with conn.transaction():
+        trial = _tuning_handlers.tune_trial(JobContext(job=slot, conn=conn, worker_id="w1"))
+        queue.complete(conn, slot.id, "w1", trial)
+    (refit_job,) = queue.claim(conn, "w1", ["tune"])
+    assert refit_job.id == job
+    with conn.transaction():
+        refit = _tuning_handlers.tune(JobContext(job=refit_job, conn=conn, worker_id="w1"))
+        queue.complete(conn, refit_job.id, "w1", refit)
+
+    def curve(run_id: str) -> list[int]:
+        return [r[0] for r in conn.execute("select step from ml.run_metrics where run_id = %s and name = 'roc_auc' "
+                                           "order by step", (run_id,)).fetchall()]
+
+    assert trial["state"] == "complete"
+    assert curve(trial["run_id"]) == trial_steps
+    assert curve(refit["run_id"]) == []
+
+
 # -- studies run by worker processes -----------------------------------------------------------
 
 

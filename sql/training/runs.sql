@@ -69,6 +69,9 @@ $$;
 
 -- ml_private.train_options_schema() returns jsonb
 -- The JSON Schema of ml.train's options (ml.tune adds its own properties to it).
+-- learning_curve (boolean, absent = false): evaluate the held-out metric at up to 25 steps of
+-- iterative learners and forests and log them to ml.run_metrics; off by default because it
+-- costs up to a fifth of a boosting fit (tuning trials always log it: the pruner needs it).
 create or replace function ml_private.train_options_schema() returns jsonb
 language sql immutable
 set search_path = ''
@@ -79,7 +82,8 @@ as $$
         "cv_folds":     {"type": ["integer", "null"], "minimum": 2, "maximum": 20},
         "random_state": {"type": "integer", "minimum": 0, "maximum": 4294967295},
         "model":        {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,62}$"},
-        "tags":         {"type": "object"}
+        "tags":         {"type": "object"},
+        "learning_curve": {"type": "boolean"}
     }}$j$::jsonb
 $$;
 
@@ -192,7 +196,8 @@ $$;
 --   options      split random | stratified (classification only) | time, default stratified
 --                for classification else random; test_size 0.05..0.5 (0.2); cv_folds null or
 --                2..20; random_state 0..2^32-1 (42); model name (the project's); tags object
---                ({}): 'options: $.<name>: <rule>' (22023)
+--                ({}); learning_curve boolean (absent: no per-step metrics):
+--                'options: $.<name>: <rule>' (22023)
 -- The job's payload is {project_id, dataset_id, algorithm, hyperparams, options} with the
 -- options completed by their defaults. Also raises 42501 for viewers and non-members.
 -- Callers: authenticated (owner, admin, ml_engineer), service_role.

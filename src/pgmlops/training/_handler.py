@@ -102,9 +102,10 @@ def run_training(conn: Conn, *, project_id: UUID | str, dataset_id: UUID | str, 
     """One recorded fit: start a run, fit, log its steps, finish it and register the model.
 
     The connection must act for the tenant as a service caller (a worker in a job's
-    transaction). ``report`` gets the intermediate values (tuning); ``should_stop`` is polled at
-    each step and stops the fit when true. ``register=False`` records the run only (tuning
-    trials).
+    transaction). ``report`` gets the intermediate values (tuning) and, like the options'
+    ``learning_curve``, has the steps evaluated and logged to ``ml.run_metrics`` (without
+    either, none are); ``should_stop`` is polled at every epoch and evaluated step and stops the
+    fit when true. ``register=False`` records the run only (tuning trials).
 
     Returns:
         ``{run_id, model_version_id, model, version, metrics, n_train, n_test, dropped_rows}``
@@ -124,15 +125,11 @@ def run_training(conn: Conn, *, project_id: UUID | str, dataset_id: UUID | str, 
     if spec is None:
         raise PermanentError(f"algorithm: unknown algorithm {algorithm!r}")
 
-    def step_report(step: int, value: float) -> None:
+    # Polled at every epoch and evaluated step (torch models call back every epoch anyway);
+    # boosting is fitted in warm-started chunks only for a report, which only pruning is worth.
+    def step_check(step: int) -> None:
         if should_stop is not None and should_stop():
             raise LeaseLost(f"job {job_id} is no longer held by this worker: fit abandoned", "55000")
-        if report is not None:
-            report(step, value)
-
-    # Torch models call back every epoch anyway, so they check should_stop for free; boosting
-    # with a report is fitted in warm-started chunks, which only pruning is worth.
-    staged = report is not None or (should_stop is not None and spec.stage_param == "epochs")
     try:
         with sql_errors():
             row = conn.execute(
@@ -144,7 +141,7 @@ def run_training(conn: Conn, *, project_id: UUID | str, dataset_id: UUID | str, 
             run_id = row[0]
             try:
                 result = training.fit(frame, project.task, project.target, algorithm, hyperparams, options,
-                                      report=step_report if staged else None)
+                                      report=report, on_step=step_check if should_stop is not None else None)
             except training.TrainingError as exc:
                 raise PermanentError(str(exc)) from exc
             model = (options.get("model") or project.name) if register else None

@@ -10,6 +10,7 @@ cross-validation), dumps the safe artifact and measures it. The ``train`` job ha
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
@@ -68,7 +69,11 @@ MAX_STEPS = 25
 # learners, grow in this many stages when a report callback is given.
 BOOSTING_CHUNKS = 10
 FOREST_STAGES = 10
-LATENCY_ROWS = 20
+# The single-row latency probe: the median of LATENCY_ROWS timed predictions after one untimed
+# warm-up, stopping early once the timed ones took LATENCY_BUDGET_S (a slow model still gets
+# one). Twenty predictions of a 200-tree pipeline took 0.13 s, 5% of a 100k-row train job.
+LATENCY_ROWS = 5
+LATENCY_BUDGET_S = 0.1
 
 
 class TrainingError(PgmlopsError):
@@ -82,11 +87,12 @@ class FitResult:
 
     ``metrics`` is flat ``{name: number}``: the held-out metrics of the task, ``cv_<name>_mean``
     and ``cv_<name>_std`` with cross-validation, and ``train_seconds``, ``model_size_bytes``,
-    ``inference_latency_ms``. ``steps`` lists ``(step, {metric: value})`` per evaluated boosting
-    iteration, tree stage or epoch, for the options' ``metric`` (and ``train_loss`` for torch
-    models): one metric per step keeps a 100-iteration fit from spending more time on metrics
-    than on boosting. ``train_index`` and
-    ``test_index`` are the frame's index labels of each part.
+    ``inference_latency_ms``. ``steps`` is the learning curve, empty unless the options ask for
+    it (``learning_curve``) or a ``report`` callback wants it: ``(step, {metric: value})`` per
+    evaluated boosting iteration, tree stage or epoch, for the options' ``metric`` (and
+    ``train_loss`` for torch models); one metric per step keeps a 100-iteration fit from spending
+    more time on metrics than on boosting. ``train_index`` and ``test_index`` are the frame's
+    index labels of each part.
     """
 
     model: Pipeline
@@ -153,9 +159,14 @@ def _normalize_options(task: str, options: Mapping[str, Any] | None) -> dict[str
     k = opts.get("k")
     if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
         raise TrainingError(f"options: $.k: must be a positive integer, got {k!r}")
+    learning_curve = opts.get("learning_curve", False)
+    if learning_curve is None:
+        learning_curve = False
+    if not isinstance(learning_curve, bool):
+        raise TrainingError(f"options: $.learning_curve: must be true or false, got {learning_curve!r}")
     latency_rows = int(opts.get("latency_rows", LATENCY_ROWS))
     return {**opts, "split": split, "test_size": test_size, "cv_folds": cv_folds, "random_state": int(random_state),
-            "metric": metric, "k": k, "latency_rows": max(1, latency_rows)}
+            "metric": metric, "k": k, "learning_curve": learning_curve, "latency_rows": max(1, latency_rows)}
 
 
 _TASK_METRICS = {
@@ -277,16 +288,62 @@ def _cv_splitter(task: str, options: Mapping[str, Any]) -> Any:
 # -- evaluation ----------------------------------------------------------------------------------
 
 
-def _proba(model: Any, X: Any, classes: Sequence[Any]) -> np.ndarray[Any, Any]:
-    """predict_proba with one column per class of ``classes`` (0 for classes the model lacks)."""
+# Estimators whose predict is classes_[argmax(predict_proba)], ties included (scikit-learn's own
+# code, and the torch classifier's): their labels come from the probabilities as they are.
+_PREDICT_IS_ARGMAX = frozenset({
+    "sklearn.calibration.CalibratedClassifierCV",
+    "sklearn.ensemble._forest.ExtraTreesClassifier",
+    "sklearn.ensemble._forest.RandomForestClassifier",
+    "sklearn.tree._classes.DecisionTreeClassifier",
+    "pgmlops.models.torch_models.TorchMLPClassifier",
+})
+# Estimators whose predict takes the argmax (with two classes: the sign) of a decision function,
+# or a vote, that predict_proba maps monotonically onto probabilities: the same labels, except
+# where rounding makes two probabilities tie or (with softmax) swap. Rows whose two greatest
+# probabilities are within _NEAR_TIE, or not finite, would need predict itself; there are
+# almost never any, and then predict runs on every row (on a subset, a decision function's
+# matrix product may round differently).
+_PREDICT_IS_ARGMAX_BUT_FOR_TIES = frozenset({
+    "sklearn.ensemble._gb.GradientBoostingClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+    "sklearn.linear_model._logistic.LogisticRegression",
+    "sklearn.neighbors._classification.KNeighborsClassifier",
+})
+_NEAR_TIE = 1e-9
+
+
+def _type_name(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _labels_and_proba(model: Any, X: Any, classes: Sequence[Any]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """What ``model.predict(X)`` returns and ``predict_proba`` with one column per class of
+    ``classes`` (0 for classes the model lacks), from one ``predict_proba`` pass where the
+    labels follow from it (see _PREDICT_IS_ARGMAX), else from a ``predict`` pass as well."""
     proba = np.asarray(model.predict_proba(X), dtype=np.float64)
-    own = list(model.classes_)
-    if own == list(classes):
-        return proba
+    own = np.asarray(model.classes_)
+    estimator = model[-1] if isinstance(model, Pipeline) else model
+    kind = _type_name(estimator)
+    if kind in _PREDICT_IS_ARGMAX:
+        labels = own[np.argmax(proba, axis=1)]
+    elif kind in _PREDICT_IS_ARGMAX_BUT_FOR_TIES and not _near_ties(proba):
+        labels = own[np.argmax(proba, axis=1)]
+    else:
+        labels = np.asarray(model.predict(X))
+    if list(own) == list(classes):
+        return labels, proba
     out = np.zeros((proba.shape[0], len(classes)))
     for j, c in enumerate(own):
         out[:, list(classes).index(c)] = proba[:, j]
-    return out
+    return labels, out
+
+
+def _near_ties(proba: np.ndarray[Any, Any]) -> bool:
+    if proba.shape[1] < 2:
+        return False
+    top_two = np.partition(proba, -2, axis=1)[:, -2:] if proba.shape[1] > 2 else proba
+    gap = np.abs(top_two[:, 1] - top_two[:, 0])
+    return not np.isfinite(gap).all() or bool((gap <= _NEAR_TIE).any())
 
 
 def anomaly_scores(model: Any, X: Any) -> np.ndarray[Any, Any]:
@@ -300,7 +357,7 @@ def _scores(task: str, model: Any, X: Any, classes: Sequence[Any] | None) -> tup
     or (anomaly scores,)."""
     if task == "classification":
         assert classes is not None
-        return model.predict(X), _proba(model, X, classes)
+        return _labels_and_proba(model, X, classes)
     if task == "regression":
         return (model.predict(X),)
     return (anomaly_scores(model, X),)
@@ -363,22 +420,29 @@ def _iterations_done(estimator: Any, param: str) -> int:
 class _Stepper:
     """Fits an estimator stage by stage and evaluates it on the held-out rows.
 
-    Torch models call back after each epoch. Boosting is evaluated from staged predictions;
-    with a report it is warm-started in at most BOOSTING_CHUNKS fits (each fit has a fixed
-    cost: a warm start per iteration would cost ten times the boosting on small data), so
-    report() still sees every iteration and a pruned trial stops within a chunk's time.
-    Forests grow in FOREST_STAGES when a report is wanted. At most MAX_STEPS steps are
-    evaluated (every ceil(total / MAX_STEPS)-th, and the last).
+    Only with ``curve`` (the options' learning_curve, or a report to feed) is anything
+    evaluated before the fit ends: without it an estimator is fitted in one go (torch models
+    still call ``on_step`` after each epoch). With it: torch models are evaluated after their
+    epochs; boosting from staged predictions, and with a report it is warm-started in at most
+    BOOSTING_CHUNKS fits (each fit has a fixed cost: a warm start per iteration would cost ten
+    times the boosting on small data), so report() still sees every iteration and a pruned
+    trial stops within a chunk's time; forests grow in FOREST_STAGES. At most MAX_STEPS steps
+    are evaluated (every ceil(total / MAX_STEPS)-th, and the last). ``on_step(step)`` is called
+    at every epoch and evaluated step, before ``report``; either may raise to stop the fit.
     """
 
     def __init__(self, task: str, spec: _algorithms.Algorithm, X_test: Any, y_test: np.ndarray[Any, Any] | None,
-                 classes: Sequence[Any] | None, k: int | None, metric: str, report: Report | None) -> None:
+                 classes: Sequence[Any] | None, k: int | None, metric: str, report: Report | None, *,
+                 curve: bool = False, on_step: Callable[[int], None] | None = None) -> None:
         self.task, self.spec, self.X_test, self.y_test, self.classes, self.k = task, spec, X_test, y_test, classes, k
-        self.metric, self.report = metric, report
+        self.metric, self.report, self.on_step = metric, report, on_step
+        self.curve = curve or report is not None
         self.steps: list[tuple[int, dict[str, float]]] = []
         self.seconds = 0.0  # spent evaluating, not training
 
     def _record(self, step: int, values: dict[str, float]) -> None:
+        if self.on_step is not None:
+            self.on_step(step)
         self.steps.append((step, values))
         if self.report is not None and self.metric in values:
             self.report(step, values[self.metric])
@@ -401,9 +465,9 @@ class _Stepper:
         param = self.spec.stage_param
         if param == "epochs":
             self._fit_epochs(estimator, X, y)
-        elif param is not None and self.spec.iterative:
+        elif param is not None and self.curve and self.spec.iterative:
             self._fit_boosting(estimator, X, y, param)
-        elif param is not None and self.report is not None:
+        elif param is not None and self.curve:
             self._fit_forest(estimator, X, y, param)
         else:
             estimator.fit(X, y)
@@ -413,10 +477,12 @@ class _Stepper:
         every = _every(total)
 
         def on_epoch(epoch: int, loss: float) -> None:
-            if epoch % every == 0 or epoch == total:
+            if self.curve and (epoch % every == 0 or epoch == total):
                 self._record(epoch, {**self._timed_evaluate(estimator), "train_loss": loss})
+            elif self.on_step is not None:
+                self.on_step(epoch)
 
-        estimator.fit(X, y, on_epoch=on_epoch)
+        estimator.fit(X, y, on_epoch=on_epoch if self.curve or self.on_step is not None else None)
 
     def _fit_boosting(self, estimator: Any, X: Any, y: Any, param: str) -> None:
         total = int(getattr(estimator, param))
@@ -527,7 +593,7 @@ def split(dataset_frame: pd.DataFrame, task: str, target: str | None, options: M
 def fit(dataset_frame: pd.DataFrame, task: str, target: str | None, algorithm: str,
         hyperparams: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None, *,
         inputs: Sequence[str] | None = None, event_time: str | None = None,
-        report: Report | None = None) -> FitResult:
+        report: Report | None = None, on_step: Callable[[int], None] | None = None) -> FitResult:
     """Split, fit, evaluate, and dump ``algorithm`` on ``dataset_frame``. No database involved.
 
     Args:
@@ -540,14 +606,20 @@ def fit(dataset_frame: pd.DataFrame, task: str, target: str | None, algorithm: s
             classification and regression.
         algorithm: a name of :data:`ALGORITHMS`; hyperparams are the estimator's own parameters.
         options: ``split`` (random | stratified | time), ``test_size``, ``cv_folds``,
-            ``random_state`` as for ``ml.train``; ``metric`` (what ``report`` gets, default
-            roc_auc / rmse / roc_auc), ``k`` (precision at k; default the number of true
-            anomalies), ``latency_rows`` (single-row predictions timed, default 20).
+            ``random_state`` as for ``ml.train``; ``learning_curve`` (true: evaluate the
+            ``metric`` on the held-out rows at up to MAX_STEPS steps of iterative learners and
+            forests, into ``FitResult.steps``; default false), ``metric`` (what ``report`` and
+            the curve get, default roc_auc / rmse / roc_auc), ``k`` (precision at k; default
+            the number of true anomalies), ``latency_rows`` (single-row predictions timed,
+            default 5).
         inputs: the input columns, in order (default: see ``dataset_frame``).
         event_time: the column a time split orders by (default ``event_time`` when present).
         report: called as ``report(step, value)`` with the ``metric`` on the held-out rows after
             each evaluated step of iterative learners (boosting iterations, epochs; forests
-            grow in stages when it is given). It may raise to stop the fit (pruning).
+            grow in stages when it is given); it turns the learning curve on. It may raise to
+            stop the fit (pruning).
+        on_step: called as ``on_step(step)`` after every epoch of torch models and before each
+            ``report``, curve or not; it may raise to stop the fit (a worker that lost its job).
 
     Native thread pools (OpenMP, BLAS) are limited to ``PGMLOPS_TRAIN_THREADS`` (default 1)
     while fitting: workers run one process per core, and on a busy machine OpenMP's spinning
@@ -562,7 +634,7 @@ def fit(dataset_frame: pd.DataFrame, task: str, target: str | None, algorithm: s
     """
     with threadpool_limits(limits=_train_threads()):
         return _fit(dataset_frame, task, target, algorithm, hyperparams, options, inputs=inputs, event_time=event_time,
-                    report=report)
+                    report=report, on_step=on_step)
 
 
 def _train_threads() -> int:
@@ -574,7 +646,8 @@ def _train_threads() -> int:
 
 def _fit(dataset_frame: pd.DataFrame, task: str, target: str | None, algorithm: str,
          hyperparams: Mapping[str, Any] | None, options: Mapping[str, Any] | None, *,
-         inputs: Sequence[str] | None, event_time: str | None, report: Report | None) -> FitResult:
+         inputs: Sequence[str] | None, event_time: str | None, report: Report | None,
+         on_step: Callable[[int], None] | None) -> FitResult:
     if task not in _algorithms.TASKS:
         raise TrainingError(f"task: must be one of {', '.join(_algorithms.TASKS)}; got {task!r}")
     spec = _algorithms.ALGORITHMS.get(algorithm)
@@ -613,7 +686,8 @@ def _fit(dataset_frame: pd.DataFrame, task: str, target: str | None, algorithm: 
         preprocess = pipeline[:2]
         Xt_train = preprocess.fit_transform(X_train)
         Xt_test = preprocess.transform(X_test)
-        stepper = _Stepper(task, spec, Xt_test, y_test, classes, opts["k"], opts["metric"], report)
+        stepper = _Stepper(task, spec, Xt_test, y_test, classes, opts["k"], opts["metric"], report,
+                           curve=opts["learning_curve"], on_step=on_step)
         try:
             stepper.fit(estimator, Xt_train, fit_y)
         except TypeError as exc:  # InvalidParameterError is a TypeError and a ValueError
@@ -622,7 +696,9 @@ def _fit(dataset_frame: pd.DataFrame, task: str, target: str | None, algorithm: 
             raise TrainingError(f"{algorithm} could not be fitted on this data: {exc}") from exc
     train_seconds = time.perf_counter() - started - stepper.seconds
 
-    metrics = _evaluate(task, pipeline, X_test, y_test, classes, opts["k"])
+    # The estimator on the test rows the preprocessing already transformed: the pipeline's own
+    # predictions, without transforming them again.
+    metrics = _evaluate(task, estimator, Xt_test, y_test, classes, opts["k"])
     if opts["cv_folds"]:
         metrics.update(_cross_validate(pipeline, task, X_train, y_train, classes, opts))
 
@@ -687,22 +763,32 @@ def _cross_validate(pipeline: Pipeline, task: str, X: pd.DataFrame, y: np.ndarra
 
 
 def _single_row_latency(model: Pipeline, task: str, X: pd.DataFrame, rows: int) -> float:
-    """Median milliseconds of ``rows`` single-row predictions (after two untimed warm-ups)."""
+    """Median milliseconds of up to ``rows`` single-row predictions through the whole pipeline,
+    after one untimed warm-up; stops early once LATENCY_BUDGET_S went on timed predictions."""
     predict = model.score_samples if task == "anomaly_detection" else model.predict
     if len(X) == 0:
         return 0.0
+    samples = [X.iloc[[i % len(X)]] for i in range(rows + 1)]
+    predict(samples[0])
     timings: list[float] = []
-    for i in range(rows + 2):
-        row = X.iloc[[i % len(X)]]
+    for row in samples[1:]:
         started = time.perf_counter()
         predict(row)
-        if i >= 2:
-            timings.append((time.perf_counter() - started) * 1000.0)
+        timings.append((time.perf_counter() - started) * 1000.0)
+        if sum(timings) >= LATENCY_BUDGET_S * 1000.0:
+            break
     return float(statistics.median(timings))
 
 
 def library_versions(library: str = "sklearn") -> dict[str, str]:
     """Versions of what a fit depends on (``ml.runs.library_versions``)."""
+    return dict(_library_versions(library))
+
+
+@functools.cache
+def _library_versions(library: str) -> dict[str, str]:
+    # Once per process: reading the installed distributions' metadata takes ~7 ms, and a worker
+    # runs the code it imported whatever is installed later.
     from importlib.metadata import PackageNotFoundError, version
 
     import pgmlops

@@ -266,17 +266,23 @@ def _run_trial(ctx: JobContext, storage: Any, row: dict[str, Any], frame: pd.Dat
     metric = row["metric"]
     reported: list[tuple[int, dict[str, float]]] = []
 
-    def report(step: int, value: float) -> None:
+    def check_lease(step: int) -> None:  # fit calls it at every epoch and evaluated step, before report
         if ctx.lost.is_set():
             raise LeaseLost(f"job {ctx.job.id} is no longer held by this worker: trial {trial.number} abandoned", "55000")
+
+    def report(step: int, value: float) -> None:
         reported.append((step, {metric: value}))
         trial.report(value, step)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step}: {metric} {value:.6g}")
 
+    # Intermediate values cost up to a fifth of a fit: only a pruner reads them (or the options'
+    # learning_curve asks for them).
+    pruning = row["options"].get("pruner", "median") != "none"
     started = time.perf_counter()
     try:
-        result = _fit(frame, row["task"], row["target"], row["algorithm"], hyperparams, row["options"], report=report)
+        result = _fit(frame, row["task"], row["target"], row["algorithm"], hyperparams, row["options"],
+                      report=report if pruning else None, on_step=check_lease)
         value = result.score(metric)
         if value is None or not math.isfinite(value):
             raise training.TrainingError(f"{metric} is undefined for this configuration (got {value})")
