@@ -177,7 +177,7 @@ def apply_transformations(conn: Conn, dataset: UUID | str,
     """
     dataset_id = dataset if isinstance(dataset, UUID) else _resolve_id(conn, dataset)
     if isinstance(rows, pd.DataFrame):
-        payload: Any = [_jsonable_row(r) for r in rows.to_dict(orient="records")]
+        payload: Any = [_jsonable_row({str(k): v for k, v in r.items()}) for r in rows.to_dict(orient="records")]
     elif isinstance(rows, Mapping):
         payload = _jsonable_row(rows)
     else:
@@ -201,7 +201,7 @@ def drop_dataset(conn: Conn, dataset: UUID | str) -> bool:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _spine_sql_type(series: pd.Series) -> str:  # type: ignore[type-arg]
+def _spine_sql_type(series: pd.Series) -> str:
     dtype = series.dtype
     if isinstance(dtype, pd.DatetimeTZDtype):
         return "timestamptz"

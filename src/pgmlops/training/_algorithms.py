@@ -52,7 +52,7 @@ CATEGORICAL_DTYPES = ("bool", "text")
 # -- inputs --------------------------------------------------------------------------------------
 
 
-def input_dtype(series: pd.Series) -> str:  # type: ignore[type-arg]
+def input_dtype(series: pd.Series) -> str:
     """The pgmlops dtype of an input column: int, float, bool, text, timestamp or vector(n)."""
     dtype = series.dtype
     if pd.api.types.is_bool_dtype(dtype):
@@ -159,7 +159,7 @@ def _missing(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def _floats(series: pd.Series) -> np.ndarray[Any, Any]:  # type: ignore[type-arg]
+def _floats(series: pd.Series) -> np.ndarray[Any, Any]:
     if pd.api.types.is_bool_dtype(series.dtype):
         return series.astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
     if pd.api.types.is_numeric_dtype(series.dtype):
@@ -167,7 +167,7 @@ def _floats(series: pd.Series) -> np.ndarray[Any, Any]:  # type: ignore[type-arg
     return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _bool_text(series: pd.Series) -> np.ndarray[Any, Any]:  # type: ignore[type-arg]
+def _bool_text(series: pd.Series) -> np.ndarray[Any, Any]:
     def text(v: Any) -> Any:
         if _missing(v):
             return np.nan
@@ -183,13 +183,13 @@ def _bool_text(series: pd.Series) -> np.ndarray[Any, Any]:  # type: ignore[type-
     return np.asarray([text(v) for v in series], dtype=object)
 
 
-def _epoch_seconds(series: pd.Series) -> np.ndarray[Any, Any]:  # type: ignore[type-arg]
+def _epoch_seconds(series: pd.Series) -> np.ndarray[Any, Any]:
     times = pd.to_datetime(series, utc=True, errors="coerce")
     seconds = (times - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
     return seconds.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _vectors(series: pd.Series, size: int) -> np.ndarray[Any, Any]:  # type: ignore[type-arg]
+def _vectors(series: pd.Series, size: int) -> np.ndarray[Any, Any]:
     matrix = np.full((len(series), size), np.nan)
     for i, value in enumerate(series):
         if value is None or (isinstance(value, float) and math.isnan(value)):

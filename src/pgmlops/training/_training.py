@@ -179,7 +179,7 @@ _TASK_METRICS = {
 # -- labels and inputs ---------------------------------------------------------------------------
 
 
-def _label_values(series: pd.Series, task: str, name: str) -> np.ndarray[Any, Any]:  # type: ignore[type-arg]
+def _label_values(series: pd.Series, task: str, name: str) -> np.ndarray[Any, Any]:
     """The labels as a plain numpy array (rows with a missing label already removed)."""
     if task == "regression":
         if not pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype):
@@ -206,7 +206,7 @@ def _label_values(series: pd.Series, task: str, name: str) -> np.ndarray[Any, An
     return np.asarray([str(v) for v in series], dtype=object)
 
 
-def _anomaly_labels(series: pd.Series, name: str) -> np.ndarray[Any, Any]:  # type: ignore[type-arg]
+def _anomaly_labels(series: pd.Series, name: str) -> np.ndarray[Any, Any]:
     """1 = anomaly, 0 = normal, -1 = unknown (a missing label)."""
     out = np.full(len(series), -1, dtype=np.int64)
     for i, value in enumerate(series):
@@ -251,7 +251,7 @@ def _resolve_columns(frame: pd.DataFrame, target: str | None, inputs: Sequence[s
 
 
 def _split(n: int, options: Mapping[str, Any], y: np.ndarray[Any, Any] | None,
-           times: pd.Series | None) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:  # type: ignore[type-arg]
+           times: pd.Series | None) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """Positions of the training and the test rows."""
     positions = np.arange(n)
     test_size = options["test_size"]
@@ -722,7 +722,7 @@ def _fit(dataset_frame: pd.DataFrame, task: str, target: str | None, algorithm: 
     )
 
 
-def _outputs(task: str, labels: pd.Series | None) -> list[dict[str, str]]:  # type: ignore[type-arg]
+def _outputs(task: str, labels: pd.Series | None) -> list[dict[str, str]]:
     if task == "classification":
         dtype = _algorithms.input_dtype(labels) if labels is not None else "text"
         return [{"name": "prediction", "dtype": dtype}, {"name": "probabilities", "dtype": "float[]"}]
