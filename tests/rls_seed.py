@@ -15,6 +15,11 @@
 # Until a registered table has a seeder, tests/test_rls.py fails (test_every_tenant_table_has_a_seeder),
 # so no table is ever checked vacuously. Seed it in supabase/tests/rls_tenants.test.sql's SEED
 # block too: the pgTAP suite makes the same checks.
+#
+# Tables made per feature group version (ml_features.fg_<id>, its offline table, and
+# ml_features.fg_<id>_online; docs/features.md) are registered too, one pair per version, each
+# holding one tenant's rows. They are keyed here by GROUP_TABLES' names, which tests/test_rls.py
+# resolves, per tenant, to the tables of that tenant's version of the group.
 
 from __future__ import annotations
 
@@ -31,6 +36,12 @@ Conn = psycopg.Connection[Any]
 Seeder = Callable[[Conn, str], None]
 
 SEEDERS: dict[str, Seeder] = {}
+
+# The per-version tables the seeders make: key -> (feature group, column of ml.feature_groups naming the table).
+GROUP_TABLES: dict[str, tuple[str, str]] = {
+    "ml_features: offline table of rls_customer": ("rls_customer", "offline_table"),
+    "ml_features: online table of rls_customer": ("rls_customer", "online_table"),
+}
 
 
 def seeds(*tables: str) -> Callable[[Seeder], Seeder]:
@@ -69,11 +80,10 @@ def echo_job(conn: Conn, tenant: str) -> None:
     conn.execute("select ml.enqueue('echo', %s)", (Jsonb({"message": f"rls seed for {tenant}"}),))
 
 
-@seeds("ml.feature_groups", "ml.feature_values", "ml.feature_online", "ml.feature_ingestions",
-       "ml.feature_quarantine")
+@seeds("ml.feature_groups", *GROUP_TABLES, "ml.feature_ingestions", "ml.feature_quarantine")
 def feature_group_with_values(conn: Conn, tenant: str) -> None:
-    """A feature group and one ingestion in quarantine mode: a valid row (values, online store)
-    and an invalid one (quarantine)."""
+    """A feature group (its version's offline and online tables) and one ingestion in quarantine
+    mode: a valid row (offline and online tables) and an invalid one (quarantine)."""
     conn.execute("select ml.create_feature_group('rls_customer', 'customer', %s, '30 days')",
                  (Jsonb({"spend": {"dtype": "float", "min": 0}}),))
     conn.execute("select ml.ingest('rls_customer', %s, 'quarantine')", (Jsonb([

@@ -163,7 +163,8 @@ def test_features_ingest_reports_the_bad_row_and_writes_nothing(fresh_db_url: st
     assert run.returncode == 2
     assert "[22023]" in run.stderr and "row 2" in run.stderr and "spend: must be >= 0, got -3" in run.stderr
     with psycopg.connect(fresh_db_url, autocommit=True) as conn:
-        assert conn.execute("select count(*) from ml.feature_values").fetchone() == (0,)
+        table = conn.execute("select offline_table::text from ml.feature_groups where name = 'customers'").fetchone()
+        assert table is not None and conn.execute(f"select count(*) from {table[0]}").fetchone() == (0,)
 
 
 # -- errors: one line with the SQLSTATE, a hint line, exit 2 for bad input and 1 for failures ----

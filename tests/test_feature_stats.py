@@ -245,7 +245,8 @@ def test_timestamp_stats_are_timestamps_matching_pandas(profiled: tuple[str, lis
 
 def test_vector_stats_are_over_l2_norms(profiled: tuple[str, list[dict[str, Any]], dict[str, Any]]) -> None:
     _, rows, stats = profiled
-    norms = np.linalg.norm(np.array(present(rows, "emb")), axis=1)
+    # Vectors are stored as pgvector's vector: single-precision elements (docs/features.md).
+    norms = np.linalg.norm(np.array(present(rows, "emb"), dtype=np.float32).astype(np.float64), axis=1)
     feature = stats["features"]["emb"]
     assert (feature["measure"], feature["dim"]) == ("l2_norm", 3)
     assert feature["mean"] == pytest.approx(norms.mean(), rel=1e-12)
@@ -402,10 +403,10 @@ def test_stats_compute_on_native_partitions_too(any_db_url: str) -> None:
         tenant = make_tenant(conn)
         act_for(conn, tenant)
         group = create_group(conn, [{"name": "x", "dtype": "float"}])
-        # Written as the owner, straight into the values (and so the default partition and the
+        # Written as the owner, straight into the offline table (and so the default partition and the
         # ones made ahead): this test is about reading them.
-        conn.execute("""insert into ml.feature_values (tenant_id, group_id, entity_key, event_time, values)
-                        select %s, g.id, 'k' || i, %s + i * interval '40 days', jsonb_build_object('x', i)
-                        from ml.feature_groups g, generate_series(0, 4) i where g.name = %s""", (tenant, START, group))
+        table = conn.execute("select offline_table::text from ml.feature_groups where name = %s", (group,)).fetchone()[0]  # type: ignore[index]
+        conn.execute(f"""insert into {table} (tenant_id, entity_key, event_time, x)
+                         select %s, 'k' || i, %s + i * interval '40 days', i from generate_series(0, 4) i""", (tenant, START))
         stats = feature_stats.compute_stats(conn, group, bins=2)
     assert stats["features"]["x"]["histogram"] == {"edges": [0, 2, 4], "counts": [2, 3]}

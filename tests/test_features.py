@@ -32,7 +32,11 @@ Conn = psycopg.Connection[Any]
 T0 = "2026-01-01T00:00:00Z"
 T1 = "2026-01-02T00:00:00Z"
 T2 = "2026-01-03T00:00:00Z"
-STORE = ("feature_values", "feature_online", "feature_ingestions", "feature_quarantine")
+# What an ingestion writes: every group version's offline and online tables (docs/features.md),
+# the ingestion records and the quarantine.
+STORE = ("offline", "online", "feature_ingestions", "feature_quarantine")
+# The columns of a version's tables that are not features.
+NOT_FEATURES = ("tenant_id", "entity_key", "event_time", "ingested_at", "ingestion_id")
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -63,22 +67,39 @@ PATHS = {"json": ingest, "bulk": ingest_bulk}
 
 
 def stored(conn: Conn, tenant: str) -> dict[str, int]:
-    """Rows per feature store table for ``tenant``."""
-    counts = {}
-    for table in STORE:
+    """Rows ``tenant`` has in the feature store: in its versions' offline and online tables
+    (summed), its ingestion records and its quarantine."""
+    counts = dict.fromkeys(STORE, 0)
+    for offline_table, online_table in conn.execute(
+            "select offline_table::text, online_table::text from ml.feature_groups where tenant_id = %s", (tenant,)).fetchall():
+        for name, table in (("offline", offline_table), ("online", online_table)):
+            row = conn.execute(f"select count(*) from {table} where tenant_id = %s", (tenant,)).fetchone()
+            assert row is not None
+            counts[name] += int(row[0])
+    for table in STORE[2:]:
         row = conn.execute(f"select count(*) from ml.{table} where tenant_id = %s", (tenant,)).fetchone()
         assert row is not None
         counts[table] = int(row[0])
     return counts
 
 
+def tables(conn: Conn, group: str = "g") -> tuple[str, str]:
+    """(offline table, online table) of the group version ``group`` names."""
+    row = conn.execute("select ml.feature_group(%s) ->> 'offline_table', ml.feature_group(%s) ->> 'online_table'",
+                       (group, group)).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
 def offline(conn: Conn, group: str = "g") -> list[tuple[str, str, dict[str, Any]]]:
-    """(entity key, event time in UTC ISO, values) of the group version's feature_values, in key/time order."""
-    gid = conn.execute("select ml.feature_group(%s) ->> 'id'", (group,)).fetchone()
-    assert gid is not None
+    """(entity key, event time in UTC ISO, the non-null features as JSON) of the rows in the group
+    version's offline table, in key/time order."""
+    table = tables(conn, group)[0]
+    conn.execute("set timezone = 'UTC'")
     rows = conn.execute(
-        """select entity_key, to_char(event_time at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), values
-           from ml.feature_values where group_id = %s order by entity_key, event_time""", (gid[0],)).fetchall()
+        f"""select entity_key, to_char(event_time at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                   jsonb_strip_nulls(to_jsonb("Row") - %s::text[])
+            from {table} "Row" order by entity_key, event_time""", (list(NOT_FEATURES),)).fetchall()  # no feature is named "Row"
     return [(k, t, v) for k, t, v in rows]
 
 
@@ -289,8 +310,7 @@ def test_an_unversioned_reference_names_the_newest_active_version(conn: Conn, te
     create(conn, {"x": {"dtype": "int"}}, status="draft")    # 3 draft
     ingest(conn, [{"card": "a", "event_time": T0, "x": 1}])
     assert conn.execute("select ml.feature_group('g') -> 'version'").fetchone() == (2,)
-    assert conn.execute("select g.version from ml.feature_groups g join ml.feature_values v on v.group_id = g.id"
-                        " where g.tenant_id = %s", (tenant,)).fetchall() == [(2,)]
+    assert [version for version in (1, 2, 3) if offline(conn, f"g@{version}")] == [2]
 
 
 def test_archiving_the_current_version_makes_the_previous_active_one_current(conn: Conn, tenant: str) -> None:
@@ -494,7 +514,7 @@ def test_json_values_are_stored_in_one_canonical_form(conn: Conn, tenant: str) -
     create(conn, {"n": {"dtype": "int"}, "t": {"dtype": "timestamp"}, "f": {"dtype": "float"}})
     ingest(conn, [{"card": "k1", "event_time": "2026-01-01T02:00:00+02:00", "n": 3.0, "t": "2026-01-01 10:00", "f": None}])
     assert offline(conn) == [("k1", T0, {"n": 3, "t": "2026-01-01T10:00:00+00:00"})]
-    assert conn.execute("select (values -> 'n')::text from ml.feature_values where tenant_id = %s", (tenant,)).fetchone() == ("3",)
+    assert conn.execute(f"select n::text from {tables(conn)[0]}").fetchone() == ("3",)
 
 
 @pytest.mark.parametrize("text", ["NaN", "Infinity", "-inf"])
@@ -725,14 +745,17 @@ def test_a_member_of_another_tenant_cannot_ingest_into_the_group(
         ingest(conn, [{"card": "a", "event_time": T1, "x": 2}])
     with refused("42501"), tenant_context(conn, tenant, user=stranger):
         ingest(conn, [{"card": "a", "event_time": T1, "x": 2}])
-    assert stored(conn, tenant)["feature_values"] == 1
+    assert stored(conn, tenant)["offline"] == 1
 
 
 def test_a_member_of_another_tenant_cannot_read_the_group(conn: Conn, tenant: str, other_tenant_member: tuple[str, str]) -> None:
     theirs, stranger = other_tenant_member
+    act_for(conn, tenant)
+    offline_table, online_table = tables(conn)
+    act_for(conn, None)
     with tenant_context(conn, theirs, user=stranger):
-        for table in STORE + ("feature_groups",):
-            assert conn.execute(f"select count(*) from ml.{table}").fetchone() == (0,), table
+        for table in (offline_table, online_table, "ml.feature_ingestions", "ml.feature_quarantine", "ml.feature_groups"):
+            assert conn.execute(f"select count(*) from {table}").fetchone() == (0,), table
         with refused("P0002"), conn.transaction():
             online(conn, ["g:x"], ["a"])
         with refused("P0002"), conn.transaction():
@@ -750,7 +773,7 @@ def test_a_viewer_reads_online_features_but_cannot_ingest(conn: Conn, tenant: st
         assert online(conn, ["g:x"], ["a"]) == [("a", {"g:x": 1})]
     with refused("42501"), tenant_context(conn, tenant, user=viewer):
         ingest(conn, [{"card": "a", "event_time": T1, "x": 2}])
-    assert stored(conn, tenant)["feature_values"] == 1
+    assert stored(conn, tenant)["offline"] == 1
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -68,12 +68,30 @@ def sources(tmp_path: Path) -> dict[str, Any]:
     return {"dataframe": frame, "csv": tmp_path / "data.csv", "parquet": tmp_path / "data.parquet"}
 
 
+def offline_table(conn: Conn, group: str) -> str:
+    """The offline table of the group version ``group`` names (docs/features.md)."""
+    row = conn.execute("select ml.feature_group(%s) ->> 'offline_table'", (group,)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 def offline(conn: Conn, group: str) -> list[tuple[str, str, dict[str, Any]]]:
-    gid = conn.execute("select ml.feature_group(%s) ->> 'id'", (group,)).fetchone()
-    assert gid is not None
+    """(entity key, event time in UTC ISO, the non-null features as JSON) of the version's offline
+    rows; vectors (pgvector's text) as JSON arrays."""
+    table = offline_table(conn, group)
+    conn.execute("set timezone = 'UTC'")
+    features = conn.execute(
+        """select string_agg(format('%%L, %%s', attname, case when atttypid::regtype::text like '%%vector'
+                                                             then format('%%I::text::jsonb', attname)
+                                                             else format('to_jsonb(%%I)', attname) end), ', ' order by attnum)
+           from pg_attribute where attrelid = %s::regclass and attnum > 0 and not attisdropped
+             and attname not in ('tenant_id', 'entity_key', 'event_time', 'ingested_at', 'ingestion_id')""",
+        (table,)).fetchone()
+    assert features is not None
     rows = conn.execute(
-        """select entity_key, to_char(event_time at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), values
-           from ml.feature_values where group_id = %s order by entity_key, event_time""", (gid[0],)).fetchall()
+        f"""select entity_key, to_char(event_time at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                   jsonb_strip_nulls(jsonb_build_object({features[0]}))
+            from {table} order by entity_key, event_time""").fetchall()
     return [(k, t, v) for k, t, v in rows]
 
 
@@ -83,13 +101,17 @@ def create(conn: Conn, name: str = "g", schema: list[dict[str, Any]] | None = No
 
 
 def stored(conn: Conn, tenant: str) -> tuple[int, ...]:
-    row = conn.execute("""select (select count(*) from ml.feature_values where tenant_id = %(t)s),
-                                 (select count(*) from ml.feature_online where tenant_id = %(t)s),
-                                 (select count(*) from ml.feature_ingestions where tenant_id = %(t)s),
+    """Rows of ``tenant`` in its versions' offline and online tables (summed), ingestions, quarantine."""
+    values = online = 0
+    for offline_name, online_name in conn.execute(
+            "select offline_table::text, online_table::text from ml.feature_groups where tenant_id = %s", (tenant,)).fetchall():
+        values += conn.execute(f"select count(*) from {offline_name}").fetchone()[0]  # type: ignore[index]
+        online += conn.execute(f"select count(*) from {online_name}").fetchone()[0]  # type: ignore[index]
+    row = conn.execute("""select (select count(*) from ml.feature_ingestions where tenant_id = %(t)s),
                                  (select count(*) from ml.feature_quarantine where tenant_id = %(t)s)""",
                        {"t": tenant}).fetchone()
     assert row is not None
-    return tuple(row)
+    return (values, online, *row)
 
 
 # -- one data set, three sources --------------------------------------------------------------------
@@ -108,19 +130,19 @@ def test_a_dataframe_a_csv_and_a_parquet_file_store_identical_values(conn: Conn,
         create(conn, name)
         features.ingest(conn, name, source)
     stored_as = {name: conn.execute(
-        """select entity_key, event_time, values from ml.feature_values v join ml.feature_groups g on g.id = v.group_id
-           where g.tenant_id = %s and g.name = %s order by entity_key""", (tenant, name)).fetchall()
+        f"""select entity_key, event_time, to_jsonb("Row") - array['tenant_id', 'ingested_at', 'ingestion_id']
+            from {offline_table(conn, name)} "Row" order by entity_key""").fetchall()
         for name in ("dataframe", "csv", "parquet")}
     assert stored_as["dataframe"] == stored_as["csv"] == stored_as["parquet"]
 
 
 @pytest.mark.parametrize("source", ["dataframe", "csv", "parquet"])
-def test_ints_are_stored_as_json_integers(conn: Conn, tenant: str, tmp_path: Path, source: str) -> None:
+def test_ints_are_stored_as_bigints(conn: Conn, tenant: str, tmp_path: Path, source: str) -> None:
     create(conn)
     features.ingest(conn, "g", sources(tmp_path)[source])
-    texts = conn.execute("""select (values -> 'items')::text from ml.feature_values
-                            where tenant_id = %s and values ? 'items' order by entity_key""", (tenant,)).fetchall()
-    assert texts == [("3",), ("-2",)]
+    texts = conn.execute(f"""select items::text, pg_typeof(items)::text from {offline_table(conn, "g")}
+                             where items is not null order by entity_key""").fetchall()
+    assert texts == [("3", "bigint"), ("-2", "bigint")]
 
 
 def test_the_ingestion_records_the_file_as_its_source(conn: Conn, tenant: str, tmp_path: Path) -> None:
@@ -310,13 +332,14 @@ def test_a_file_spanning_several_months_round_trips_into_time_partitions(any_con
     assert offline(conn, "g") == offline(conn, "h") == [
         (f"k{i}", t.strftime("%Y-%m-%dT%H:%M:%SZ"), {"items": i}) for i, t in enumerate(months)]
 
-    row = conn.execute("select mode from ml_private.time_partitioned_tables where table_name = 'ml.feature_values'").fetchone()
-    assert row is not None
-    if row[0] == "native":
-        assert conn.execute("select count(*) from ml.feature_values_default").fetchone() == (0,)
-        partitions = conn.execute("""select count(distinct tableoid),
-                                            count(distinct ml_private.partition_bounds('ml.feature_values', event_time))
-                                     from ml.feature_values""").fetchone()
-        assert partitions is not None and partitions[0] == partitions[1] >= 5
-    else:
-        assert conn.execute("select to_regclass('ml.feature_values_default')").fetchone() == (None,)
+    for group in ("g", "h"):
+        table = offline_table(conn, group)
+        row = conn.execute("select mode from ml_private.time_partitioned_tables where table_name = %s", (table,)).fetchone()
+        assert row is not None
+        # Six months in six partitions (or chunks), none of them the catch-all DEFAULT partition.
+        partitions = conn.execute(f"""select count(distinct tableoid), count(distinct ml_private.partition_bounds(%s, event_time)),
+                                             count(*) filter (where right(tableoid::regclass::text, 8) = '_default')
+                                      from {table}""", (table,)).fetchone()
+        assert partitions is not None and partitions[0] == partitions[1] >= 5 and partitions[2] == 0
+        if row[0] == "hypertable":
+            assert conn.execute("select to_regclass(%s)", (f"{table}_default",)).fetchone() == (None,)

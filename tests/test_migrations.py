@@ -51,7 +51,8 @@ RELEASED_FILES = {
     "0005_partition_rls/partition_rls.sql": "e8da7f83d9d6577f4862ab0132b01fdcbf60bf362e822c3a1742bd716450111c",
 }
 RELEASED_SCHEMA = "0004_training"  # what Supabase projects and installed databases hold today
-PARTITIONED = ("ml.events", "ml.feature_values", "ml.run_metrics")
+PARTITIONED = ("ml.events", "ml.run_metrics")  # plus each feature group version's offline table (see partitioned_tables)
+TYPED_STORAGE = "0007_typed_feature_storage"  # feature values move from jsonb tables to a typed pair per group version
 
 
 # -- reading a database ------------------------------------------------------------------------
@@ -192,12 +193,17 @@ def test_a_database_at_the_released_schema_keeps_its_data_through_the_upgrade(se
     with psycopg.connect(url, autocommit=True) as conn:
         tenants = {name: make_released_tenant(conn, name) for name in ("a", "b")}
         before = table_digests(conn)
+        values_before = feature_values_as_json(conn)
     assert sum(count for count, _ in before.values()) > 40
+    assert all(values_before.values())
 
     migrations.upgrade(url)
     assert migrations.current(url) == migrations.head()
     with psycopg.connect(url, autocommit=True) as conn:
-        assert table_digests(conn) == before
+        # Every row as it was; the feature values in their new tables, each value intact.
+        assert {t: d for t, d in table_digests(conn).items() if t not in MOVED_TABLES} \
+            == {t: d for t, d in before.items() if t not in MOVED_TABLES}
+        assert feature_values_as_json(conn) == values_before
         conn.execute("select set_config('pgmlops.tenant_id', %s, false)", (tenants["a"]["id"],))
         online = conn.execute("select values from ml.get_online_features(array['upgrade_customer:spend'], array['c1'])").fetchone()
         assert online is not None and online[0] == {"upgrade_customer:spend": 9.0}  # c1 holds i = 0, 3, 6, 9
@@ -205,6 +211,101 @@ def test_a_database_at_the_released_schema_keeps_its_data_through_the_upgrade(se
         assert conn.execute("select ml.job_result(%s) ->> 'status'", (tenants["a"]["job"],)).fetchone() == ("queued",)
     # The upgrade step secured the partitions that were there.
     assert_partitions_show_no_other_tenant(url, tenants["a"]["owner"], tenants["b"]["id"])
+
+
+def seed_feature_values(conn: Conn, name: str, now: datetime) -> str:
+    """A tenant whose feature store holds what the jsonb tables could: several groups and
+    versions, every dtype, nulls, an update in place, a late older row, values over several
+    months (several partitions or chunks) and a quarantined row, ingested through the API."""
+    tenant = str(conn.execute("select ml.create_tenant(%s)", (f"typed-{name}",)).fetchone()[0])  # type: ignore[index]
+    conn.execute("select set_config('pgmlops.tenant_id', %s, false)", (tenant,))
+    profile = [{"name": "age", "dtype": "int", "min": 0}, {"name": "score", "dtype": "float"},
+               {"name": "vip", "dtype": "bool"}, {"name": "city", "dtype": "text"},
+               {"name": "plan", "dtype": "category", "allowed": ["free", "pro"]}, {"name": "seen", "dtype": "timestamp"},
+               {"name": "embedding", "dtype": "vector(3)"}]
+    conn.execute("select ml.create_feature_group('profile', 'customer', %s)", (Jsonb(profile),))
+    conn.execute("select ml.ingest('profile', %s, 'quarantine')", (Jsonb([
+        {"customer": "c1", "event_time": "2026-01-01T00:00:00Z", "age": 41, "score": 0.1, "vip": True, "city": f"Lyon {name}",
+         "plan": "pro", "seen": "2025-12-31 23:00", "embedding": [0.1, 0.2, 0.3]},
+        {"customer": "c2", "event_time": "2026-02-01T00:00:00Z", "age": 7, "score": -2.5e-7, "vip": False, "plan": "free"},
+        {"customer": "c3", "event_time": "2026-03-01T00:00:00Z"},  # every feature null
+        {"customer": "c4", "event_time": "2026-03-01T00:00:00Z", "age": -1},  # quarantined
+    ]),))
+    conn.execute("select ml.ingest('profile', %s)", (Jsonb([  # an update in place, then a late older row
+        {"customer": "c1", "event_time": "2026-01-01T00:00:00Z", "age": 42, "score": 1e300, "embedding": [-1, 0.5, 2]},
+        {"customer": "c2", "event_time": "2025-06-01T00:00:00Z", "age": 6, "city": "older"}]),))
+    conn.execute("select ml.create_feature_group('profile', 'customer', %s)", (Jsonb([{"name": "age", "dtype": "float"}]),))
+    conn.execute("select ml.ingest('profile', %s)", (Jsonb([{"customer": "c1", "event_time": "2026-01-01T00:00:00Z", "age": 42.5}]),))
+    conn.execute("select ml.create_feature_group('txn', 'customer', %s, '30 days')",
+                 (Jsonb([{"name": "amount", "dtype": "float", "min": 0}, {"name": "n", "dtype": "int"}]),))
+    conn.execute("select ml.ingest('txn', %s)", (Jsonb([  # four months back to today: fresh and stale values
+        {"customer": f"c{i % 3 + 1}", "event_time": (now - timedelta(days=11 * i)).isoformat(), "amount": 10.0 * i, "n": i}
+        for i in range(12)]),))
+    conn.execute("select set_config('pgmlops.tenant_id', '', false)")
+    return tenant
+
+
+ONLINE_REFS = ["profile@1:age", "profile@1:score", "profile@1:vip", "profile@1:city", "profile@1:plan", "profile@1:seen",
+               "profile@1:embedding", "profile:age", "txn:amount", "txn:n"]
+SPINE = ("select k as customer, t as event_time, (k = 'c1')::int as label from (values "
+         "('c1', timestamptz '2026-01-15'), ('c2', timestamptz '2026-02-15'), ('c2', timestamptz '2025-07-01'), "
+         "('c3', timestamptz '2026-04-01'), ('c9', timestamptz '2026-04-01'), ('c1', timestamptz '{now}'), "
+         "('c2', timestamptz '{now}' - interval '40 days')) s (k, t)")
+TRAINING_REFS = ["profile@1:age", "profile@1:score", "profile@1:vip", "profile@1:city", "profile@1:plan", "profile@1:seen",
+                 "profile:age", "txn:amount", "txn:n"]
+
+
+def read_through_the_api(conn: Conn, tenant: str, dataset_name: str, now: datetime) -> dict[str, Any]:
+    """What the API answers about the tenant's feature values: online lookups, and the rows of a
+    point-in-time training set over every group."""
+    conn.execute("select set_config('pgmlops.tenant_id', %s, false)", (tenant,))
+    try:
+        online = conn.execute("select entity_key, values from ml.get_online_features(%s, %s)",
+                              (ONLINE_REFS, ["c1", "c2", "c3", "c4", "nobody"])).fetchall()
+        dataset = conn.execute("select ml.create_training_set(%s, %s, %s, 'label')",
+                               (dataset_name, SPINE.format(now=now.isoformat()), TRAINING_REFS)).fetchone()
+        table = conn.execute("select table_name from ml.datasets where id = %s", (dataset[0],)).fetchone()  # type: ignore[index]
+        rows = conn.execute(f"select to_jsonb(d) from {table[0]} d order by customer, event_time").fetchall()  # type: ignore[index]
+        return {"online": online, "training_set": [r[0] for r in rows]}
+    finally:
+        conn.execute("select set_config('pgmlops.tenant_id', '', false)")
+
+
+@pytest.mark.parametrize("backend", ["server", "embedded"])
+def test_feature_values_move_to_typed_tables_intact_and_the_api_reads_them_as_before(
+        backend: str, request: pytest.FixtureRequest) -> None:
+    """A database at the revision before typed storage (0007), with feature values of two tenants
+    in several groups and versions, upgrades to the head with every value in its version's typed
+    tables, unchanged, and online lookups and training sets answering exactly as before."""
+    srv: Server = request.getfixturevalue("embedded_server" if backend == "embedded" else "server")
+    url = srv.empty_database()
+    try:
+        revisions = migrations.revisions()
+        migrations.upgrade(url, revisions[revisions.index(TYPED_STORAGE) - 1])
+        now = datetime.now(UTC).replace(microsecond=0)
+        with psycopg.connect(url, autocommit=True) as conn:
+            tenants = [seed_feature_values(conn, name, now) for name in ("a", "b")]
+            values_before = feature_values_as_json(conn)
+            api_before = {t: read_through_the_api(conn, t, "before_upgrade", now) for t in tenants}
+        assert len(values_before["ml.feature_values"]) == 2 * (4 + 1 + 12)  # profile@1 (one row updated in place), @2, txn
+        assert len(values_before["ml.feature_online"]) == 2 * (3 + 1 + 3)
+
+        migrations.upgrade(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert feature_values_as_json(conn) == values_before
+            types = dict(conn.execute(
+                "select a.attname, format_type(a.atttypid, a.atttypmod) from ml.feature_groups g"
+                " join pg_attribute a on a.attrelid = g.offline_table and a.attnum > 0 and not a.attisdropped"
+                " where g.tenant_id = %s and g.name = 'profile' and g.version = 1", (tenants[0],)).fetchall())
+            assert {k: v.rsplit(".", 1)[-1] for k, v in types.items()} == {
+                "tenant_id": "uuid", "entity_key": "text", "event_time": "timestamp with time zone", "age": "bigint",
+                "score": "double precision", "vip": "boolean", "city": "text", "plan": "text",
+                "seen": "timestamp with time zone", "embedding": "vector(3)" if backend == "server" or types["embedding"].endswith(
+                    "vector(3)") else "double precision[]", "ingested_at": "timestamp with time zone", "ingestion_id": "uuid"}
+            for tenant in tenants:
+                assert read_through_the_api(conn, tenant, "after_upgrade", now) == api_before[tenant]
+    finally:
+        srv.drop(url)
 
 
 def test_downgrade_then_upgrade_is_clean(server: Server) -> None:
@@ -373,11 +474,19 @@ def as_caller(conn: Conn, role: str, claims: dict[str, Any]) -> Iterator[None]:
         yield
 
 
+def partitioned_tables(conn: Conn) -> list[str]:
+    """The time-partitioned tenant tables: PARTITIONED, and ml.feature_values before
+    revision 0007 or each feature group version's offline table from it on."""
+    return [r[0] for r in conn.execute(
+        "select p.table_name from ml_private.time_partitioned_tables p"
+        " join ml_private.tenant_tables t on t.table_name = p.table_name order by 1").fetchall()]
+
+
 def partitions(conn: Conn) -> list[str]:
     """Every partition and chunk of the time-partitioned tenant tables."""
     return [r[0] for r in conn.execute(
         "select i.inhrelid::regclass::text from pg_inherits i where i.inhparent::regclass::text = any (%s) order by 1",
-        (list(PARTITIONED),)).fetchall()]
+        (partitioned_tables(conn),)).fetchall()]
 
 
 def assert_partitions_show_no_other_tenant(url: str, member_of_a: str, tenant_b: str) -> None:
@@ -387,12 +496,14 @@ def assert_partitions_show_no_other_tenant(url: str, member_of_a: str, tenant_b:
     with psycopg.connect(url) as conn:
         parts = partitions(conn)
         assert parts, "no partitions to read"
-        b_rows = conn.execute("select (select count(*) from ml.events where tenant_id = %(b)s)"
-                              " + (select count(*) from ml.feature_values where tenant_id = %(b)s)"
-                              " + (select count(*) from ml.run_metrics where tenant_id = %(b)s)", {"b": tenant_b}).fetchone()
-        assert b_rows is not None and b_rows[0] > 0, "tenant B has no rows to hide"
-        conn.execute("grant select on all tables in schema ml to anon, authenticated")
-        conn.execute("alter default privileges in schema ml grant select on tables to anon, authenticated")
+        b_rows = sum(conn.execute(f"select count(*) from {table} where tenant_id = %s", (tenant_b,)).fetchone()[0]  # type: ignore[index]
+                     for table in partitioned_tables(conn))
+        assert b_rows > 0, "tenant B has no rows to hide"
+        for schema in ("ml", "ml_features"):
+            if conn.execute("select to_regnamespace(%s) is not null", (schema,)).fetchone() == (True,):
+                conn.execute(f"grant usage on schema {schema} to anon, authenticated")
+                conn.execute(f"grant select on all tables in schema {schema} to anon, authenticated")
+                conn.execute(f"alter default privileges in schema {schema} grant select on tables to anon, authenticated")
         if conn.execute("select to_regnamespace('ml_chunks') is not null").fetchone() == (True,):
             conn.execute("grant usage on schema ml_chunks to anon, authenticated")
             conn.execute("grant select on all tables in schema ml_chunks to anon, authenticated")
@@ -447,19 +558,58 @@ def make_released_tenant(conn: Conn, name: str) -> dict[str, Any]:
     return {"id": tenant, "owner": owner, "job": job}
 
 
+# Columns added to existing tables by later revisions: left out of the digests, so a row reads the
+# same before and after (ml.feature_groups names its version's tables from 0007 on).
+ADDED_COLUMNS = ["offline_table", "online_table"]
+# Tables whose rows move elsewhere (0007: feature values into each version's typed tables):
+# compared through feature_values_as_json instead.
+MOVED_TABLES = ("ml.feature_online", "ml.feature_values")
+
+
 def table_digests(conn: Conn) -> dict[str, tuple[int, str]]:
-    """Row count and a digest of the rows of every table in the pgmlops schemas (partitions
-    through their parents), so a changed, lost or added row shows."""
+    """Row count and a digest of the rows of every table in the pgmlops schemas but ml_features
+    (partitions through their parents), so a changed, lost or added row shows."""
     tables = [r[0] for r in conn.execute(
         "select c.oid::regclass::text from pg_class c join pg_namespace n on n.oid = c.relnamespace "
         "where n.nspname in ('ml', 'ml_datasets') and c.relkind in ('r', 'p') and not c.relispartition "
         "and not exists (select 1 from pg_inherits i where i.inhrelid = c.oid) order by 1").fetchall()]
     out = {}
     for table in tables:
-        row = conn.execute(f"select count(*), coalesce(md5(string_agg(t::text, '|' order by t::text)), '') from {table} t").fetchone()
+        row = conn.execute(f"select count(*), coalesce(md5(string_agg(x, '|' order by x)), '') from "
+                           f"(select (to_jsonb(t) - %s::text[])::text as x from {table} t) r", (ADDED_COLUMNS,)).fetchone()
         assert row is not None
         out[table] = (row[0], row[1])
     return out
+
+
+def feature_values_as_json(conn: Conn) -> dict[str, Any]:
+    """Every stored feature value as the jsonb tables held them before 0007: {table: sorted rows}
+    of ml.feature_values (tenant, group, key, time, values, ingested_at, ingestion_id) and
+    ml.feature_online (tenant, group, key, time, values, updated_at), read from whichever storage
+    the database has: the jsonb tables, or each group version's offline and online tables."""
+    def by_key(row: tuple[Any, ...]) -> tuple[Any, ...]:
+        return row[:4]  # tenant, group, key, time: unique in both tables
+
+    if conn.execute("select to_regnamespace('ml_features') is null").fetchone() == (True,):
+        return {
+            "ml.feature_values": sorted(conn.execute(
+                "select tenant_id::text, group_id::text, entity_key, event_time, values, ingested_at, ingestion_id::text "
+                "from ml.feature_values").fetchall(), key=by_key),
+            "ml.feature_online": sorted(conn.execute(
+                "select tenant_id::text, group_id::text, entity_key, event_time, values, updated_at "
+                "from ml.feature_online").fetchall(), key=by_key)}
+    offline: list[Any] = []
+    online: list[Any] = []
+    for group_id, features, offline_table, online_table in conn.execute(
+            "select id::text, features, offline_table::text, online_table::text from ml.feature_groups").fetchall():
+        values = "jsonb_strip_nulls(jsonb_build_object({}))".format(", ".join(  # feature names: [a-z_][a-z0-9_]*
+            f"'{f['name']}', " + (f'"{f["name"]}"::text::jsonb' if f["dtype"] == "vector" else f'to_jsonb("{f["name"]}")')
+            for f in features))
+        offline += conn.execute(f"select tenant_id::text, %s, entity_key, event_time, {values}, ingested_at, ingestion_id::text "
+                                f"from {offline_table}", (group_id,)).fetchall()
+        online += conn.execute(f"select tenant_id::text, %s, entity_key, event_time, {values}, ingested_at "
+                               f"from {online_table}", (group_id,)).fetchall()
+    return {"ml.feature_values": sorted(offline, key=by_key), "ml.feature_online": sorted(online, key=by_key)}
 
 
 @pytest.mark.parametrize("backend", ["server", "embedded"])
@@ -478,7 +628,7 @@ def test_partitions_and_chunks_show_no_other_tenant_to_a_client_granted_the_whol
                 "select c.relrowsecurity, c.relforcerowsecurity, c.relispartition, "
                 "(select count(*) from pg_policy p where p.polrelid = c.oid) "
                 "from pg_inherits i join pg_class c on c.oid = i.inhrelid "
-                "where i.inhparent::regclass::text = any (%s)", (list(PARTITIONED),)).fetchall()
+                "where i.inhparent::regclass::text = any (%s)", (partitioned_tables(conn),)).fetchall()
         assert mode == ("hypertable" if backend == "server" else "native")
         assert states and all(rls and (force or not native) and policies >= 1 for rls, force, native, policies in states)
         assert_partitions_show_no_other_tenant(url, tenants["a"]["owner"], tenants["b"]["id"])
@@ -491,15 +641,16 @@ def test_a_new_chunk_is_secured_when_its_transaction_commits(fresh_db_url: str) 
         if conn.execute("select ml.capabilities() ->> 'partitioning'").fetchone() != ("hypertable",):
             pytest.skip("chunks are TimescaleDB's")
         tenant = make_released_tenant(conn, "chunks")["id"]
+        table = conn.execute("select offline_table from ml.feature_groups where tenant_id = %s", (tenant,)).fetchone()[0]
         with conn.transaction():
             conn.execute("select set_config('pgmlops.tenant_id', %s, true)", (tenant,))
             conn.execute("select ml.ingest('upgrade_customer', %s)",
                          (Jsonb([{"customer": "c1", "event_time": "2031-06-01T00:00:00Z", "spend": 1.0}]),))
             unsecured = conn.execute("select count(*) from pg_inherits i join pg_class c on c.oid = i.inhrelid "
-                                     "where i.inhparent = 'ml.feature_values'::regclass and not c.relrowsecurity").fetchone()
+                                     "where i.inhparent = %s::regclass and not c.relrowsecurity", (table,)).fetchone()
             assert unsecured == (1,)  # TimescaleDB made it mid-statement; it is queued for commit
         assert conn.execute("select count(*) from pg_inherits i join pg_class c on c.oid = i.inhrelid "
-                            "where i.inhparent = 'ml.feature_values'::regclass and not c.relrowsecurity").fetchone() == (0,)
+                            "where i.inhparent = %s::regclass and not c.relrowsecurity", (table,)).fetchone() == (0,)
         assert conn.execute("select count(*) from ml_private.partition_checks").fetchone() == (0,)
 
 

@@ -5,6 +5,10 @@
 # SEED block of supabase/tests/rls_tenants.test.sql; every check below then runs for it. A
 # registered table without a seeder fails test_every_tenant_table_has_a_seeder.
 #
+# Most tenant tables hold the rows of every tenant. The tables of a feature group version
+# (docs/features.md) hold one tenant's: a key of rls_seed.GROUP_TABLES stands for the two tables
+# of that group, tenant A's and tenant B's, and every check runs on both, with the rows each holds.
+#
 # Each request runs the way PostgREST runs one: a transaction, `set local role` (anon,
 # authenticated or service_role) and the JWT claims in request.jwt.claims. Requests are always
 # rolled back, so the seeded rows are shared by the whole module.
@@ -26,7 +30,7 @@ import pytest
 from psycopg import sql
 
 from .conftest import act_for
-from .rls_seed import SEEDERS, seed_tenant
+from .rls_seed import GROUP_TABLES, SEEDERS, seed_tenant
 
 Conn = psycopg.Connection[Any]
 
@@ -76,7 +80,14 @@ class World:
     owner_a: Caller
     viewer_a: Caller
     owner_b: Caller
-    registered: tuple[str, ...]  # ml.tenants and every table in ml_private.tenant_tables
+    registered: tuple[str, ...]  # ml.tenants and every table in ml_private.tenant_tables (per-version ones by key)
+    group_tables: dict[str, dict[str, str]]  # rls_seed.GROUP_TABLES key -> {tenant: that tenant's table}
+
+    def parts(self, table: str) -> list[tuple[str, tuple[str, ...]]]:
+        """The tables a key of TABLES stands for, each with the tenants whose rows it holds."""
+        if table in self.group_tables:
+            return [(relation, (tenant,)) for tenant, relation in self.group_tables[table].items()]
+        return [(table, (self.tenant_a, self.tenant_b))]
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +100,14 @@ def world(db_url: str) -> World:
         for tenant in (tenant_a, tenant_b):
             seed_tenant(conn, tenant)
         act_for(conn, None)
-        registered = ("ml.tenants", *(r[0] for r in conn.execute("select table_name from ml_private.tenant_tables")))
-    return World(db_url, tenant_a, tenant_b, user(owner_a), user(viewer_a), user(owner_b), tuple(sorted(registered)))
+        group_tables = {key: {tenant: str(one(conn, sql.SQL("select {}::text from ml.feature_groups where tenant_id = %s and name = %s")
+                                                  .format(sql.Identifier(column)), tenant, group))
+                              for tenant in (tenant_a, tenant_b)}
+                        for key, (group, column) in GROUP_TABLES.items()}
+        keys = {relation: key for key, relations in group_tables.items() for relation in relations.values()}
+        registered = ("ml.tenants", *(keys.get(r[0], r[0]) for r in conn.execute("select table_name from ml_private.tenant_tables")))
+    return World(db_url, tenant_a, tenant_b, user(owner_a), user(viewer_a), user(owner_b), tuple(sorted(set(registered))),
+                 group_tables)
 
 
 @pytest.fixture
@@ -212,8 +229,11 @@ def test_every_seeder_names_a_registered_tenant_table(world: World) -> None:
 
 @pytest.mark.parametrize("table", TABLES)
 def test_seeded_for_both_tenants(world: World, conn: Conn, table: str) -> None:
-    assert count_of(conn, table, world.tenant_a) > 0, f"{table}: its seeder made no row for tenant A"
-    assert count_of(conn, table, world.tenant_b) > 0, f"{table}: its seeder made no row for tenant B"
+    for relation, owners in world.parts(table):
+        for tenant, name in ((world.tenant_a, "A"), (world.tenant_b, "B")):
+            if tenant in owners:
+                assert count_of(conn, relation, tenant) > 0, f"{relation}: its seeder made no row for tenant {name}"
+    assert {t for _, owners in world.parts(table) for t in owners} == {world.tenant_a, world.tenant_b}
 
 
 # -- anon --------------------------------------------------------------------------------------
@@ -221,31 +241,35 @@ def test_seeded_for_both_tenants(world: World, conn: Conn, table: str) -> None:
 
 @pytest.mark.parametrize("table", TABLES)
 def test_anon_reads_nothing(world: World, conn: Conn, table: str) -> None:
-    with request(conn, ANON):
-        assert nothing_or_denied(attempt(conn, sql.SQL("select from {}").format(ident(table))))
+    for relation, _owners in world.parts(table):
+        with request(conn, ANON):
+            assert nothing_or_denied(attempt(conn, sql.SQL("select from {}").format(ident(relation))))
 
 
 @pytest.mark.parametrize("table", TABLES)
 def test_anon_cannot_insert(world: World, conn: Conn, table: str) -> None:
-    insert = copy_of_a_row(conn, table, world.tenant_a)
-    with request(conn, ANON):
-        assert attempt(conn, insert) == DENIED
+    for relation, owners in world.parts(table):
+        insert = copy_of_a_row(conn, relation, owners[0])
+        with request(conn, ANON):
+            assert attempt(conn, insert) == DENIED
 
 
 @pytest.mark.parametrize("table", TABLES)
 def test_anon_cannot_update(world: World, conn: Conn, table: str) -> None:
-    before = rows_of(conn, table, world.tenant_a)
-    with request(conn, ANON):
-        assert nothing_or_denied(attempt(conn, update_key(table, None, None)))
-        assert rows_of(conn, table, world.tenant_a) == before
+    for relation, owners in world.parts(table):
+        before = rows_of(conn, relation, owners[0])
+        with request(conn, ANON):
+            assert nothing_or_denied(attempt(conn, update_key(relation, None, None)))
+            assert rows_of(conn, relation, owners[0]) == before
 
 
 @pytest.mark.parametrize("table", TABLES)
 def test_anon_cannot_delete(world: World, conn: Conn, table: str) -> None:
-    before = rows_of(conn, table, world.tenant_a)
-    with request(conn, ANON):
-        assert nothing_or_denied(attempt(conn, delete_rows(table, None)))
-        assert rows_of(conn, table, world.tenant_a) == before
+    for relation, owners in world.parts(table):
+        before = rows_of(conn, relation, owners[0])
+        with request(conn, ANON):
+            assert nothing_or_denied(attempt(conn, delete_rows(relation, None)))
+            assert rows_of(conn, relation, owners[0]) == before
 
 
 # -- a member of tenant A, against tenant B ----------------------------------------------------
@@ -253,60 +277,71 @@ def test_anon_cannot_delete(world: World, conn: Conn, table: str) -> None:
 
 @pytest.mark.parametrize("table", TABLES)
 def test_member_reads_exactly_their_tenants_rows(world: World, conn: Conn, table: str) -> None:
-    n_a = count_of(conn, table, world.tenant_a)
-    with request(conn, world.owner_a):
-        assert attempt(conn, sql.SQL("select from {}").format(ident(table))) == f"ok:{n_a}"
-        assert attempt(conn, select_where(table, "=", world.tenant_a)) == f"ok:{n_a}"
+    for relation, _owners in world.parts(table):
+        n_a = count_of(conn, relation, world.tenant_a)
+        with request(conn, world.owner_a):
+            assert attempt(conn, sql.SQL("select from {}").format(ident(relation))) == f"ok:{n_a}"
+            assert attempt(conn, select_where(relation, "=", world.tenant_a)) == f"ok:{n_a}"
 
 
 @pytest.mark.parametrize("table", TABLES)
 def test_member_reads_none_of_another_tenants_rows(world: World, conn: Conn, table: str) -> None:
-    with request(conn, world.owner_a):
-        assert attempt(conn, select_where(table, "=", world.tenant_b)) == "ok:0"
+    for relation, _owners in world.parts(table):
+        with request(conn, world.owner_a):
+            assert attempt(conn, select_where(relation, "=", world.tenant_b)) == "ok:0"
 
 
 @pytest.mark.parametrize("table", TABLES)
 def test_member_cannot_insert_for_another_tenant(world: World, conn: Conn, table: str) -> None:
-    insert = copy_of_a_row(conn, table, world.tenant_b)
-    with request(conn, world.owner_a):
-        assert attempt(conn, insert) == DENIED
+    for relation, owners in world.parts(table):
+        if world.tenant_b not in owners:
+            continue
+        insert = copy_of_a_row(conn, relation, world.tenant_b)
+        with request(conn, world.owner_a):
+            assert attempt(conn, insert) == DENIED
 
 
 @pytest.mark.parametrize("table", TABLES)
 def test_member_cannot_update_another_tenants_rows(world: World, conn: Conn, table: str) -> None:
-    before = rows_of(conn, table, world.tenant_b)
-    with request(conn, world.owner_a):
-        assert nothing_or_denied(attempt(conn, update_key(table, None, world.tenant_b)))
-        assert nothing_or_denied(attempt(conn, update_key(table, world.tenant_a, world.tenant_b))), "took B's rows into A"
-        assert rows_of(conn, table, world.tenant_b) == before
+    for relation, _owners in world.parts(table):
+        before = rows_of(conn, relation, world.tenant_b)
+        with request(conn, world.owner_a):
+            assert nothing_or_denied(attempt(conn, update_key(relation, None, world.tenant_b)))
+            assert nothing_or_denied(attempt(conn, update_key(relation, world.tenant_a, world.tenant_b))), "took B's rows into A"
+            assert rows_of(conn, relation, world.tenant_b) == before
 
 
 @pytest.mark.parametrize("table", TABLES)
 def test_member_cannot_move_their_rows_to_another_tenant(world: World, conn: Conn, table: str) -> None:
-    with request(conn, world.owner_a):
-        assert attempt(conn, update_key(table, world.tenant_b, world.tenant_a)) == DENIED
+    for relation, owners in world.parts(table):
+        if world.tenant_a not in owners:
+            continue
+        with request(conn, world.owner_a):
+            assert attempt(conn, update_key(relation, world.tenant_b, world.tenant_a)) == DENIED
 
 
 @pytest.mark.parametrize("table", TABLES)
 def test_member_cannot_delete_another_tenants_rows(world: World, conn: Conn, table: str) -> None:
-    before = rows_of(conn, table, world.tenant_b)
-    with request(conn, world.owner_a):
-        assert nothing_or_denied(attempt(conn, delete_rows(table, world.tenant_b)))
-        assert rows_of(conn, table, world.tenant_b) == before
+    for relation, _owners in world.parts(table):
+        before = rows_of(conn, relation, world.tenant_b)
+        with request(conn, world.owner_a):
+            assert nothing_or_denied(attempt(conn, delete_rows(relation, world.tenant_b)))
+            assert rows_of(conn, relation, world.tenant_b) == before
 
 
 @pytest.mark.parametrize("table", TABLES)
 def test_partitions_and_chunks_named_directly_show_no_other_tenants_rows(world: World, conn: Conn, table: str) -> None:
-    parts = descendants(conn, table)
-    partitioned = one(conn, "select exists (select 1 from ml_private.time_partitioned_tables"
-                            " where to_regclass(table_name) = %s::regclass)", table)
-    if partitioned:
-        assert parts, f"{table} holds rows but has no partition or chunk: this check would be vacuous"
-    for part in parts:
-        for caller in (ANON, world.owner_a, world.viewer_a):
-            with request(conn, caller):
-                outcome = attempt(conn, select_where(part, "<>", world.tenant_a))
-            assert nothing_or_denied(outcome), f"{part} (part of {table}) as {caller}: {outcome}"
+    for relation, _owners in world.parts(table):
+        parts = descendants(conn, relation)
+        partitioned = one(conn, "select exists (select 1 from ml_private.time_partitioned_tables"
+                                " where to_regclass(table_name) = %s::regclass)", relation)
+        if partitioned:
+            assert parts, f"{relation} holds rows but has no partition or chunk: this check would be vacuous"
+        for part in parts:
+            for caller in (ANON, world.owner_a, world.viewer_a):
+                with request(conn, caller):
+                    outcome = attempt(conn, select_where(part, "<>", world.tenant_a))
+                assert nothing_or_denied(outcome), f"{part} (part of {relation}) as {caller}: {outcome}"
 
 
 # -- a viewer of tenant A ----------------------------------------------------------------------
@@ -314,33 +349,39 @@ def test_partitions_and_chunks_named_directly_show_no_other_tenants_rows(world: 
 
 @pytest.mark.parametrize("table", TABLES)
 def test_viewer_reads_their_tenants_rows(world: World, conn: Conn, table: str) -> None:
-    n_a = count_of(conn, table, world.tenant_a)
-    with request(conn, world.viewer_a):
-        assert attempt(conn, select_where(table, "=", world.tenant_a)) == f"ok:{n_a}"
-        assert attempt(conn, select_where(table, "=", world.tenant_b)) == "ok:0"
+    for relation, _owners in world.parts(table):
+        n_a = count_of(conn, relation, world.tenant_a)
+        with request(conn, world.viewer_a):
+            assert attempt(conn, select_where(relation, "=", world.tenant_a)) == f"ok:{n_a}"
+            assert attempt(conn, select_where(relation, "=", world.tenant_b)) == "ok:0"
 
 
 @pytest.mark.parametrize("table", TABLES)
 def test_viewer_cannot_insert(world: World, conn: Conn, table: str) -> None:
-    insert = copy_of_a_row(conn, table, world.tenant_a)
-    with request(conn, world.viewer_a):
-        assert attempt(conn, insert) == DENIED
+    for relation, owners in world.parts(table):
+        if world.tenant_a not in owners:
+            continue
+        insert = copy_of_a_row(conn, relation, world.tenant_a)
+        with request(conn, world.viewer_a):
+            assert attempt(conn, insert) == DENIED
 
 
 @pytest.mark.parametrize("table", TABLES)
 def test_viewer_cannot_update(world: World, conn: Conn, table: str) -> None:
-    before = rows_of(conn, table, world.tenant_a)
-    with request(conn, world.viewer_a):
-        assert nothing_or_denied(attempt(conn, update_key(table, None, world.tenant_a)))
-        assert rows_of(conn, table, world.tenant_a) == before
+    for relation, _owners in world.parts(table):
+        before = rows_of(conn, relation, world.tenant_a)
+        with request(conn, world.viewer_a):
+            assert nothing_or_denied(attempt(conn, update_key(relation, None, world.tenant_a)))
+            assert rows_of(conn, relation, world.tenant_a) == before
 
 
 @pytest.mark.parametrize("table", TABLES)
 def test_viewer_cannot_delete(world: World, conn: Conn, table: str) -> None:
-    before = rows_of(conn, table, world.tenant_a)
-    with request(conn, world.viewer_a):
-        assert nothing_or_denied(attempt(conn, delete_rows(table, world.tenant_a)))
-        assert rows_of(conn, table, world.tenant_a) == before
+    for relation, _owners in world.parts(table):
+        before = rows_of(conn, relation, world.tenant_a)
+        with request(conn, world.viewer_a):
+            assert nothing_or_denied(attempt(conn, delete_rows(relation, world.tenant_a)))
+            assert rows_of(conn, relation, world.tenant_a) == before
 
 
 # -- service_role ------------------------------------------------------------------------------
@@ -348,7 +389,27 @@ def test_viewer_cannot_delete(world: World, conn: Conn, table: str) -> None:
 
 @pytest.mark.parametrize("table", TABLES)
 def test_service_role_reads_every_tenants_rows(world: World, conn: Conn, table: str) -> None:
-    n_a, n_b = count_of(conn, table, world.tenant_a), count_of(conn, table, world.tenant_b)
-    with request(conn, SERVICE):
-        assert attempt(conn, select_where(table, "=", world.tenant_a)) == f"ok:{n_a}"
-        assert attempt(conn, select_where(table, "=", world.tenant_b)) == f"ok:{n_b}"
+    for relation, _owners in world.parts(table):
+        n_a, n_b = count_of(conn, relation, world.tenant_a), count_of(conn, relation, world.tenant_b)
+        with request(conn, SERVICE):
+            assert attempt(conn, select_where(relation, "=", world.tenant_a)) == f"ok:{n_a}"
+            assert attempt(conn, select_where(relation, "=", world.tenant_b)) == f"ok:{n_b}"
+
+
+# -- the tables of a feature group version -----------------------------------------------------
+
+
+def test_each_tenants_group_version_has_tables_of_its_own(world: World) -> None:
+    for key, tables in world.group_tables.items():
+        assert len(set(tables.values())) == 2, f"{key}: tenants A and B share {tables}"
+        assert all(t.startswith("ml_features.") for t in tables.values()), tables
+
+
+def test_a_member_reads_their_own_group_versions_rows_through_rls(world: World, conn: Conn) -> None:
+    """Not vacuous: tenant A's own offline table shows A's owner its rows, B's shows nothing."""
+    for tables in world.group_tables.values():
+        own = count_of(conn, tables[world.tenant_a], world.tenant_a)
+        assert own > 0
+        with request(conn, world.owner_a):
+            assert attempt(conn, sql.SQL("select from {}").format(ident(tables[world.tenant_a]))) == f"ok:{own}"
+            assert attempt(conn, sql.SQL("select from {}").format(ident(tables[world.tenant_b]))) == "ok:0"

@@ -45,8 +45,6 @@ begin
         delete from ml_private.time_partitioned_tables where table_name = v_table::text;
         execute format('drop table %s', v_table);
     end loop;
-    delete from ml.feature_values v using old_rows o where v.tenant_id = o.tenant_id and v.group_id = o.id;
-    delete from ml.feature_online v using old_rows o where v.tenant_id = o.tenant_id and v.group_id = o.id;
     return null;
 end
 $$;

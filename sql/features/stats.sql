@@ -5,9 +5,9 @@
 -- drift checks. The definitions are fixed so that any client (numpy, pandas, SQL) reproduces
 -- them exactly:
 --   count      values present, not null and of the feature's type
---   nulls      rows where the feature is absent or JSON null
---   invalid    rows whose value is not of the feature's type (0 for rows written through
---              ml.ingest; only rows inserted around it can have them)
+--   nulls      rows where the feature is null (absent when ingested)
+--   invalid    rows whose value is not of the feature's type: always 0, since every value is
+--              stored in a column of its type (kept for the documents' shape)
 --   mean       arithmetic mean (float8)
 --   std        SAMPLE standard deviation, ddof = 1 (pandas' default; numpy.std(x, ddof=1));
 --              NULL when count < 2
@@ -121,11 +121,9 @@ $$;
 -- returns it (see ml_private.feature_stats_document; per-feature statistics as in the header of
 -- this file). `bins`: histogram bins, 1 to 1000; `top_categories`: how many of the most frequent
 -- values to keep per bool/text/category feature, 1 to 1000. Publishes 'feature_stats.computed'
--- (topic 'features'). One scan of the values: the per-feature cells are materialized once and
--- read by the tallies, the moments, the histograms and the frequencies; about two seconds per
--- million values (PostgreSQL 15, one core). Values are assumed valid, as ml.ingest keeps them: a
--- timestamp string that looks like a date but is none (only rows written around ml.ingest can
--- hold one) raises 22008.
+-- (topic 'features'). One scan of the version's offline table (docs/features.md): the
+-- per-feature cells (a number or a category per row and feature, from the typed columns) are
+-- materialized once and read by the tallies, the moments, the histograms and the frequencies.
 -- Raises 22023 bins or top_categories out of range, since >= until, a malformed group; P0002
 -- unknown group or version; 42501 viewers and non-members (computing writes a snapshot; viewers
 -- read snapshots with ml.latest_feature_stats or from ml.feature_stats). Nothing is written on
@@ -140,8 +138,7 @@ set search_path = ''
 -- UTC; floats go to JSON with their shortest exact form whatever the session asks for.
 set timezone = 'UTC'
 set extra_float_digits = 1
--- The row estimates of the cells are far off (jsonb_array_elements guesses 100 features), and JIT
--- compiling for them costs more than the query.
+-- JIT compiling the one big statement costs more than running it.
 set jit = off
 as $$
 declare
@@ -167,43 +164,19 @@ begin
 
     -- One statement, so one snapshot: the row count, the window and every feature's figures
     -- describe the same rows.
+    execute format($q$
     with feats as (
         select f.ord::int as ord, f.spec ->> 'name' as name, f.spec ->> 'dtype' as dtype, (f.spec ->> 'dim')::int as dim
-        from jsonb_array_elements(v_group.features) with ordinality f (spec, ord)
-    ),
-    src as (
-        select fv.event_time, fv.values from ml.feature_values fv
-        where fv.tenant_id = v_tenant and fv.group_id = v_group.id
-          and (v_from is null or fv.event_time >= v_from) and (v_to is null or fv.event_time < v_to)
+        from jsonb_array_elements($3) with ordinality f (spec, ord)
     ),
     -- One cell per row and feature: x for the features summarised by number (int, float,
     -- timestamp as epoch seconds, vector as L2 norm), s for those summarised by frequency; the
     -- first feature's cell also carries the row's event time.
     cells as materialized (
-        select c.ord,
-               case when c.ord = 1 then c.event_time end as event_time,
-               c.j is null or jsonb_typeof(c.j) = 'null' as is_null,
-               case c.dtype
-                   when 'int' then case when jsonb_typeof(c.j) = 'number' then c.j::float8 end
-                   when 'float' then case when jsonb_typeof(c.j) = 'number' then c.j::float8 end
-                   when 'timestamp' then case when jsonb_typeof(c.j) = 'string' then date_part('epoch',
-                       -- ISO dates cast directly (ml.ingest let only valid timestamps in); anything
-                       -- else goes through the parser that never raises (it costs a subtransaction)
-                       case when (c.j #>> '{}') ~ '^\s*[0-9]{4}-[0-9]{2}-[0-9]{2}'
-                            then (c.j #>> '{}')::timestamptz else ml_private.try_timestamptz(c.j #>> '{}') end) end
-                   when 'vector' then case when jsonb_typeof(c.j) = 'array' then (
-                       select case when count(*) > 0 and count(*) = count(e.x) then sqrt(sum(e.x * e.x)) end
-                       from jsonb_array_elements(c.j) a (item),
-                            lateral (select case when jsonb_typeof(a.item) = 'number' then a.item::float8 end as x) e) end
-               end as x,
-               case c.dtype
-                   when 'bool' then case when jsonb_typeof(c.j) = 'boolean' then c.j #>> '{}' end
-                   when 'text' then case when jsonb_typeof(c.j) = 'string' then c.j #>> '{}' end
-                   when 'category' then case when jsonb_typeof(c.j) = 'string' then c.j #>> '{}' end
-               end as s
-        -- lateral: the scan drives, each row meets every feature (the values are read once)
-        from src r
-        cross join lateral (select f.ord, f.dtype, r.event_time, r.values -> f.name as j from feats f) c
+        select c.ord, case when c.ord = 1 then r.event_time end as event_time, c.is_null, c.x, c.s
+        -- lateral: the scan drives, each row meets every feature (the table is read once)
+        from %1$s r cross join lateral (values %2$s) c (ord, is_null, x, s)
+        where r.tenant_id = $1 and ($4::timestamptz is null or r.event_time >= $4) and ($5::timestamptz is null or r.event_time < $5)
     ),
     tallies as (
         select c.ord, count(*) as n, count(*) filter (where c.is_null) as nulls, count(c.x) + count(c.s) as valid,
@@ -217,7 +190,7 @@ begin
     moments as (
         select c.ord, avg(c.x) as mean, stddev_samp(c.x) as std, min(c.x) as lo, max(c.x) as hi,
                percentile_cont(array[0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]) within group (order by c.x) as q,
-               ml_private.histogram_edges(min(c.x), max(c.x), v_bins) as edges
+               ml_private.histogram_edges(min(c.x), max(c.x), $6) as edges
         from cells c where c.x is not null group by c.ord
     ),
     binned as (
@@ -229,14 +202,14 @@ begin
         select m.ord, jsonb_build_object(
                    'edges', to_jsonb(m.edges),
                    'counts', (select jsonb_agg(coalesce(b.n, 0) order by i)
-                              from generate_series(1, v_bins) i left join binned b on b.ord = m.ord and b.bin = i)) as histogram
+                              from generate_series(1, $6) i left join binned b on b.ord = m.ord and b.bin = i)) as histogram
         from moments m
     ),
     frequencies as (
         select r.ord, count(*) as distinct_values,
-               coalesce(jsonb_object_agg(r.s, r.n) filter (where r.rank <= v_top), '{}') as top,
-               coalesce(sum(r.n) filter (where r.rank > v_top), 0) as other,
-               count(*) filter (where r.rank > v_top) as other_distinct
+               coalesce(jsonb_object_agg(r.s, r.n) filter (where r.rank <= $7), '{}') as top,
+               coalesce(sum(r.n) filter (where r.rank > $7), 0) as other,
+               count(*) filter (where r.rank > $7) as other_distinct
         from (select c.ord, c.s, count(*) as n,
                      row_number() over (partition by c.ord order by count(*) desc, c.s collate "C") as rank
               from cells c where c.s is not null group by c.ord, c.s) r
@@ -281,10 +254,31 @@ begin
     )
     insert into ml.feature_stats as s (tenant_id, group_id, computed_by, time_from, time_to, row_count,
                                        first_event_time, last_event_time, bins, top_categories, stats)
-    select v_tenant, v_group.id, ml_private.caller_user_id(), v_from, v_to, w.n, w.first_at, w.last_at, v_bins, v_top,
+    select $1, $2, ml_private.caller_user_id(), $4, $5, w.n, w.first_at, w.last_at, $6, $7,
            (select coalesce(jsonb_object_agg(p.name, p.doc), '{}') from per_feature p)
     from window_rows w
-    returning * into v_stats;
+    returning *$q$,
+        v_group.offline_table,
+        (select string_agg(format('(%s, r.%I is null, %s, %s)', o, f ->> 'name',
+                                  case f ->> 'dtype'
+                                      when 'int' then format('r.%I::float8', f ->> 'name')
+                                      when 'float' then format('r.%I', f ->> 'name')
+                                      when 'timestamp' then format('date_part(''epoch'', r.%I)', f ->> 'name')
+                                      -- pgvector's norm of the stored (single precision) elements
+                                      when 'vector' then case when ml_private.feature_sql_type(f) = 'double precision[]'
+                                                              then format('(select sqrt(sum(e.x * e.x)) from unnest(r.%I) e (x))', f ->> 'name')
+                                                              else format('%I.vector_norm(r.%I)', (select n.nspname from pg_extension e
+                                                                          join pg_namespace n on n.oid = e.extnamespace
+                                                                          where e.extname = 'vector'), f ->> 'name') end
+                                      else 'null::float8' end,
+                                  case f ->> 'dtype'
+                                      when 'bool' then format('case r.%I when true then ''true'' when false then ''false'' end', f ->> 'name')
+                                      when 'text' then format('r.%I', f ->> 'name')
+                                      when 'category' then format('r.%I', f ->> 'name')
+                                      else 'null::text' end), ', ' order by o)
+         from jsonb_array_elements(v_group.features) with ordinality x (f, o)))
+        into v_stats
+        using v_tenant, v_group.id, v_group.features, v_from, v_to, v_bins, v_top;
 
     perform ml_private.publish(v_tenant, 'features', 'feature_stats.computed',
         jsonb_build_object('stats_id', v_stats.id, 'group_id', v_group.id, 'name', v_group.name,

@@ -81,6 +81,33 @@ end
 $$;
 
 ------------------------------------------------------------------------------------------------
+-- A feature group version: its two tables (made per version in ml_features, docs/features.md)
+-- are tenant tables, checked below like the others
+------------------------------------------------------------------------------------------------
+
+do $$
+begin
+    perform set_config('pgmlops.tenant_id', ml.create_tenant('rls structure')::text, true);
+    perform ml.create_feature_group('rls_structure', 'customer', '{"spend": {"dtype": "float"}, "embedding": {"dtype": "vector(2)"}}');
+    perform set_config('pgmlops.tenant_id', '', true);
+end
+$$;
+
+select is(
+    (select count(*) from pgmlops_tests.tenant_tables() t join ml.feature_groups g on t.tbl in (g.offline_table, g.online_table)
+     where g.name = 'rls_structure'),
+    2::bigint,
+    'a feature group version''s offline and online tables are registered tenant tables');
+
+select is(
+    (select array_agg(c.oid::regclass::text order by c.oid::regclass::text)
+     from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where n.nspname = 'ml_features' and c.relkind in ('r', 'p') and not c.relispartition
+       and not exists (select 1 from ml.feature_groups g where c.oid in (g.offline_table, g.online_table))),
+    null,
+    'every table in schema ml_features is the offline or online table of a feature group version');
+
+------------------------------------------------------------------------------------------------
 -- The registry itself
 ------------------------------------------------------------------------------------------------
 
@@ -95,17 +122,18 @@ select ok(
         @> array['ml.tenants', 'ml.tenant_members', 'ml.events', 'ml.jobs'],
     'the tenant tables include ml.tenants, ml.tenant_members, ml.events and ml.jobs');
 
--- A table in ml with a tenant_id column that nobody registered would have no policies at all
--- (or whatever its author improvised): every one must go through ml_private.enable_tenant_rls.
+-- A table in ml (or ml_features) with a tenant_id column that nobody registered would have no
+-- policies at all (or whatever its author improvised): every one must go through
+-- ml_private.enable_tenant_rls.
 select is(
     (select array_agg(c.oid::regclass::text order by c.oid::regclass::text)
      from pg_class c
      join pg_namespace n on n.oid = c.relnamespace
-     where n.nspname = 'ml' and c.relkind in ('r', 'p') and not c.relispartition
+     where n.nspname in ('ml', 'ml_features') and c.relkind in ('r', 'p') and not c.relispartition
        and exists (select 1 from pg_attribute a where a.attrelid = c.oid and a.attname = 'tenant_id' and not a.attisdropped)
        and not exists (select 1 from ml_private.tenant_tables t where to_regclass(t.table_name) = c.oid)),
     null,
-    'every table in schema ml with a tenant_id column is registered in ml_private.tenant_tables');
+    'every table in schemas ml and ml_features with a tenant_id column is registered in ml_private.tenant_tables');
 
 ------------------------------------------------------------------------------------------------
 -- Per table

@@ -182,7 +182,8 @@ $$;
 --   ml.tenants, ml.tenant_members   by ml.create_tenant / ml.add_tenant_member above
 --   ml.jobs                         an echo job per tenant (ids jobA, jobB)
 --   ml.events                       job.queued, published by ml.enqueue
---   ml.feature_*                    a feature group, one ingestion in quarantine mode
+--   ml.feature_*, ml_features.*     a feature group (its version's offline and online tables in
+--                                   ml_features, one pair per tenant), one ingestion in quarantine mode
 --   ml.datasets, ml.lineage         a training set over that group
 --   ml.feature_stats                ml.compute_feature_stats of that group
 --   ml.projects, runs, run_metrics, a project, a finished run on that training set with metrics,
@@ -205,8 +206,8 @@ begin
         insert into pgmlops_tests.ids (name, id)
         values ('job' || v_tenant, ml.enqueue('echo', jsonb_build_object('message', v_tenant))::text);
 
-        -- ml.feature_groups, feature_values, feature_online, feature_ingestions, feature_quarantine:
-        -- a group and one ingestion in quarantine mode (a valid row and an invalid one).
+        -- ml.feature_groups, feature_ingestions, feature_quarantine, and the version's tables in
+        -- ml_features: a group and one ingestion in quarantine mode (a valid row and an invalid one).
         perform ml.create_feature_group('rls_customer', 'customer', '{"spend": {"dtype": "float", "min": 0}}', '30 days');
         perform ml.ingest('rls_customer', '[{"customer": "c1", "event_time": "2026-01-01T00:00:00Z", "spend": 10.5},
                                             {"customer": "c2", "event_time": "2026-01-01T00:00:00Z", "spend": -1}]',
@@ -257,10 +258,18 @@ $$;
 -- END SEED
 --==============================================================================================
 
+-- The tables of a feature group version (docs/features.md) hold its tenant's rows only: each is
+-- seeded for that tenant; every other table for both.
 select ok(pgmlops_tests.count_of(t.tbl, t.key_col, pgmlops_tests.id(tenant)) > 0,
           format('%s: seeded for tenant %s', t.tbl, tenant))
 from pgmlops_tests.tenant_tables() t, (values ('A'), ('B')) v (tenant)
+where not exists (select 1 from ml.feature_groups g where t.tbl in (g.offline_table, g.online_table)
+                  and g.tenant_id <> pgmlops_tests.id(tenant)::uuid)
 order by t.tbl::text, tenant;
+select is((select count(*) from ml.feature_groups g
+           where g.tenant_id in (pgmlops_tests.id('A')::uuid, pgmlops_tests.id('B')::uuid) and g.name = 'rls_customer'
+             and g.offline_table is not null and g.online_table is not null and g.offline_table <> g.online_table),
+          2::bigint, 'ml_features: tenants A and B each have their own offline and online table of rls_customer');
 
 ------------------------------------------------------------------------------------------------
 -- Every table, every caller

@@ -14,7 +14,8 @@
 --
 -- This revision makes the schema and the columns, defines frozen copies of the two functions
 -- that make a version's tables (sql/features/groups.sql holds the current ones), makes the tables
--- of every existing group version and copies its values there.
+-- of every existing group version, moves its values there, and drops ml.feature_values and
+-- ml.feature_online.
 
 create schema ml_features;
 comment on schema ml_features is 'pgmlops: the typed offline and online tables of every feature group version (never exposed to PostgREST)';
@@ -192,8 +193,24 @@ begin
         delete from ml_private.time_partitioned_tables where table_name = v_table::text;
         execute format('drop table %s', v_table);
     end loop;
-    delete from ml.feature_values v using old_rows o where v.tenant_id = o.tenant_id and v.group_id = o.id;
-    delete from ml.feature_online v using old_rows o where v.tenant_id = o.tenant_id and v.group_id = o.id;
     return null;
 end
 $$;
+
+------------------------------------------------------------------------------------------------
+-- The jsonb tables go (their values are in the typed tables now)
+------------------------------------------------------------------------------------------------
+
+delete from ml_private.tenant_tables where table_name in ('ml.feature_values', 'ml.feature_online');
+delete from ml_private.time_partitioned_tables where table_name = 'ml.feature_values';
+delete from ml_private.partition_checks where table_oid = 'ml.feature_values'::regclass;
+drop table ml.feature_values;  -- a hypertable's chunks go with it
+drop table ml.feature_online;
+
+------------------------------------------------------------------------------------------------
+-- Functions sql/ no longer defines (ingestion writes the typed tables; they read them)
+------------------------------------------------------------------------------------------------
+
+drop function if exists ml_private.ingest_rows(ml.feature_groups, text, text, text, boolean, boolean);
+drop function if exists ml_private.feature_staged_sql(jsonb, regclass, text, text, text, boolean);
+drop function if exists ml_private.write_typed_rows(ml.feature_groups, uuid);

@@ -1,6 +1,6 @@
 """The feature store from Python: feature groups, bulk and small-batch ingestion, online lookups.
 
-A thin layer over the SQL API (sql/features.sql, sql/feature_ingest.sql): validation, versioning
+A thin layer over the SQL API (sql/features/groups.sql, ingest.sql, online.sql): validation, versioning
 and the online store live in the database, so Python, psql, Supabase RPC and edge functions all
 meet the same rules. Bulk ingestion streams a DataFrame, CSV or Parquet file with COPY into a
 session temp table, then calls ``ml.ingest_staged`` once: one set-based, validated insert.
@@ -115,13 +115,16 @@ def list_groups(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     with sql_errors():
         cur = conn.execute(
             """select g.name, g.version, g.status, g.entity, g.join_key, g.ttl::text, jsonb_array_length(g.features),
-                      g.created_at, (select count(*) from ml.feature_online o
-                                     where o.tenant_id = g.tenant_id and o.group_id = g.id),
-                      g.description
+                      g.created_at, g.description, g.online_table::text
                from ml.feature_groups g order by g.name, g.version desc""")
-        names = ["name", "version", "status", "entity", "join_key", "ttl", "features", "created_at", "entities",
-                 "description"]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        names = ["name", "version", "status", "entity", "join_key", "ttl", "features", "created_at", "description"]
+        groups = []
+        for *row, online_table in cur.fetchall():
+            # Each version's online table holds one row per entity (docs/features.md); RLS shows
+            # the caller only their tenant's. Its name comes from the catalog, already quoted.
+            count = conn.execute(sql.SQL("select count(*) from {}").format(sql.SQL(online_table))).fetchone()
+            groups.append({**dict(zip(names, row, strict=True)), "entities": count[0] if count else 0})
+        return groups
 
 
 # -- ingestion -----------------------------------------------------------------------------------
