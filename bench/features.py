@@ -20,14 +20,17 @@ on a busy machine where absolute times do not.
        into a copy of ml.feature_online, as the validated path does.
    A CHECKPOINT precedes every timed load. Reported: rows/s (median of the repeats) and the
    ratios validated / raw COPY (goal >= 0.5) and validated / storage-equivalent.
-2. Training sets. Two feature groups (3 features each, TTLs of 3 and 30 days) over E entities
-   with about 50 event times each (25 per group), F feature rows in all, and a spine of S
-   (entity, time, label) rows with distinct keys. ``ml.create_training_set`` is timed against
-   pandas doing the same: loading the feature values and the spine out of PostgreSQL (COPY
-   ... TO STDOUT as CSV, typed and with times as epoch microseconds in the query, read by
-   ``pandas.read_csv(engine="pyarrow")``) and two ``pandas.merge_asof(direction="backward",
-   by=key, tolerance=ttl)``. Both results are compared row by row (counts and every value).
-   Goal: SQL faster than pandas (speedup = pandas time / SQL time >= 1).
+2. Training sets (issue 10). Two feature groups (3 features each, TTLs of 3 and 30 days) over
+   E entities with about 50 event times each (25 per group), F feature rows in all, and a spine
+   of S (entity, time, label) rows with distinct keys. ``ml.create_training_set`` is timed
+   against two peers doing the same, in a rotating order: pandas (loading the groups' offline
+   tables and the spine out of PostgreSQL with COPY ... TO STDOUT as CSV, typed and with times
+   as epoch microseconds in the query, read by ``pandas.read_csv(engine="pyarrow")``, then two
+   ``pandas.merge_asof(direction="backward", by=key, tolerance=ttl)``) and DuckDB (the same COPY
+   read by pyarrow, then one query with an ``ASOF LEFT JOIN`` per group, the TTL applied to the
+   row found). The results are compared row by row with pandas' (counts and every value).
+   Goal: SQL at least twice as fast as pandas (speedup = pandas time / SQL time >= 2).
+   ``--plan-sweep`` times both plans of the join on smaller spines (the 'auto' threshold).
 3. Online lookups. ``ml.get_online_features`` for 1 key and 10 features over 2 groups, timed in
    the database (a PL/pgSQL loop timing each call with clock_timestamp()) and, for reference,
    as a client round trip from Python (prepared statement). Goal: p50 < 1 ms in the database.
@@ -75,7 +78,7 @@ from bench._common import (
 from pgmlops import features
 
 INGEST_RATIO_GOAL = 0.5  # validated ingestion rows/s / raw COPY rows/s
-TRAINING_SPEEDUP_GOAL = 1.0  # pandas time / ml.create_training_set time
+TRAINING_SPEEDUP_GOAL = 2.0  # pandas time / ml.create_training_set time (issue 10)
 ONLINE_P50_GOAL_MS = 1.0  # ml.get_online_features, in the database
 
 Conn = psycopg.Connection[Any]
@@ -449,10 +452,16 @@ def make_training_data(entities: int, feature_rows: int, spine_rows: int, seed: 
     return frames, spine
 
 
+def _offline_tables(conn: Conn, group_ids: dict[str, str]) -> dict[str, str]:
+    """Each group's offline table (ml.feature_groups.offline_table, docs/features.md)."""
+    query = "select offline_table::text from ml.feature_groups where id = %s"
+    return {name: conn.execute(query, (gid,)).fetchone()[0] for name, gid in group_ids.items()}  # type: ignore[index]
+
+
 def _load_training_features(conn: Conn, tenant: str, frames: dict[str, pd.DataFrame], how: str,
                             prog: Progress, task: Any) -> dict[str, Any]:
     """Create the two groups and load their rows: with pgmlops.features.ingest (validated, in
-    batches of 1M rows) or, with --feature-load copy, straight into ml.feature_values."""
+    batches of 1M rows) or, with --feature-load copy, straight into each group's offline table."""
     out: dict[str, Any] = {"how": how, "groups": {}}
     batch = 1_000_000
     for name, ttl, feats in TRAINING_GROUPS:
@@ -465,6 +474,7 @@ def _load_training_features(conn: Conn, tenant: str, frames: dict[str, pd.DataFr
                 features.ingest(conn, name, frame.iloc[start:start + batch], source_name=f"bench:{name}")
                 prog.advance(task, min(batch, len(frame) - start))
         else:
+            table = _offline_tables(conn, {name: group_id})[name]
             with conn.transaction():
                 typed = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(f), sql.SQL(t)) for f, _d, t, _r in feats)
                 conn.execute(sql.SQL("create temp table _bench_load (customer_id text, event_time timestamptz, {}) "
@@ -475,11 +485,12 @@ def _load_training_features(conn: Conn, tenant: str, frames: dict[str, pd.DataFr
                 with conn.cursor().copy("copy _bench_load from stdin with (format csv, header true)") as copy:
                     while block := buffer.read(COPY_BLOCK):
                         copy.write(block)
-                conn.execute(sql.SQL(
-                    "insert into ml.feature_values (tenant_id, group_id, entity_key, event_time, values) "
-                    "select {}::uuid, {}::uuid, customer_id, event_time, jsonb_build_object({}) from _bench_load").format(
-                    sql.Literal(tenant), sql.Literal(group_id),
-                    sql.SQL(", ").join(sql.SQL("{}, {}").format(sql.Literal(f), sql.Identifier(f)) for f, _d, _t, _r in feats)))
+                conn.execute("select ml_private.ensure_time_partitions(%s::regclass, (select min(event_time) from _bench_load), "
+                             "(select max(event_time) from _bench_load))", (table,))
+                names = sql.SQL(", ").join(sql.Identifier(f) for f, _d, _t, _r in feats)
+                conn.execute(sql.SQL("insert into {} (tenant_id, entity_key, event_time, {}) select {}::uuid, customer_id, "
+                                     "event_time, {} from _bench_load order by customer_id, event_time").format(
+                    sql.SQL(table), names, sql.Literal(tenant), names))
             prog.advance(task, len(frame))
         seconds = time.perf_counter() - t0
         out["groups"][name] = {"group_id": group_id, "rows": len(frame), "seconds": round(seconds, 1),
@@ -487,29 +498,72 @@ def _load_training_features(conn: Conn, tenant: str, frames: dict[str, pd.DataFr
     return out
 
 
-def _pandas_training_set(conn: Conn, tenant: str, group_ids: dict[str, str]) -> tuple[pd.DataFrame, dict[str, float]]:
+def _peer_queries(tenant: str, tables: dict[str, str]) -> dict[str, sql.Composable]:
+    """What both peers load out of PostgreSQL: each group's offline table and the spine, typed,
+    times as epoch microseconds (free of the session's time zone and DateStyle)."""
+    queries: dict[str, sql.Composable] = {
+        name: sql.SQL("select entity_key as customer_id, (extract(epoch from event_time) * 1000000)::bigint as event_time_us, {} "
+                      "from {} where tenant_id = {}").format(
+            sql.SQL(", ").join(sql.Identifier(f) for f, _d, _t, _r in feats), sql.SQL(tables[name]), sql.Literal(tenant))
+        for name, _ttl, feats in TRAINING_GROUPS}
+    queries["spine"] = sql.SQL("select customer_id, (extract(epoch from event_time) * 1000000)::bigint as event_time_us, label "
+                               "from bench_spine")
+    return queries
+
+
+def _pandas_training_set(conn: Conn, tenant: str, tables: dict[str, str]) -> tuple[pd.DataFrame, dict[str, float]]:
     """The same training set in pandas: load out of PostgreSQL, then merge_asof per group."""
     t0 = time.perf_counter()
-    rights: dict[str, pd.DataFrame] = {}
-    for name, _ttl, feats in TRAINING_GROUPS:
-        cols = sql.SQL(", ").join(sql.SQL("(values ->> {})::{} as {}").format(sql.Literal(f), sql.SQL(t), sql.Identifier(f))
-                                  for f, _d, t, _r in feats)
-        rights[name] = _copy_out(conn, sql.SQL(
-            "select entity_key as customer_id, (extract(epoch from event_time) * 1000000)::bigint as event_time_us, {} "
-            "from ml.feature_values where tenant_id = {} and group_id = {}").format(
-            cols, sql.Literal(tenant), sql.Literal(group_ids[name])))
-    left = _copy_out(conn, sql.SQL("select customer_id, (extract(epoch from event_time) * 1000000)::bigint as event_time_us, label "
-                                   "from bench_spine"))
+    loaded = {name: _copy_out(conn, query) for name, query in _peer_queries(tenant, tables).items()}
     t1 = time.perf_counter()
-    for frame in (left, *rights.values()):
+    for frame in loaded.values():
         frame["event_time"] = pd.to_datetime(frame.pop("event_time_us"), unit="us", utc=True)
-    result = left.sort_values("event_time", kind="stable")
+    result = loaded["spine"].sort_values("event_time", kind="stable")
     for name, ttl, _feats in TRAINING_GROUPS:
-        right = rights[name].sort_values("event_time", kind="stable")
+        right = loaded[name].sort_values("event_time", kind="stable")
         result = pd.merge_asof(result, right, on="event_time", by="customer_id", direction="backward",
                                tolerance=pd.Timedelta(ttl) if ttl else None, allow_exact_matches=True)
     t2 = time.perf_counter()
     return result, {"seconds": round(t2 - t0, 3), "load_s": round(t1 - t0, 3), "merge_s": round(t2 - t1, 3)}
+
+
+def _copy_out_arrow(conn: Conn, query: sql.Composable) -> pa.Table:
+    """The rows of ``query`` as an Arrow table: COPY ... TO STDOUT as CSV, read by pyarrow."""
+    buffer = io.BytesIO()
+    with conn.cursor().copy(sql.SQL("copy ({}) to stdout with (format csv, header true)").format(query)) as copy:
+        for block in copy:
+            buffer.write(block)
+    buffer.seek(0)
+    table = pacsv.read_csv(buffer)
+    column = table.schema.get_field_index("event_time_us")
+    return table.set_column(column, "event_time", table.column(column).cast(pa.timestamp("us", tz="UTC")))
+
+
+def _duckdb_training_set(conn: Conn, tenant: str, tables: dict[str, str]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The same training set in DuckDB: load out of PostgreSQL as Arrow tables (as pandas does),
+    then one query with an ASOF LEFT JOIN per group (the latest row at or before the spine time;
+    the TTL applied to that row, as merge_asof's tolerance does). DuckDB's time covers the result
+    fetched as an Arrow table; the conversion to pandas for the comparison is not timed."""
+    import duckdb  # the bench/test extra: imported here so that --help works without it
+
+    t0 = time.perf_counter()
+    loaded = {name: _copy_out_arrow(conn, query) for name, query in _peer_queries(tenant, tables).items()}
+    t1 = time.perf_counter()
+    db = duckdb.connect()
+    for name, table in loaded.items():
+        db.register(f"bench_{name}", table)
+    columns, joins = [], []
+    for g, (name, ttl, feats) in enumerate(TRAINING_GROUPS):
+        live = f"g{g}.event_time >= s.event_time - interval '{ttl}'" if ttl else "true"
+        columns += [f"case when {live} then g{g}.{f} end as {f}" for f, _d, _t, _r in feats]
+        joins.append(f"asof left join bench_{name} g{g} on s.customer_id = g{g}.customer_id and s.event_time >= g{g}.event_time")
+    result = db.sql(f"select s.customer_id, s.event_time, s.label, {', '.join(columns)} from bench_spine s {' '.join(joins)}").arrow()
+    if not isinstance(result, pa.Table):  # newer DuckDB returns a reader
+        result = result.read_all()
+    t2 = time.perf_counter()
+    db.close()
+    return result.to_pandas(), {"seconds": round(t2 - t0, 3), "load_s": round(t1 - t0, 3), "join_s": round(t2 - t1, 3),
+                                "duckdb": duckdb.__version__}
 
 
 def _sql_training_set(conn: Conn, rep: int) -> tuple[str, str, dict[str, Any]]:
@@ -520,45 +574,81 @@ def _sql_training_set(conn: Conn, rep: int) -> tuple[str, str, dict[str, Any]]:
         seconds = time.perf_counter() - t0
     assert row is not None
     dataset = str(row[0])
-    table, rows = conn.execute("select table_name, row_count from ml.datasets where id = %s", (dataset,)).fetchone()  # type: ignore[misc]
+    table, rows, groups = conn.execute("select table_name, row_count, source_groups from ml.datasets where id = %s",  # type: ignore[misc]
+                                       (dataset,)).fetchone()
     total = ft.total("ml.create_training_set")
     materialize = ft.total("ml_private.materialize_training_set")
     hashing = ft.total("ml_private.dataset_content_hash")
     plan = ft.ms.get("ml_private.training_set_plan", {}).get("total_ms", 0.0)
     return dataset, table, {
-        "seconds": round(seconds, 3), "rows": int(rows),
+        "seconds": round(seconds, 3), "rows": int(rows), "plans": {g["name"]: g["plan"] for g in groups},
         "breakdown_s": {"spine_to_temp_table": round((total - materialize) / 1000, 3),
                         "point_in_time_join_and_write": round((materialize - hashing - plan) / 1000, 3),
                         "content_hash": round(hashing / 1000, 3)},
         "functions": ft.ms}
 
 
-def _compare(conn: Conn, table: str, frame: pd.DataFrame) -> dict[str, Any]:
-    """Every row of the SQL training set against pandas', joined on (key, time): counts and values."""
+def _compare_frames(ours: pd.DataFrame, frame: pd.DataFrame) -> dict[str, Any]:
+    """Every row of ``ours`` against pandas' ``frame``, joined on (key, time): counts and values."""
     names = [f for _n, _ttl, feats in TRAINING_GROUPS for f, _d, _t, _r in feats]
-    ours = _copy_out(conn, sql.SQL(
-        "select customer_id, (extract(epoch from event_time) * 1000000)::bigint as event_time_us, label, {} from {}").format(
-        sql.SQL(", ").join(map(sql.Identifier, names)), sql.SQL(table)))
-    ours["event_time"] = pd.to_datetime(ours.pop("event_time_us"), unit="us", utc=True)
-    both = frame.merge(ours, on=["customer_id", "event_time"], how="outer", suffixes=("_pd", "_sql"), indicator=True)
+    both = frame.merge(ours, on=["customer_id", "event_time"], how="outer", suffixes=("_pd", "_ours"), indicator=True)
     matched = both["_merge"] == "both"
     equal = pd.Series(True, index=both.index)
     differing: dict[str, int] = {}
     for col in ["label", *names]:
-        a, b = both[f"{col}_pd"], both[f"{col}_sql"]
+        a, b = both[f"{col}_pd"], both[f"{col}_ours"]
         if pd.api.types.is_float_dtype(a) or pd.api.types.is_float_dtype(b):
             same = np.isclose(a.astype(float), b.astype(float), rtol=1e-12, atol=0, equal_nan=True)
         else:
             same = (a == b) | (a.isna() & b.isna())
         differing[col] = int((~same & matched).sum())
         equal &= same
-    return {"rows_sql": len(ours), "rows_pandas": len(frame), "rows_matched_on_key_and_time": int(matched.sum()),
+    return {"rows_ours": len(ours), "rows_pandas": len(frame), "rows_matched_on_key_and_time": int(matched.sum()),
             "rows_with_equal_values": int((equal & matched).sum()), "differing_by_column": differing,
             "null_features": {g: int(ours[feats[0][0]].isna().sum()) for g, _ttl, feats in TRAINING_GROUPS}}
 
 
+def _compare(conn: Conn, table: str, frame: pd.DataFrame) -> dict[str, Any]:
+    """Every row of the SQL training set against pandas'."""
+    names = [f for _n, _ttl, feats in TRAINING_GROUPS for f, _d, _t, _r in feats]
+    ours = _copy_out(conn, sql.SQL(
+        "select customer_id, (extract(epoch from event_time) * 1000000)::bigint as event_time_us, label, {} from {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, names)), sql.SQL(table)))
+    ours["event_time"] = pd.to_datetime(ours.pop("event_time_us"), unit="us", utc=True)
+    return _compare_frames(ours, frame)
+
+
+def _plan_sweep(conn: Conn, sizes: Sequence[int], prog: Progress, task: Any) -> list[dict[str, Any]]:
+    """ml.create_training_set with each plan forced (pgmlops.training_set_plan) on spines of
+    ``sizes`` rows (the first rows of a random permutation of the benchmark's spine), to place the
+    threshold of the 'auto' choice: the ratio of group rows to spine rows where the plans cost the same."""
+    conn.execute("create temp table bench_spine_all as select * from bench_spine order by md5(customer_id || event_time::text)")
+    refs = [f"{name}:{f}" for name, _ttl, feats in TRAINING_GROUPS for f, _d, _t, _r in feats]
+    out = []
+    try:
+        for size in sizes:
+            conn.execute("drop table if exists bench_spine_part")
+            conn.execute("create table bench_spine_part as select * from bench_spine_all limit %s", (size,))
+            conn.execute("analyze bench_spine_part")
+            times: dict[str, float] = {}
+            for plan in ("probe", "merge"):
+                prog.update(task, description=f"training set: plan sweep, {size:,} spine rows, {plan}")
+                conn.execute("select set_config('pgmlops.training_set_plan', %s, false)", (plan,))
+                _checkpoint(conn)
+                t0 = time.perf_counter()
+                row = conn.execute("select ml.create_training_set('bench_sweep', 'bench_spine_part', %s, 'label')", (refs,)).fetchone()
+                times[plan] = round(time.perf_counter() - t0, 3)
+                conn.execute("select ml.drop_dataset(%s)", (row[0],))  # type: ignore[index]
+            out.append({"spine_rows": size, "probe_s": times["probe"], "merge_s": times["merge"]})
+    finally:
+        conn.execute("reset pgmlops.training_set_plan")
+        conn.execute("drop table if exists bench_spine_part")
+        conn.execute("drop table if exists bench_spine_all")
+    return out
+
+
 def run_training(conn: Conn, tenant: str, entities: int, feature_rows: int, spine_rows: int, repeats: int,
-                 feature_load: str, prog: Progress) -> dict[str, Any]:
+                 feature_load: str, prog: Progress, plan_sweep: Sequence[int] = ()) -> dict[str, Any]:
     frames, spine = make_training_data(entities, feature_rows, spine_rows)
     total_rows = sum(len(f) for f in frames.values())
     task = prog.add_task(f"training set: loading {total_rows:,} feature rows ({feature_load})", total=total_rows)
@@ -570,50 +660,60 @@ def run_training(conn: Conn, tenant: str, entities: int, feature_rows: int, spin
     with conn.cursor().copy("copy bench_spine from stdin with (format csv, header true)") as copy:
         copy.write(buffer.getvalue())
     del frames, spine, buffer
-    # Both sides read the same, vacuumed and analyzed tables (hint bits set, statistics fresh).
-    conn.execute("vacuum analyze ml.feature_values, bench_spine")
     group_ids = {g: load["groups"][g]["group_id"] for g, _t, _f in TRAINING_GROUPS}
+    tables = _offline_tables(conn, group_ids)
+    # Every side reads the same, vacuumed and analyzed tables (hint bits set, statistics fresh).
+    conn.execute(sql.SQL("vacuum analyze {}, bench_spine").format(sql.SQL(", ").join(sql.SQL(t) for t in tables.values())))
     spine_count = conn.execute("select count(*) from bench_spine").fetchone()[0]  # type: ignore[index]
 
-    prog.update(task, description="training set: ml.create_training_set vs pandas", completed=0, total=2 * repeats)
-    runs: dict[str, list[dict[str, Any]]] = {"sql": [], "pandas": []}
+    kinds = ["sql", "pandas", "duckdb"]
+    prog.update(task, description="training set: ml.create_training_set vs pandas vs DuckDB", completed=0,
+                total=len(kinds) * repeats)
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     check: dict[str, Any] = {}
+    check_duckdb: dict[str, Any] = {}
+    pending: dict[str, Any] = {}
     for rep in range(repeats):
-        for kind in _rotate(["sql", "pandas"], rep):
+        for kind in _rotate(kinds, rep):
             prog.update(task, description=f"training set: {kind} (run {rep + 1}/{repeats})")
             _checkpoint(conn)
             if kind == "sql":
                 dataset, table, run = _sql_training_set(conn, rep)
                 if rep == 0:
-                    pending_table = table
+                    pending["sql"] = table
                 else:
                     conn.execute("select ml.drop_dataset(%s)", (dataset,))
             else:
-                frame, run = _pandas_training_set(conn, tenant, group_ids)
+                frame, run = (_pandas_training_set if kind == "pandas" else _duckdb_training_set)(conn, tenant, tables)
                 run["rows"] = len(frame)
                 if rep == 0:
-                    pending_frame = frame
+                    pending[kind] = frame
                 del frame
             runs[kind].append({"repeat": rep, **run})
             prog.advance(task)
         if rep == 0:
-            check = _compare(conn, pending_table, pending_frame)
-            del pending_frame
+            check = _compare(conn, pending.pop("sql"), pending["pandas"])
+            check_duckdb = _compare_frames(pending.pop("duckdb"), pending.pop("pandas"))
     # Where ml.create_training_set spends its time: one more, untimed run, with auto_explain.
     prog.update(task, description="training set: statement breakdown")
     with StatementTimes(conn) as st:
         dataset, _table, _run = _sql_training_set(conn, repeats)
     conn.execute("select ml.drop_dataset(%s)", (dataset,))
-    sql_s = median([r["seconds"] for r in runs["sql"]])
-    pd_s = median([r["seconds"] for r in runs["pandas"]])
-    speedups = [p["seconds"] / s["seconds"] for s, p in zip(runs["sql"], runs["pandas"], strict=True)]
-    prog.update(task, description=f"training set: SQL {sql_s:.1f} s, pandas {pd_s:.1f} s")
+    sweep = _plan_sweep(conn, plan_sweep, prog, task) if plan_sweep else []
+    seconds = {k: median([r["seconds"] for r in runs[k]]) for k in kinds}
+    speedups = {peer: [p["seconds"] / s["seconds"] for s, p in zip(runs["sql"], runs[peer], strict=True)]
+                for peer in ("pandas", "duckdb")}
+    prog.update(task, description=f"training set: SQL {seconds['sql']:.1f} s, pandas {seconds['pandas']:.1f} s, "
+                                  f"DuckDB {seconds['duckdb']:.1f} s")
     return {"entities": entities, "feature_rows": total_rows, "spine_rows": int(spine_count), "load": load,
             "groups": [{"name": n, "ttl": t, "features": [f for f, *_ in fs]} for n, t, fs in TRAINING_GROUPS],
             "pandas_load": "COPY (typed select, times as epoch microseconds) TO STDOUT as CSV -> pandas.read_csv(engine='pyarrow')",
-            "repeats": repeats, "sql_seconds_median": sql_s, "pandas_seconds_median": pd_s,
-            "speedup": {"median": round(median(speedups), 3), "runs": [round(x, 3) for x in speedups]},
-            "check": check, "sql_statements": st.statements[:12], "runs": runs}
+            "duckdb_load": "the same COPY -> pyarrow.csv.read_csv -> DuckDB over the Arrow tables",
+            "repeats": repeats, "sql_seconds_median": seconds["sql"], "pandas_seconds_median": seconds["pandas"],
+            "duckdb_seconds_median": seconds["duckdb"],
+            "speedup": {"median": round(median(speedups["pandas"]), 3), "runs": [round(x, 3) for x in speedups["pandas"]]},
+            "speedup_vs_duckdb": {"median": round(median(speedups["duckdb"]), 3), "runs": [round(x, 3) for x in speedups["duckdb"]]},
+            "check": check, "check_duckdb": check_duckdb, "plan_sweep": sweep, "sql_statements": st.statements[:12], "runs": runs}
 
 
 # -- 3. online lookups ---------------------------------------------------------------------------
@@ -726,7 +826,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "reported (default 3; --quick 1)")
     ap.add_argument("--feature-load", choices=["ingest", "copy"], default="ingest",
                     help="how the training set's feature rows get in: pgmlops.features.ingest (validated, "
-                    "default) or COPY + INSERT straight into ml.feature_values")
+                    "default) or COPY + INSERT straight into each group's offline table")
+    ap.add_argument("--plan-sweep", default="", help="comma-separated spine sizes at which the training set is also "
+                    "built with each join plan forced (probe, merge), e.g. 25000,100000,250000,500000")
     ap.add_argument("--parts", default="ingest,training,online", help="which parts to run (default all three)")
     ap.add_argument("--quick", action="store_true", help="small sizes for a fast sanity run")
     ap.add_argument("--output", default="features", help="results name: bench/results/<name>.json")
@@ -739,6 +841,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.lookups = args.lookups or (500 if args.quick else 2000)
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    args.plan_sweep = [int(x) for x in args.plan_sweep.split(",") if x.strip()]
     unknown = set(args.parts) - {"ingest", "training", "online"}
     if unknown:
         ap.error(f"--parts: unknown {sorted(unknown)} (ingest, training, online)")
@@ -779,31 +882,45 @@ def build_goals(results: dict[str, Any]) -> list[Goal]:
             goals.append(Goal("ingest: validated, slowest statements", None,
                               note=_statements_text(ing["validated_statements"]) + " (separate run, auto_explain)"))
     if tr := results.get("training"):
-        c = tr["check"]
-        pd_runs, sql_runs = tr["runs"]["pandas"], tr["runs"]["sql"]
+        c, cd = tr["check"], tr["check_duckdb"]
+        runs = tr["runs"]
+        plans = ", ".join(f"{g} {p}" for g, p in runs["sql"][0].get("plans", {}).items())
         goals += [
             Goal("training set: ml.create_training_set", tr["sql_seconds_median"], "s", digits=2,
-                 note=f"{tr['spine_rows']:,} spine rows over {tr['feature_rows']:,} feature rows, 2 groups × 3 features; "
-                      f"median of {tr['repeats']}"),
+                 note=f"{tr['spine_rows']:,} spine rows over {tr['feature_rows']:,} feature rows, 2 groups × 3 features "
+                      f"(plans: {plans}); median of {tr['repeats']}"),
             Goal("training set: pandas (load + merge_asof)", tr["pandas_seconds_median"], "s", digits=2,
-                 note=f"load {median([r['load_s'] for r in pd_runs]):.1f} s (COPY as CSV -> read_csv pyarrow), "
-                      f"merge {median([r['merge_s'] for r in pd_runs]):.1f} s"),
-            Goal("training set: speedup (pandas / SQL)", tr["speedup"]["median"], "x", TRAINING_SPEEDUP_GOAL, digits=2,
-                 note="median of per-repeat ratios " + _runs_text(tr["speedup"]["runs"])),
-            Goal("training set: rows equal to pandas", 100 * c["rows_with_equal_values"] / max(c["rows_sql"], c["rows_pandas"], 1),
-                 "%", 100, digits=4, note=f"{c['rows_sql']:,} rows in SQL, {c['rows_pandas']:,} in pandas, compared on every value; "
+                 note=f"load {median([r['load_s'] for r in runs['pandas']]):.1f} s (COPY as CSV -> read_csv pyarrow), "
+                      f"merge {median([r['merge_s'] for r in runs['pandas']]):.1f} s"),
+            Goal("training set: DuckDB (load + ASOF JOIN)", tr["duckdb_seconds_median"], "s", digits=2,
+                 note=f"load {median([r['load_s'] for r in runs['duckdb']]):.1f} s (the same COPY -> pyarrow), "
+                      f"join {median([r['join_s'] for r in runs['duckdb']]):.1f} s, DuckDB {runs['duckdb'][0].get('duckdb')}"),
+            Goal("training set: speedup vs pandas", tr["speedup"]["median"], "x", TRAINING_SPEEDUP_GOAL, digits=2,
+                 note="pandas time / SQL time, median of per-repeat ratios " + _runs_text(tr["speedup"]["runs"])),
+            Goal("training set: speedup vs DuckDB", tr["speedup_vs_duckdb"]["median"], "x", digits=2,
+                 note="DuckDB time / SQL time, median of per-repeat ratios " + _runs_text(tr["speedup_vs_duckdb"]["runs"])),
+            Goal("training set: rows equal to pandas", 100 * c["rows_with_equal_values"] / max(c["rows_ours"], c["rows_pandas"], 1),
+                 "%", 100, digits=4, note=f"{c['rows_ours']:,} rows in SQL, {c['rows_pandas']:,} in pandas, compared on every value; "
                                 f"rows without a value in TTL (NULL): "
                                 + ", ".join(f"{g} {n:,}" for g, n in c["null_features"].items())),
+            Goal("training set: DuckDB rows equal to pandas",
+                 100 * cd["rows_with_equal_values"] / max(cd["rows_ours"], cd["rows_pandas"], 1), "%", digits=4,
+                 note=f"{cd['rows_ours']:,} rows in DuckDB, compared on every value"),
         ]
-        b = sql_runs[0].get("breakdown_s", {})
+        b = runs["sql"][0].get("breakdown_s", {})
         if b and not any(np.isnan(v) for v in b.values()):
-            share = 100 * b["point_in_time_join_and_write"] / sql_runs[0]["seconds"]
+            share = 100 * b["point_in_time_join_and_write"] / runs["sql"][0]["seconds"]
             goals.append(Goal("training set: SQL, point-in-time join + write", share, "%", digits=0,
                               note=f"run 1: spine copy {b['spine_to_temp_table']:.1f} s, join + write "
                                    f"{b['point_in_time_join_and_write']:.1f} s, content hash {b['content_hash']:.1f} s"))
         if tr.get("sql_statements"):
             goals.append(Goal("training set: SQL, slowest statements", None,
                               note=_statements_text(tr["sql_statements"]) + " (separate run, auto_explain)"))
+        for p in tr.get("plan_sweep") or []:
+            goals.append(Goal(f"training set: {p['spine_rows']:,}-row spine, merge / probe", p["merge_s"] / p["probe_s"], "x",
+                              digits=2, lower_is_better=True,
+                              note=f"probe {p['probe_s']:.2f} s, merge {p['merge_s']:.2f} s "
+                                   f"({tr['feature_rows'] // len(TRAINING_GROUPS) / p['spine_rows']:.1f} group rows per spine row)"))
     if on := results.get("online"):
         s, c = on["server_ms"], on["client_roundtrip_ms"]
         goals += [
@@ -861,7 +978,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["ingest"] = run_ingestion(conn, tenant, args.ingest_rows, args.repeats, Path(tmp), prog)
             if "training" in args.parts:
                 results["training"] = run_training(conn, tenant, args.entities, args.feature_rows, args.spine_rows,
-                                                   args.repeats, args.feature_load, prog)
+                                                   args.repeats, args.feature_load, prog, args.plan_sweep)
             if "online" in args.parts:
                 results["online"] = run_online(conn, args.online_entities, args.lookups, prog)
     elapsed = time.perf_counter() - t_start

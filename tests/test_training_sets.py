@@ -250,8 +250,8 @@ def test_random_spines_match_pandas_merge_asof_row_for_row(any_db_url: str, seed
         assert normalized(frame, columns) == normalized(expected, columns)
         assert frame["amount"].notna().sum() > 100 and frame["amount"].isna().sum() > 50  # both cases exercised
         # Ties, the TTL's edge and a second past it all occur (each customer row's time is unique per customer).
-        last = pd.merge_asof(points.sort_values("event_time").reset_index(), cust.sort_values("event_time")[["customer_id", "event_time"]]
-                             .assign(value_time=lambda f: f["event_time"]), on="event_time", by="customer_id").set_index("index")
+        value_times = cust.sort_values("event_time")[["customer_id", "event_time"]].assign(value_time=lambda f: f["event_time"])
+        last = pd.merge_asof(points.sort_values("event_time").reset_index(), value_times, on="event_time", by="customer_id")
         age = (last["event_time"] - last["value_time"]).value_counts()
         assert age.get(pd.Timedelta(0), 0) > 15 and age.get(pd.Timedelta(days=2), 0) > 15
         assert age.get(pd.Timedelta(days=2, seconds=1), 0) > 15
@@ -287,7 +287,7 @@ def test_an_entity_with_more_rows_than_a_timeline_holds_is_probed_with_the_same_
 
 
 def test_the_plan_is_chosen_by_the_spines_size_next_to_the_groups(conn: Conn, tenant: str) -> None:
-    """'auto' probes for a spine under a tenth of the group's rows (the planner's estimate), else merges."""
+    """'auto' probes for a spine under an eighth of the group's rows in its window (the planner's estimate), else merges."""
     customers(conn)
     ingest(conn, "customers", [{"customer_id": f"c{i % 20}", "event_time": at(i), "amount": float(i)} for i in range(400)])
     conn.execute(f"analyze {offline_table(conn, 'customers')}")

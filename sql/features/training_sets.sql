@@ -5,7 +5,9 @@
 -- does: for each spine row and each feature group, the group's latest row at or before the
 -- spine's event time, and no older than the group's TTL, supplies every feature of that group
 -- (pandas.merge_asof(direction='backward', by=key, tolerance=ttl, allow_exact_matches=True)).
--- A value from after the spine time is never used. The result is materialized as a table in
+-- A value from after the spine time is never used. Each group is joined by one of two plans
+-- chosen by the spine's size next to the group's (one probe per spine row, or one pass over the
+-- group's rows: see "The point-in-time join" below). The result is materialized as a table in
 -- schema ml_datasets and registered in ml.datasets with its row count, content hash, columns,
 -- time range, source groups, and the transformations (sql/features/transformations.sql) with the
 -- statistics frozen at build time.
@@ -13,8 +15,9 @@
 -- Rights. The spine (and the events table of a windowed aggregate) are read with the caller's
 -- own rights: ml.create_training_set is SECURITY INVOKER and copies them into temporary tables
 -- of the caller's session; only then does a security-definer function, which accepts nothing
--- but temporary tables of the calling session, join them to ml.feature_values of the acting
--- tenant. So a spine can never read what its caller could not.
+-- but temporary tables of the calling session, join them to the groups' offline tables
+-- (ml_features, docs/features.md) for the acting tenant. So a spine can never read what its
+-- caller could not.
 --
 -- Storage:
 --   ml.datasets         one row per training set version (metadata, frozen statistics)
@@ -151,7 +154,7 @@ $$;
 -- docs/features.md): tenant_id, entity_key, event_time and one typed column per feature. For each
 -- group one of two plans is chosen (ml_private.as_of_plan):
 --
---   probe   one backward index probe per spine row (ml_private.as_of_probe_sql): about 3 µs a row,
+--   probe   one backward index probe per spine row (ml_private.as_of_probe_sql): a few µs a row,
 --           whatever the size of the group. Best for spines that are small next to the group.
 --   merge   one pass over the group's rows in the window the spine needs (ml_private.as_of_timeline_sql):
 --           its rows, in primary-key order (entity, then time), become one timeline per entity,
@@ -159,7 +162,8 @@ $$;
 --           its place on its entity's timeline by binary search (width_bucket over the times: the
 --           number of rows at or before the spine time, which is the running count of rows Feast's
 --           SQL computes with a window function) and takes that row's values by subscript. Costs
---           about 0.4 µs per row of the group plus 0.3 µs per spine row: best for large spines.
+--           a fraction of a µs per row of the group plus less per spine row than a probe: best for
+--           large spines.
 --           An entity with more than 1000 rows in the window is probed instead: subscripting the
 --           n-th element of an array with NULLs or of variable-width values walks n elements
 --           (about 2 ns each), so past a thousand a probe is cheaper.
@@ -167,8 +171,9 @@ $$;
 -- Why not the literal timeline (spine rows and feature rows in one sorted relation, a running
 -- count as a group id, a second window to spread the row's values): PostgreSQL sorts the union
 -- (spine plus every group row, so 6M rows for the benchmark's 1M-row spine) and runs two or three
--- WindowAgg nodes over it; measured at 4 to 5 times the time of the arrays above, which sort
--- nothing (the primary key's order is read) and touch each spine row once.
+-- WindowAgg nodes over it; measured at three to four times the time of the arrays above (1M
+-- spine rows, two groups of 2.5M rows), which sort nothing (the primary key's order is read)
+-- and touch each spine row once.
 
 -- Old signatures (the jsonb value table ml.feature_values).
 drop function if exists ml_private.feature_value_partitions(uuid, uuid, timestamptz, timestamptz);
@@ -348,10 +353,11 @@ $$;
 -- 'probe' or 'merge' (see the section's header) for joining p_spine_rows spine rows to p_tenant's
 -- rows of p_table with event times in [p_from, p_to] (p_from NULL: unbounded). The setting
 -- pgmlops.training_set_plan ('probe', 'merge', or 'auto', the default) forces a plan; 'auto'
--- merges when the spine has at least a tenth as many rows as the planner estimates the window
--- holds (measured in bench/features.py: the two plans cost the same near one spine row per
--- eight to twelve group rows). Raises 22023 for another value of the setting. Volatile: it
--- runs EXPLAIN, which a stable function may not.
+-- merges when the spine has at least an eighth as many rows as the planner estimates the window
+-- holds: `python -m bench.features --plan-sweep` (bench/README.md) times both plans on one data
+-- set, and they cost the same near one spine row per eight group rows (2.5M rows a group, 2
+-- groups, spines of 50k to 500k rows). Raises 22023 for another value of the setting.
+-- Volatile: it runs EXPLAIN, which a stable function may not.
 create or replace function ml_private.as_of_plan(p_table regclass, p_tenant uuid, p_spine_rows bigint, p_from timestamptz,
                                       p_to timestamptz)
 returns text
@@ -370,7 +376,7 @@ begin
     execute format('explain (format json) select from %s v where v.tenant_id = %L and v.event_time <= %L%s', p_table, p_tenant, p_to,
                    case when p_from is null then '' else format(' and v.event_time >= %L', p_from) end)
     into v_plan;
-    return case when p_spine_rows * 10 >= (v_plan #>> '{0,Plan,Plan Rows}')::numeric then 'merge' else 'probe' end;
+    return case when p_spine_rows * 8 >= (v_plan #>> '{0,Plan,Plan Rows}')::numeric then 'merge' else 'probe' end;
 end
 $$;
 
@@ -464,14 +470,15 @@ $$;
 -- (each group's join key, or entity_key), event_time timestamptz, the label (a boolean, number,
 -- string or date/time type) and the window_aggregate outputs. It numbers the spine rows in
 -- (keys, event_time, label) order (row_id: equal content gives equal datasets, and probing in
--- key order is twice as fast as in any order), takes for each row and group the latest
--- feature_values row of the acting tenant with spine time - ttl <= event_time <= spine time (see
--- ml_private.as_of_probe_sql), freezes the transformation statistics, writes
--- ml_datasets."<name>_<8 hex>" (primary key row_id), protects it, records lineage and publishes
--- 'dataset.created'. Returns the dataset id.
--- Raises 22023 a spine that is not the caller's temp table or has no rows, 22004 a NULL
--- event_time, 42703 a missing spine column, 42804 a column of the wrong type, and what
--- ml_private.training_set_plan raises.
+-- key order is twice as fast as in any order), takes for each row and group the latest row of
+-- the group's offline table for the acting tenant with spine time - ttl <= event_time <= spine
+-- time, by the plan ml_private.as_of_plan chooses for the group (see "The point-in-time join";
+-- recorded as "plan" in each entry of ml.datasets.source_groups), freezes the transformation
+-- statistics, writes ml_datasets."<name>_<8 hex>" (primary key row_id), protects it, records
+-- lineage and publishes 'dataset.created'. Returns the dataset id.
+-- Raises 22023 a spine that is not the caller's temp table or has no rows, or a bad
+-- pgmlops.training_set_plan; 22004 a NULL event_time, 42703 a missing spine column, 42804 a
+-- column of the wrong type, and what ml_private.training_set_plan raises.
 create or replace function ml_private.materialize_training_set(p_name text, p_spine_text text, p_features text[], p_label text,
                                                     p_transformations jsonb, p_spine regclass)
 returns uuid
@@ -752,7 +759,12 @@ $$;
 -- Builds a point-in-time correct training set (see the header) and returns its id in
 -- ml.datasets; the rows are in its table_name, row_id numbering them in (keys, event_time,
 -- label) order (so equal content gives an equal table and content hash). Building the same
--- name again makes a new version. Runs with work_mem 256MB (one sort of the spine).
+-- name again makes a new version. Runs with work_mem 256MB (one sort of the spine, the merged
+-- groups' timelines). Each group is joined by probes (small spines) or in one pass over its rows
+-- (large spines), chosen per group by ml_private.as_of_plan: merge when the spine has at least
+-- an eighth as many rows as the group's offline table holds in the spine's time window (the
+-- planner's estimate); the setting pgmlops.training_set_plan = 'probe' | 'merge' | 'auto'
+-- forces it, and source_groups[i].plan records the plan used. Both give the same rows.
 --   name      lowercase letters, digits and _ (1 to 48, starting with a letter)
 --   spine     a table or view name (resolved with the caller's search_path) or a query (SELECT,
 --             WITH, VALUES or TABLE), run with the caller's rights. Its columns:
@@ -774,10 +786,10 @@ $$;
 -- frozen transformations), lineage feature_group -> dataset, and the event 'dataset.created'
 -- (topic 'features').
 -- Raises 22023 bad name, blank spine, a spine with no rows, bad feature references or
--- transformation specs ('transformations[i].field: rule'); 22004 NULL event_time; 42703 a
--- missing spine column (named) or unknown feature; 42804 a spine column of an unusable type;
--- P0002 unknown group; 42501 viewers and non-members; a spine query that fails raises its own
--- error (42P01 for an unknown spine table). Nothing is written on error.
+-- transformation specs ('transformations[i].field: rule'), a bad pgmlops.training_set_plan;
+-- 22004 NULL event_time; 42703 a missing spine column (named) or unknown feature; 42804 a spine
+-- column of an unusable type; P0002 unknown group; 42501 viewers and non-members; a spine query
+-- that fails raises its own error (42P01 for an unknown spine table). Nothing is written on error.
 -- Security invoker, on purpose: the spine and the events sources must run with the caller's
 -- rights; the join runs in ml_private.materialize_training_set, which only reads temporary
 -- tables of the caller's session. Callers: authenticated (owner, admin, ml_engineer), service_role.
