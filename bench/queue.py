@@ -2,21 +2,32 @@
 
     python -m bench.queue [--database-url URL] [--jobs N] [--latency-samples M] [--quick]
 
-Throughput: for 1, 2 and 4 worker processes (pgmlops.jobs.worker.WorkerPool) and prefetch 1 and 8, the
-pool is started and warmed up (every worker has run a job, so process start-up, connections and
-plan caches are out of the measurement); then N no-op ``echo`` jobs are enqueued in one
-transaction and the time from that commit to the last job's finish is measured on the server
-clock (``max(finished_at)`` minus ``clock_timestamp()`` just before the commit). Each run is
-checked: every job succeeded on its first attempt with exactly one ``job.succeeded`` event.
-Runs are repeated (``--repeats``) and the median is reported.
+Throughput, two paths for the same no-op ``echo`` handler:
+
+* *batched*: echo as shipped, a handler that writes nothing transactional; workers run a claim's
+  jobs (``--batch``, the prefetch) and acknowledge them with one ``ml.complete_jobs``;
+* *transactional*: echo registered as a transactional handler (bench/_echo_transactional.py),
+  each job in its own transaction committed with its completion (``--prefetch`` 1 and 8).
+
+For each path and 1, 2 and 4 worker processes (pgmlops.jobs.worker.WorkerPool), the pool is
+started and warmed up (every worker has run a job, so process start-up, connections and plan
+caches are out of the measurement); then N jobs are enqueued in one transaction and the time from
+that commit to the last job's finish is measured on the server clock (``max(finished_at)`` minus
+``clock_timestamp()`` just before the commit). Each run is checked: every job succeeded on its
+first attempt with exactly one ``job.succeeded`` event; the transactions that completed them are
+counted (distinct ``xmin``). Runs are repeated (``--repeats``) and the median is reported.
+
+CPU profile of each run (Linux, server on this machine): CPU seconds of the database's backends
+(server) and of the worker processes (client), per job, and the cores busy with anything else on
+the machine during the run (``/proc``), to tell a saturated machine from a slow queue.
 
 Latency: one idle worker (prefetch 1); M single jobs enqueued one at a time (autocommit), each
 after the worker has gone back to waiting on LISTEN. NOTIFY-to-claim latency is
 ``started_at - created_at`` (both server clock: the enqueue's ``now()`` and the claim's
 ``now()``); end-to-end is ``finished_at - created_at``.
 
-Results: a table against the goals (≥ 2000 jobs/s with 4 workers; p50 NOTIFY-to-claim < 20 ms)
-and bench/results/queue.json.
+Results: a table against the goals (≥ 2000 jobs/s with 4 workers on the batched path; p50
+NOTIFY-to-claim < 20 ms) and bench/results/queue.json.
 """
 
 from __future__ import annotations
@@ -24,14 +35,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import random
 import sys
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 from rich.progress import Progress
 
 from bench._common import (
@@ -48,14 +63,19 @@ from bench._common import (
     summarize,
     write_results,
 )
+from pgmlops.db import sql_errors, tenant_context
+from pgmlops.jobs import queue
 from pgmlops.jobs.worker import WorkerPool
 
-THROUGHPUT_GOAL = 2000.0  # jobs/s with 4 workers
+THROUGHPUT_GOAL = 2000.0  # jobs/s with 4 workers, batched path
 LATENCY_GOAL_MS = 20.0  # p50 NOTIFY-to-claim
 POLL_S = 0.05
 RUN_TIMEOUT_S = 300.0
 
 Conn = psycopg.Connection[Any]
+
+# The transactional path: workers import this module, which registers echo as transactional.
+PATH_MODULES: dict[str, list[str] | None] = {"batched": None, "transactional": ["bench._echo_transactional"]}
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -108,6 +128,79 @@ def _worker_connections(conn: Conn) -> int:
     return int(row[0]) if row else 0
 
 
+# -- CPU profile (/proc) ----------------------------------------------------------------------------
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system, all threads) of process ``pid``; None when unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _machine_busy() -> float | None:
+    """CPU seconds all CPUs spent busy (anything but idle and iowait) since boot."""
+    try:
+        with open("/proc/stat") as f:
+            cpu = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (sum(cpu[:8]) - cpu[3] - cpu[4]) / _TICK
+
+
+def _is_local_postgres(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().startswith(b"postgres")
+    except OSError:
+        return False
+
+
+# The workers' connections by application_name: the one that runs jobs, the one that LISTENs (woken
+# by every commit that notifies anything in the database), the heartbeat's.
+_BACKEND_ROLES = {"pgmlops worker listen": "listen", "pgmlops heartbeat": "heartbeat"}
+
+
+class CpuProfile:
+    """CPU seconds of the database's backends (by role), of the worker processes, of the machine."""
+
+    def __init__(self, conn: Conn, pool: WorkerPool) -> None:
+        rows = conn.execute("select pid, application_name from pg_stat_activity "
+                            "where datname = current_database() and pid <> pg_backend_pid()").fetchall()
+        self.backends = {int(pid): _BACKEND_ROLES.get(name, "work") for pid, name in rows
+                         if _is_local_postgres(int(pid))}
+        self.available = bool(rows) and len(self.backends) == len(rows) and _machine_busy() is not None
+        self.workers = pool.pids()
+        self.client = os.getpid()
+        self.own_backend = conn.info.backend_pid
+
+    def snapshot(self) -> dict[str, float]:
+        def total(pids: list[int]) -> float:
+            return sum(v for pid in pids if (v := _process_cpu(pid)) is not None)
+        snap = {f"server_{role}": total([p for p, r in self.backends.items() if r == role])
+                for role in ("work", "listen", "heartbeat")}
+        return {**snap, "workers": total(self.workers), "bench": total([self.client, self.own_backend]),
+                "machine": _machine_busy() or 0.0, "wall": time.perf_counter()}
+
+    def per_job(self, before: dict[str, float], after: dict[str, float], jobs: int) -> dict[str, float] | None:
+        if not self.available:
+            return None
+        d = {k: after[k] - before[k] for k in before}
+        server = d["server_work"] + d["server_listen"] + d["server_heartbeat"]
+        other = max(0.0, d["machine"] - server - d["workers"] - d["bench"])
+        return {"server_us_per_job": round(server * 1e6 / jobs, 1),
+                "server_listen_us_per_job": round(d["server_listen"] * 1e6 / jobs, 1),
+                "workers_us_per_job": round(d["workers"] * 1e6 / jobs, 1),
+                "busy_cores": round(d["machine"] / d["wall"], 2),
+                "other_cores": round(other / d["wall"], 2)}
+
+
 def _warm_up(conn: Conn, workers: int, timeout: float = 60.0) -> int:
     """Wait until every worker process is connected and has run at least one job (process
     start-up, imports, connections and PL/pgSQL plan caches out of the way). Returns how many
@@ -146,28 +239,35 @@ def _verify(conn: Conn, first: int, last: int, since: datetime) -> dict[str, Any
     per_worker = [int(r[0]) for r in conn.execute(
         "select count(*) from ml.jobs where id between %s and %s group by locked_by order by 1",
         (first, last))]
+    # The transactions that wrote the jobs' final rows: one per job, or one per batch.
+    commits = int(conn.execute("select count(distinct xmin::text) from ml.jobs where id between %s and %s",
+                               (first, last)).fetchone()[0])  # type: ignore[index]
     ok = once == n and int(ev[0]) == n and int(ev[1]) == 0
     return {"ok": ok, "succeeded_first_attempt": once, "one_succeeded_event": int(ev[0]),
             "duplicate_succeeded_events": int(ev[1]), "workers_used": workers_used,
-            "jobs_per_worker": per_worker}
+            "jobs_per_worker": per_worker, "completing_transactions": commits}
 
 
 # -- throughput ----------------------------------------------------------------------------------
 
 
-def run_throughput(url: str, conn: Conn, workers: int, prefetch: int, jobs: int, repeats: int,
+def run_throughput(url: str, conn: Conn, path: str, workers: int, prefetch: int, jobs: int, repeats: int,
                    prog: Progress) -> dict[str, Any]:
-    label = f"{workers} worker{'s' if workers > 1 else ''}, prefetch {prefetch}"
+    label = f"{path}, {workers} worker{'s' if workers > 1 else ''}, {_prefetch_name(path)} {prefetch}"
     task = prog.add_task(f"throughput: {label} (starting)", total=jobs * repeats)
     runs: list[dict[str, Any]] = []
-    with WorkerPool(url, ["echo"], workers, prefetch=prefetch, log_level=logging.WARNING):
+    with WorkerPool(url, ["echo"], workers, prefetch=prefetch, modules=PATH_MODULES[path],
+                    log_level=logging.WARNING) as pool:
         warmed = _warm_up(conn, workers)
+        profile = CpuProfile(conn, pool)
         for rep in range(repeats):
             prog.update(task, description=f"throughput: {label} (run {rep + 1}/{repeats})")
             first, last, t_commit = _enqueue_batch(conn, jobs)
+            cpu_before = profile.snapshot()
             t_client0 = time.perf_counter()
             base = rep * jobs
             done_at = _wait_drained(conn, first, last, prog, task, offset=base)
+            cpu = profile.per_job(cpu_before, profile.snapshot(), jobs)
             prog.update(task, completed=base + jobs)
             row = conn.execute(
                 "select extract(epoch from max(finished_at) - %s), extract(epoch from min(started_at) - %s) "
@@ -179,14 +279,22 @@ def run_throughput(url: str, conn: Conn, workers: int, prefetch: int, jobs: int,
                 raise RuntimeError(f"{label}: verification failed: {check}")
             runs.append({"jobs": jobs, "drain_s": round(drain_s, 4), "jobs_per_s": round(jobs / drain_s, 1),
                          "first_claim_after_ms": round(first_claim_s * 1000, 2),
-                         "client_drain_s": round(done_at - t_client0, 3), **check})
+                         "client_drain_s": round(done_at - t_client0, 3), "cpu": cpu, **check})
     # Leave later configurations a clean, analyzed table rather than an autovacuum mid-run.
     conn.execute("vacuum (analyze) ml.jobs")
     rates = [r["jobs_per_s"] for r in runs]
     prog.update(task, description=f"throughput: {label}: {median(rates):,.0f} jobs/s")
-    return {"workers": workers, "prefetch": prefetch, "jobs": jobs, "repeats": repeats,
+    cpus = [r["cpu"] for r in runs if r["cpu"]]
+    cpu_median = {k: round(median([c[k] for c in cpus]), 2) for k in cpus[0]} if cpus else None
+    return {"path": path, "workers": workers, "prefetch": prefetch, "jobs": jobs, "repeats": repeats,
             "workers_warmed": warmed, "jobs_per_s_median": round(median(rates), 1),
-            "jobs_per_s_min": min(rates), "jobs_per_s_max": max(rates), "runs": runs}
+            "jobs_per_s_min": min(rates), "jobs_per_s_max": max(rates),
+            "jobs_per_commit_median": round(median([r["jobs"] / r["completing_transactions"] for r in runs]), 1),
+            "cpu_median": cpu_median, "runs": runs}
+
+
+def _prefetch_name(path: str) -> str:
+    return "batch" if path == "batched" else "prefetch"
 
 
 # -- latency -------------------------------------------------------------------------------------
@@ -239,11 +347,118 @@ def run_latency(url: str, conn: Conn, samples: int, prog: Progress) -> dict[str,
             "client_roundtrip_ms": summarize(client_ms)}
 
 
+# -- the transactional path's statements, variant by variant --------------------------------------
+#
+# What one worker sends per job on the transactional path, without the worker around it: one
+# connection, jobs claimed and completed in a loop, each completion in a tenant_context
+# transaction (BEGIN, set_config, ml.complete_job, COMMIT). Wall time, the client thread's CPU and
+# the backend's CPU per job tell what each way of saving round trips or commits costs and saves.
+
+
+def _complete_in_context(conn: Conn, job: queue.Job, worker_id: str, claim_next: int = 0) -> list[queue.Job] | None:
+    with tenant_context(conn, job.tenant_id):
+        queue.complete(conn, job.id, worker_id, {"echo": job.payload})
+        return queue.claim(conn, worker_id, ["echo"], claim_next) if claim_next else None
+
+
+def _claim_apart(conn: Conn, worker_id: str, prefetch: int) -> int:
+    done = 0
+    while jobs := queue.claim(conn, worker_id, ["echo"], prefetch):
+        for job in jobs:
+            _complete_in_context(conn, job, worker_id)
+        done += len(jobs)
+    return done
+
+
+def _claim_with_last_completion(conn: Conn, worker_id: str, prefetch: int) -> int:
+    done = 0
+    jobs: list[queue.Job] | None = queue.claim(conn, worker_id, ["echo"], prefetch)
+    while jobs:
+        claimed = None
+        for i, job in enumerate(jobs):
+            claimed = _complete_in_context(conn, job, worker_id, prefetch if i == len(jobs) - 1 else 0)
+        done += len(jobs)
+        jobs = claimed
+    return done
+
+
+def _pipelined(conn: Conn, worker_id: str, prefetch: int) -> int:
+    done = 0
+    while jobs := queue.claim(conn, worker_id, ["echo"], prefetch):
+        for job in jobs:
+            stack = ExitStack()
+            with sql_errors(), conn.pipeline():  # BEGIN and set_config in one round trip
+                stack.enter_context(tenant_context(conn, job.tenant_id))
+            with sql_errors(), conn.pipeline():  # ml.complete_job and COMMIT in one round trip
+                conn.execute("select ml.complete_job(%s, %s, %s)", (job.id, worker_id, Jsonb({"echo": job.payload})))
+                stack.close()
+        done += len(jobs)
+    return done
+
+
+# name: (loop, psycopg prepare_threshold, round trips per job, commits per job) for prefetch p
+VARIANTS: dict[str, tuple[Callable[[Conn, str, int], int], int | None, Callable[[int], float], Callable[[int], float]]] = {
+    "claim apart (before)": (_claim_apart, 5, lambda p: 4 + 1 / p, lambda p: 1 + 1 / p),
+    "next claim in the last completion (now)": (_claim_with_last_completion, 5, lambda p: 4 + 0 / p, lambda p: 1.0),
+    "pipelined: BEGIN+set_config, complete+COMMIT": (_pipelined, 5, lambda p: 2 + 1 / p, lambda p: 1 + 1 / p),
+    "now, never prepared": (_claim_with_last_completion, None, lambda p: 4.0, lambda p: 1.0),
+    "now, prepared at first use": (_claim_with_last_completion, 0, lambda p: 4.0, lambda p: 1.0),
+}
+
+
+def _one_variant(url: str, conn: Conn, name: str, prefetch: int, jobs: int) -> dict[str, float]:
+    loop, threshold, _, _ = VARIANTS[name]
+    with psycopg.connect(url, autocommit=True) as work:
+        work.prepare_threshold = threshold
+        _enqueue_batch(conn, 50)
+        loop(work, "variants", prefetch)  # warm-up: plans cached, statements prepared
+        conn.execute("vacuum ml.jobs")
+        first, last, _ = _enqueue_batch(conn, jobs)
+        backend = work.info.backend_pid
+        server0, client0, t0 = _process_cpu(backend), time.thread_time(), time.perf_counter()
+        done = loop(work, "variants", prefetch)
+        wall, client, server1 = time.perf_counter() - t0, time.thread_time() - client0, _process_cpu(backend)
+    if done != jobs or _status_counts(conn, first, last) != (jobs, 0):
+        raise RuntimeError(f"variant {name!r}: {done} of {jobs} jobs done")
+    server = server1 - server0 if server0 is not None and server1 is not None else math.nan
+    return {"wall_us": wall * 1e6 / jobs, "client_us": client * 1e6 / jobs, "server_us": server * 1e6 / jobs}
+
+
+def run_variants(url: str, conn: Conn, jobs: int, repeats: int, prefetches: list[int], prog: Progress) -> list[dict[str, Any]]:
+    task = prog.add_task("transactional path, variant by variant", total=repeats * len(prefetches) * len(VARIANTS))
+    samples: dict[tuple[str, int], list[dict[str, float]]] = {}
+    for _ in range(repeats):  # interleaved, so that a burst of load elsewhere hits every variant
+        for prefetch in prefetches:
+            for name in VARIANTS:
+                samples.setdefault((name, prefetch), []).append(_one_variant(url, conn, name, prefetch, jobs))
+                prog.advance(task)
+    out = []
+    for (name, prefetch), runs in samples.items():
+        _, threshold, round_trips, commits = VARIANTS[name]
+        med = {k: round(median([r[k] for r in runs]), 1) for k in runs[0]}
+        out.append({"variant": name, "prefetch": prefetch, "prepare_threshold": threshold, "jobs": jobs,
+                    "round_trips_per_job": round(round_trips(prefetch), 3), "commits_per_job": round(commits(prefetch), 3),
+                    "jobs_per_s_median": round(1e6 / med["wall_us"], 1), **{f"{k}_median": v for k, v in med.items()},
+                    "runs": runs})
+    return out
+
+
 # -- main ----------------------------------------------------------------------------------------
 
 
 def _int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
+
+
+PARTS = ("throughput", "variants", "latency")
+
+
+def _path_list(text: str) -> list[str]:
+    paths = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [p for p in paths if p not in PATH_MODULES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown path {', '.join(unknown)} (known: {', '.join(PATH_MODULES)})")
+    return paths
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -255,37 +470,68 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, help="throughput runs per configuration, median reported "
                     "(default 3; --quick 1)")
     ap.add_argument("--workers", type=_int_list, default=[1, 2, 4], help="worker counts (default 1,2,4)")
-    ap.add_argument("--prefetch", type=_int_list, default=[1, 8], help="prefetch values (default 1,8)")
+    ap.add_argument("--paths", type=_path_list, default=list(PATH_MODULES),
+                    help="completion paths: batched, transactional (default both)")
+    ap.add_argument("--batch", type=_int_list, default=[64],
+                    help="batched path: jobs claimed and acknowledged at once (default 64)")
+    ap.add_argument("--prefetch", type=_int_list, default=[1, 8],
+                    help="transactional path: prefetch values (default 1,8)")
+    ap.add_argument("--variant-jobs", type=int, help="jobs per run of each transactional-path variant "
+                    "(default 1000; --quick 200)")
+    ap.add_argument("--parts", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
+                    default=list(PARTS), help=f"parts to run (default {','.join(PARTS)})")
     ap.add_argument("--quick", action="store_true", help="small sizes for a fast sanity run")
     ap.add_argument("--output", default="queue", help="results name: bench/results/<name>.json")
     args = ap.parse_args(argv)
     args.jobs = args.jobs or (500 if args.quick else 4000)
     args.latency_samples = args.latency_samples or (30 if args.quick else 200)
     args.repeats = args.repeats or (1 if args.quick else 3)
+    args.variant_jobs = args.variant_jobs or (200 if args.quick else 1000)
+    unknown = set(args.parts) - set(PARTS)
+    if unknown:
+        ap.error(f"--parts: unknown {', '.join(sorted(unknown))} (known: {', '.join(PARTS)})")
     return args
 
 
-def build_goals(throughput: list[dict[str, Any]], latency: dict[str, Any]) -> list[Goal]:
+def build_goals(throughput: list[dict[str, Any]], variants: list[dict[str, Any]],
+                latency: dict[str, Any] | None) -> list[Goal]:
     goals: list[Goal] = []
-    by = {(t["workers"], t["prefetch"]): t for t in throughput}
-    max_workers = max(t["workers"] for t in throughput)
+    workers = sorted({t["workers"] for t in throughput})
     for t in throughput:
+        cpu = t["cpu_median"]
+        cpu_note = (f"; CPU µs/job: server {cpu['server_us_per_job']:,.0f} (LISTEN "
+                    f"{cpu['server_listen_us_per_job']:,.0f}), workers {cpu['workers_us_per_job']:,.0f}; "
+                    f"others {cpu['other_cores']:.1f} cores" if cpu else "")
         goals.append(Goal(
-            f"throughput {t['workers']}w, prefetch {t['prefetch']}",
-            t["jobs_per_s_median"], "jobs/s", THROUGHPUT_GOAL if t["workers"] == 4 else None, digits=0,
-            note=f"median of {t['repeats']} runs ({t['jobs_per_s_min']:,.0f}–{t['jobs_per_s_max']:,.0f}) "
-                 f"of {t['jobs']} jobs"))
-    lowest = min(t["workers"] for t in throughput)
-    for p in sorted({t["prefetch"] for t in throughput}):
-        if max_workers != lowest and (lowest, p) in by and (max_workers, p) in by:
-            ratio = by[(max_workers, p)]["jobs_per_s_median"] / by[(lowest, p)]["jobs_per_s_median"]
-            goals.append(Goal(f"scaling {max_workers}w / {lowest}w, prefetch {p}", ratio, "x", digits=2,
-                              note=f"{os.cpu_count()} CPUs shared by server, workers and this client"))
-    prefetches = sorted({t["prefetch"] for t in throughput})
-    if len(prefetches) > 1 and all((max_workers, p) in by for p in prefetches):
-        lo, hi = prefetches[0], prefetches[-1]
-        ratio = by[(max_workers, hi)]["jobs_per_s_median"] / by[(max_workers, lo)]["jobs_per_s_median"]
-        goals.append(Goal(f"prefetch {hi} / {lo}, {max_workers}w", ratio, "x", digits=2))
+            f"{t['path']} {t['workers']}w, {_prefetch_name(t['path'])} {t['prefetch']}",
+            t["jobs_per_s_median"], "jobs/s",
+            THROUGHPUT_GOAL if t["path"] == "batched" and t["workers"] == 4 else None, digits=0,
+            note=f"{t['jobs_per_s_min']:,.0f}–{t['jobs_per_s_max']:,.0f}; "
+                 f"{t['jobs_per_commit_median']:g} jobs/commit{cpu_note}"))
+    # Each path at its best setting, side by side, and how each scales.
+    best = {path: {w: max((t for t in throughput if t["path"] == path and t["workers"] == w),
+                          key=lambda t: t["jobs_per_s_median"], default=None) for w in workers}
+            for path in PATH_MODULES}
+    for w in workers:
+        b, x = best["batched"][w], best["transactional"][w]
+        if b and x:
+            goals.append(Goal(f"batched / transactional, {w}w", b["jobs_per_s_median"] / x["jobs_per_s_median"], "x",
+                              digits=2, note=f"batch {b['prefetch']} vs prefetch {x['prefetch']}"))
+    for path in PATH_MODULES:
+        lo, hi = (best[path][workers[0]], best[path][workers[-1]]) if workers else (None, None)
+        if len(workers) > 1 and lo and hi:
+            goals.append(Goal(f"scaling {workers[-1]}w / {workers[0]}w, {path}",
+                              hi["jobs_per_s_median"] / lo["jobs_per_s_median"],
+                              "x", digits=2, note=f"{os.cpu_count()} CPUs shared by server, workers and this client"))
+    # CPU per job, not wall time: on a shared machine the wall time is mostly other processes'.
+    for v in variants:
+        goals.append(Goal(f"CPU/job, prefetch {v['prefetch']}: {v['variant']}",
+                          v["client_us_median"] + v["server_us_median"], "µs", digits=0,
+                          note=f"client {v['client_us_median']:,.0f} + server {v['server_us_median']:,.0f}; "
+                               f"{v['round_trips_per_job']:g} round trips, {v['commits_per_job']:g} commits/job; "
+                               f"wall {v['wall_us_median']:,.0f} µs"))
+    if latency is None:
+        return goals
     c, e = latency["notify_to_claim_ms"], latency["enqueue_to_succeeded_ms"]
     goals += [
         Goal("NOTIFY-to-claim p50", c["p50"], "ms", LATENCY_GOAL_MS, lower_is_better=True, digits=2,
@@ -303,8 +549,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     server = resolve_bench_url(args.database_url)
     params = {"jobs": args.jobs, "latency_samples": args.latency_samples, "repeats": args.repeats,
-              "workers": args.workers, "prefetch": args.prefetch, "quick": args.quick,
-              "payload": {}, "kind": "echo", "poll_interval_s": POLL_S, "server": redact(server)}
+              "workers": args.workers, "paths": args.paths, "batch": args.batch, "prefetch": args.prefetch,
+              "variant_jobs": args.variant_jobs, "parts": args.parts, "quick": args.quick, "payload": {},
+              "kind": "echo", "poll_interval_s": POLL_S, "server": redact(server)}
     console.print(f"[bold]pgmlops queue benchmark[/] on {redact(server)}: {args.jobs} jobs × "
                   f"{args.repeats} runs per configuration, {args.latency_samples} latency samples")
     t_start = time.perf_counter()
@@ -312,21 +559,29 @@ def main(argv: list[str] | None = None) -> int:
         make_tenant(conn, "bench")
         info = machine_info(conn)
         throughput: list[dict[str, Any]] = []
+        variants: list[dict[str, Any]] = []
+        latency: dict[str, Any] | None = None
         with progress() as prog:
-            for workers in args.workers:
-                for prefetch in args.prefetch:
-                    throughput.append(run_throughput(url, conn, workers, prefetch, args.jobs, args.repeats, prog))
-            latency = run_latency(url, conn, args.latency_samples, prog)
+            if "throughput" in args.parts:
+                for workers in args.workers:
+                    for path in args.paths:
+                        for prefetch in (args.batch if path == "batched" else args.prefetch):
+                            throughput.append(run_throughput(url, conn, path, workers, prefetch, args.jobs,
+                                                             args.repeats, prog))
+            if "variants" in args.parts:
+                variants = run_variants(url, conn, args.variant_jobs, args.repeats, args.prefetch, prog)
+            if "latency" in args.parts:
+                latency = run_latency(url, conn, args.latency_samples, prog)
     elapsed = time.perf_counter() - t_start
 
-    goals = build_goals(throughput, latency)
+    goals = build_goals(throughput, variants, latency)
     console.print(results_table(
         f"pgmlops queue ({info['cpu_count']} CPUs, PostgreSQL {info['server_settings'].get('server_version')}, "
         f"fsync {info['server_settings'].get('fsync')}, synchronous_commit "
         f"{info['server_settings'].get('synchronous_commit')})", goals))
     path = write_results(args.output, {
         "machine": info, "parameters": params, "elapsed_s": round(elapsed, 1),
-        "results": {"throughput": throughput, "latency": latency},
+        "results": {"throughput": throughput, "transactional_variants": variants, "latency": latency},
         "goals": [g.as_dict() for g in goals]})
     console.print(f"results: {path} ({elapsed:.0f} s)")
     return 0 if all(g.status != "MISS" for g in goals) else 1

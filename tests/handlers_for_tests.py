@@ -2,6 +2,10 @@
 
 ``effect`` writes one row per execution into test_effects in the handler's transaction, so a
 test can count how many times each job's effects landed (exactly once, or not at all).
+``beacon`` writes nothing transactional (its jobs are batched): it reads who it acts as and, when
+the payload names a file, appends a line per execution to it, outside any transaction, so a test
+can count executions apart from successes. ``sneaky`` declares it writes nothing transactional,
+then tries to.
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ grant all on public.test_effects to service_role;
 select ml_private.register_job_kind('effect', 'test: records one row per execution',
     '{"type": "object", "properties": {"sleep_ms": {"type": "integer", "minimum": 0}}}'::jsonb,
     3, interval '30 seconds', interval '100 milliseconds', interval '1 second');
+select ml_private.register_job_kind('beacon', 'test: writes nothing transactional, logs each execution to a file',
+    '{"type": "object", "properties": {"sleep_ms": {"type": "integer", "minimum": 0}, "file": {"type": "string"}}}'::jsonb,
+    3, interval '30 seconds', interval '100 milliseconds', interval '1 second');
+select ml_private.register_job_kind('sneaky', 'test: declares it writes nothing transactional, then writes',
+    '{"type": "object"}'::jsonb, 2, interval '30 seconds', interval '100 milliseconds', interval '1 second');
 """
 
 
@@ -38,6 +47,25 @@ def effect(ctx: JobContext) -> dict[str, Any]:
     ).fetchone()
     assert row is not None
     return {"tenant_setting": row[0], "acting_tenant": row[1]}
+
+
+@handler("beacon", transactional=False)
+def beacon(ctx: JobContext) -> dict[str, Any]:
+    deadline = time.monotonic() + int(ctx.payload.get("sleep_ms", 0)) / 1000.0
+    while (left := deadline - time.monotonic()) > 0:
+        if ctx.lost.wait(min(left, 0.05)):
+            break
+    row = ctx.conn.execute("select ml.current_tenant()::text, current_user::text").fetchone()
+    assert row is not None
+    if "file" in ctx.payload:
+        with open(ctx.payload["file"], "a") as log:  # one short line per write: appends do not interleave
+            log.write(f"{ctx.job.id} {ctx.job.attempts} {ctx.worker_id}\n")
+    return {"acting_tenant": row[0], "role": row[1], "worker": ctx.worker_id}
+
+
+@handler("sneaky", transactional=False)
+def sneaky(ctx: JobContext) -> None:
+    ctx.conn.execute("insert into public.test_effects (job_id, worker) values (%s, %s)", (ctx.job.id, ctx.worker_id))
 
 
 def watch_parent_then_sleep() -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
 
-from pgmlops.errors import InvalidInput, LeaseLost, NotFound
+from pgmlops.db import tenant_context
+from pgmlops.errors import AccessDenied, InvalidInput, LeaseLost, NotFound
 from pgmlops.jobs import queue
 
 from .conftest import act_for, make_tenant
@@ -226,6 +229,89 @@ def test_complete_stores_the_result(conn: Conn, tenant: str) -> None:
     state = queue.result(conn, job_id)
     assert state["status"] == "succeeded" and state["result"] == {"answer": 42}
     assert state["finished_at"] is not None
+
+
+# -- batched completion ------------------------------------------------------------------------
+
+
+def test_complete_many_accepts_the_held_jobs_and_refuses_a_lost_one(conn: Conn, tenant: str) -> None:
+    kept = [queue.enqueue(conn, "echo", {}) for _ in range(2)]
+    lost = queue.enqueue(conn, "echo", {})
+    queue.claim(conn, "w1", ["echo"], 2, timedelta(seconds=30))
+    queue.claim(conn, "w1", ["echo"], 1, timedelta(milliseconds=100))
+    time.sleep(0.2)
+    queue.claim(conn, "w2", ["echo"])  # w1's lease on the third job expired: w2 holds it now
+    accepted = queue.complete_many(conn, "w1", {kept[0]: {"n": 0}, lost: {"late": True}, kept[1]: {"n": 1}})
+    assert accepted == set(kept)
+    assert [queue.result(conn, j)["result"] for j in kept] == [{"n": 0}, {"n": 1}]
+    assert conn.execute("select status, locked_by, result from ml.jobs where id = %s", (lost,)).fetchone() == (
+        "running", "w2", None)
+    assert queue.complete_many(conn, "w2", {lost: None}) == {lost}
+    assert queue.complete_many(conn, "w2", {lost: {"again": True}}) == set()  # finished: refused
+    assert queue.result(conn, lost)["result"] is None
+
+
+def test_complete_many_refuses_jobs_cancelled_or_never_claimed(conn: Conn, tenant: str) -> None:
+    cancelled, queued = queue.enqueue(conn, "echo", {}), queue.enqueue(conn, "echo", {})
+    conn.execute("update ml.jobs set run_after = now() + interval '1 hour' where id = %s", (queued,))
+    queue.claim(conn, "w1", ["echo"])
+    queue.cancel(conn, cancelled)
+    assert queue.complete_many(conn, "w1", {cancelled: {}, queued: {}, 999999: {}}) == set()
+    assert [queue.result(conn, j)["status"] for j in (cancelled, queued)] == ["cancelled", "queued"]
+
+
+def test_complete_many_emits_one_succeeded_event_per_job(conn: Conn, tenant: str) -> None:
+    ids = [queue.enqueue(conn, "echo", {}) for _ in range(5)]
+    queue.claim(conn, "w1", ["echo"], 5)
+    assert queue.complete_many(conn, "w1", dict.fromkeys(ids)) == set(ids)
+    events = conn.execute(
+        "select (payload ->> 'job_id')::bigint, tenant_id::text, payload ->> 'worker' from ml.events "
+        "where event = 'job.succeeded' and (payload ->> 'job_id')::bigint = any(%s) order by 1", (ids,)).fetchall()
+    assert events == [(j, tenant, "w1") for j in ids]
+    # One statement, one transaction: the batch commits once.
+    assert conn.execute("select count(distinct xmin::text) from ml.jobs where id = any(%s)", (ids,)).fetchone()[0] == 1
+
+
+@pytest.mark.parametrize(("worker", "ids", "results", "message"), [
+    ("", [1], None, "worker_id: must be 1 to 200 characters"),
+    ("w1", None, None, "job_ids: must be an array of at most 1000 ids, got NULL"),
+    ("w1", list(range(1, 1002)), None, "job_ids: must be an array of at most 1000 ids, got 1001 ids"),
+    ("w1", [1, 1], None, "job_ids: must be distinct and not NULL"),
+    ("w1", [1, None], None, "job_ids: must be distinct and not NULL"),
+    ("w1", [1, 2], ["{}"], "results: must have one entry per job id (2), got 1"),
+])
+def test_complete_jobs_refuses_bad_arguments(conn: Conn, tenant: str, worker: str, ids: list[int | None] | None,
+                                             results: list[str] | None, message: str) -> None:
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=re.escape(message)):
+        conn.execute("select ml.complete_jobs(%s, %s::bigint[], %s::jsonb[])", (worker, ids, results))
+
+
+def test_complete_many_refuses_an_oversize_result_and_writes_nothing(conn: Conn, tenant: str) -> None:
+    small, big = queue.enqueue(conn, "echo", {}), queue.enqueue(conn, "echo", {})
+    queue.claim(conn, "w1", ["echo"], 2)
+    with pytest.raises(InvalidInput, match=f"result of job {big}: must be at most 1 MB") as info:
+        queue.complete_many(conn, "w1", {small: {"ok": True}, big: {"blob": "x" * 2_000_000}})
+    assert info.value.sqlstate == "54000"
+    assert [queue.result(conn, j)["status"] for j in (small, big)] == ["running", "running"]
+
+
+def test_complete_many_keeps_tenants_apart(conn: Conn, tenant: str) -> None:
+    other = make_tenant(conn)
+    ours = queue.enqueue(conn, "echo", {})
+    act_for(conn, other)
+    theirs = queue.enqueue(conn, "echo", {})
+    queue.claim(conn, "w1", ["echo"], 2)
+    with tenant_context(conn):  # as a worker acknowledges a batch: the service role, any tenant
+        assert queue.complete_many(conn, "w1", {ours: {"for": "us"}, theirs: {"for": "them"}}) == {ours, theirs}
+    member = str(uuid.uuid4())
+    conn.execute("select ml.add_tenant_member(%s, %s, 'ml_engineer')", (tenant, member))
+    with tenant_context(conn, tenant, user=member):
+        assert conn.execute("select id, result from ml.jobs").fetchall() == [(ours, {"for": "us"})]
+        succeeded = conn.execute("select (payload ->> 'job_id')::bigint from ml.events "
+                                 "where event = 'job.succeeded'").fetchall()
+        assert succeeded == [(ours,)]
+        with pytest.raises(AccessDenied):  # members may read their jobs, never complete them
+            queue.complete_many(conn, "w1", {ours: None})
 
 
 def test_failures_back_off_exponentially_then_dead_letter(conn: Conn, tenant: str) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ import psycopg
 import pytest
 
 from pgmlops.errors import LeaseLost
-from pgmlops.jobs import queue
+from pgmlops.jobs import handlers, queue
+from pgmlops.jobs.handlers import JobContext
 from pgmlops.jobs.worker import WorkerPool
 
 from .conftest import act_for, make_tenant
@@ -51,10 +53,10 @@ def scalar(conn: Conn, sql: str, *args: Any) -> Any:
     return conn.execute(sql, args).fetchone()[0]
 
 
-def pool(url: str, concurrency: int, **kwargs: Any) -> WorkerPool:
+def pool(url: str, concurrency: int, kinds: Sequence[str] = ("effect", "echo"), **kwargs: Any) -> WorkerPool:
     kwargs.setdefault("log_level", logging.WARNING)
     kwargs.setdefault("poll_interval", 0.5)
-    return WorkerPool(url, ["effect", "echo"], concurrency, modules=MODULES, **kwargs)
+    return WorkerPool(url, list(kinds), concurrency, modules=MODULES, **kwargs)
 
 
 def pid_of(worker_id: str) -> int:
@@ -235,6 +237,164 @@ def test_a_dead_worker_is_replaced_by_the_supervisor(db: tuple[str, Conn, str]) 
         assert workers.failures == 1
     finally:
         workers.stop()
+
+
+# -- handlers that write nothing transactional: batches -----------------------------------------
+
+
+def _returns_nothing(ctx: JobContext) -> None:
+    return None
+
+
+def _marked(ctx: JobContext) -> None:
+    return None
+
+
+_marked.pgmlops_transactional = False  # type: ignore[attr-defined]
+
+
+def test_handlers_are_transactional_unless_they_declare_otherwise() -> None:
+    handlers.register("t_plain", _returns_nothing, replace=True)
+    handlers.register("t_declared", _returns_nothing, replace=True, transactional=False)
+    handlers.register("t_marked", _marked, replace=True)
+    handlers.register("t_overridden", _marked, replace=True, transactional=True)
+    assert [handlers.is_transactional(k) for k in ("t_plain", "t_declared", "t_marked", "t_overridden")] == [
+        True, False, False, True]
+    assert handlers.is_transactional("echo") is False  # an entry point, marked on its function
+    assert handlers.is_transactional("effect") is True and handlers.is_transactional("beacon") is False
+    _marked.pgmlops_transactional = "no"  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(TypeError, match="must be True or False"):
+            handlers.register("t_bad", _marked, replace=True)
+    finally:
+        _marked.pgmlops_transactional = False  # type: ignore[attr-defined]
+
+
+def test_a_batch_of_non_transactional_jobs_is_acknowledged_in_one_transaction(db: tuple[str, Conn, str]) -> None:
+    url, conn, _ = db
+    conn.execute("select ml.enqueue('echo', '{}') from generate_series(1, 16)")
+    with pool(url, 1, prefetch=8):
+        wait_for(lambda: scalar(conn, "select count(*) from ml.jobs where status = 'succeeded'") == 16)
+    # Two claims of 8, each batch acknowledged by one statement: two writing transactions.
+    assert scalar(conn, "select count(distinct xmin::text) from ml.jobs") == 2
+    assert scalar(conn, "select count(*) from ml.jobs where attempts = 1 and result ->> 'attempt' = '1'") == 16
+    per_job = conn.execute(
+        "select count(*), count(distinct payload ->> 'job_id') from ml.events where event = 'job.succeeded'").fetchone()
+    assert per_job == (16, 16)
+
+
+def test_transactional_jobs_still_commit_one_by_one(db: tuple[str, Conn, str]) -> None:
+    url, conn, _ = db
+    conn.execute("select ml.enqueue('effect', '{}') from generate_series(1, 8)")
+    with pool(url, 1, prefetch=8):
+        wait_for(lambda: scalar(conn, "select count(*) from ml.jobs where status = 'succeeded'") == 8)
+    assert scalar(conn, "select count(distinct xmin::text) from ml.jobs") == 8
+    assert scalar(conn, "select count(distinct xmin::text) from test_effects") == 8
+
+
+def test_the_next_claim_commits_with_the_last_completion(db: tuple[str, Conn, str]) -> None:
+    url, conn, _ = db
+    ids = [queue.enqueue(conn, "effect", {}) for _ in range(3)]
+    with pool(url, 1, prefetch=1):
+        wait_for(lambda: scalar(conn, "select count(*) from ml.jobs where status = 'succeeded'") == 3)
+    tx = dict(conn.execute(
+        "select event || ' ' || (payload ->> 'job_id'), xmin::text from ml.events where event in ('job.running', "
+        "'job.succeeded')").fetchall())
+    # Job n's success and job n+1's claim are one transaction: one commit per job, not two.
+    assert tx[f"job.succeeded {ids[0]}"] == tx[f"job.running {ids[1]}"] != tx[f"job.running {ids[0]}"]
+    assert tx[f"job.succeeded {ids[1]}"] == tx[f"job.running {ids[2]}"]
+    assert scalar(conn, "select count(distinct job_id) from test_effects") == 3
+
+
+def test_a_non_transactional_handler_reads_as_its_jobs_tenant_and_cannot_write(db: tuple[str, Conn, str]) -> None:
+    url, conn, tenant = db
+    other = make_tenant(conn)
+    act_for(conn, other)
+    theirs = queue.enqueue(conn, "beacon", {})
+    act_for(conn, tenant)
+    ours = queue.enqueue(conn, "beacon", {})
+    sneaky = queue.enqueue(conn, "sneaky", {})
+    with pool(url, 1, kinds=["beacon", "sneaky"], prefetch=8, poll_interval=0.1):
+        wait_for(lambda: scalar(conn, "select count(*) from ml.jobs where finished_at is not null") == 3)
+    assert queue.result(conn, ours)["result"]["acting_tenant"] == tenant
+    assert queue.result(conn, theirs)["result"]["acting_tenant"] == other
+    assert queue.result(conn, ours)["result"]["role"] == "service_role"
+    refused = queue.result(conn, sneaky)
+    assert (refused["status"], refused["attempts"]) == ("dead", 2)
+    assert "cannot execute INSERT in a read-only transaction" in refused["error"]
+    assert scalar(conn, "select count(*) from test_effects") == 0
+
+
+def test_a_batch_fails_only_its_failing_jobs(db: tuple[str, Conn, str]) -> None:
+    url, conn, _ = db
+    good = [queue.enqueue(conn, "echo", {}) for _ in range(4)]
+    flaky = queue.enqueue(conn, "echo", {"fail_attempts": 1})
+    broken = queue.enqueue(conn, "echo", {"fail": "permanent"})
+    conn.execute("update ml.job_kinds set retry_base = '50 milliseconds' where kind = 'echo'")
+    with pool(url, 1, prefetch=8, poll_interval=0.1):
+        wait_for(lambda: scalar(conn, "select count(*) from ml.jobs where finished_at is not null") == 6)
+    assert [(queue.result(conn, j)["status"], queue.result(conn, j)["attempts"]) for j in good] == [("succeeded", 1)] * 4
+    assert (queue.result(conn, flaky)["status"], queue.result(conn, flaky)["attempts"]) == ("succeeded", 2)
+    assert queue.result(conn, broken)["status"] == "failed"
+
+
+def test_sigterm_mid_batch_acknowledges_finished_jobs_and_gives_the_rest_back(db: tuple[str, Conn, str]) -> None:
+    url, conn, _ = db
+    conn.execute("select ml.enqueue('beacon', '{\"sleep_ms\": 1500}') from generate_series(1, 4)")
+    workers = pool(url, 1, kinds=["beacon"], prefetch=4).start()
+    try:
+        wait_for(lambda: scalar(conn, "select count(*) from ml.jobs where status = 'running'") == 4)
+        time.sleep(0.3)  # the first job's handler is under way
+        workers.signal(signal.SIGTERM)
+        wait_for(lambda: workers.alive() == 0, timeout=30, what="the worker to exit")
+        workers.check(restart=False)
+        assert workers.failures == 0
+    finally:
+        workers.stop()
+    rows = conn.execute("select status, attempts from ml.jobs order by id").fetchall()
+    assert rows == [("succeeded", 1), ("queued", 0), ("queued", 0), ("queued", 0)]
+
+
+def test_a_worker_sigkilled_mid_batch_loses_nothing_and_every_job_succeeds_once(
+        db: tuple[str, Conn, str], tmp_path: Path) -> None:
+    url, conn, _ = db
+    runs = tmp_path / "runs"
+    runs.touch()
+    conn.execute("select ml.enqueue('beacon', %s) from generate_series(1, 48)",
+                 (json.dumps({"sleep_ms": 250, "file": str(runs)}),))
+
+    def executions() -> list[tuple[int, int, str]]:
+        return [(int(job), int(attempt), worker) for job, attempt, worker in
+                (line.split() for line in runs.read_text().splitlines())]
+
+    def finished_unacknowledged() -> set[tuple[int, str]]:
+        """(job, worker) of jobs whose handler returned but whose batch is not acknowledged yet."""
+        held = dict(conn.execute("select id, locked_by from ml.jobs where status = 'running'").fetchall())
+        return {(job, worker) for job, _, worker in executions() if held.get(job) == worker}
+
+    with pool(url, 2, kinds=["beacon"], prefetch=8, lease=1.5):
+        wait_for(lambda: scalar(conn, "select count(*) from ml.jobs where status = 'succeeded'") >= 8,
+                 what="a first batch to be acknowledged")
+        wait_for(lambda: bool(finished_unacknowledged()), what="a worker in the middle of a batch")
+        victim = next(iter(finished_unacknowledged()))[1]
+        os.kill(pid_of(victim), signal.SIGKILL)
+        wait_for(lambda: scalar(conn, "select count(*) from ml.jobs where status = 'succeeded'") == 48,
+                 timeout=60, what="all 48 jobs")
+    succeeded_by = dict(conn.execute(
+        "select (payload ->> 'job_id')::bigint, payload ->> 'worker' from ml.events where event = 'job.succeeded'"))
+    ran = executions()
+    # The victim's finished but unacknowledged jobs: their handlers ran again (at least once is the
+    # contract), but each job succeeded once, on its second attempt, acknowledged by another worker.
+    rerun = sorted({job for job, _, worker in ran if worker == victim and succeeded_by[job] != victim})
+    assert rerun, "the worker was killed after acknowledging its batch: nothing to take over"
+    for job in rerun:
+        assert [worker for j, _, worker in ran if j == job] == [victim, succeeded_by[job]]
+    state = conn.execute("select attempts, locked_by from ml.jobs where id = any(%s)", (rerun,)).fetchall()
+    assert all(attempts == 2 and worker != victim for attempts, worker in state)
+    assert scalar(conn, "select count(*) from ml.jobs where status <> 'succeeded'") == 0
+    per_job = conn.execute(
+        "select count(*), count(distinct payload ->> 'job_id') from ml.events where event = 'job.succeeded'").fetchone()
+    assert per_job == (48, 48)
 
 
 @needs_proc

@@ -228,17 +228,19 @@ $$;
 -- ml.reap_expired_leases(max_jobs int default 1000) returns int
 -- Running jobs whose lease expired (their worker died or hung): requeued at once when attempts
 -- are left, otherwise dead. Returns how many were handled. Skips rows other sessions hold.
--- Called by ml.claim_jobs on every claim, so no separate reaper process is needed.
+-- Called by ml.claim_jobs on every claim, so no separate reaper process is needed. Expiry is
+-- judged by the clock at the call (not the transaction's start).
 create or replace function ml.reap_expired_leases(max_jobs int default 1000) returns int
 language plpgsql volatile
 set search_path = ''
 as $$
 declare
+    v_now   timestamptz := clock_timestamp();
     v_count int;
 begin
     with expired as (
         select id from ml.jobs
-        where status = 'running' and lease_expires_at < now()
+        where status = 'running' and lease_expires_at < v_now
         order by lease_expires_at
         limit max_jobs
         for update skip locked
@@ -247,10 +249,10 @@ begin
         status = case when j.attempts >= j.max_attempts then 'dead' else 'queued' end,
         error = format('lease expired: worker %s stopped heartbeating (attempt %s of %s)',
                        j.locked_by, j.attempts, j.max_attempts),
-        run_after = now(),
+        run_after = v_now,
         locked_by = null,
         lease_expires_at = null,
-        finished_at = case when j.attempts >= j.max_attempts then now() end
+        finished_at = case when j.attempts >= j.max_attempts then v_now end
     from expired e where j.id = e.id;
     get diagnostics v_count = row_count;
     return v_count;
@@ -262,14 +264,18 @@ $$;
 -- Claims up to max_jobs queued jobs of the given kinds (NULL: any kind) that are due, highest
 -- priority first, then oldest; marks them running for worker_id with a lease (NULL: each kind's
 -- lease) and counts the attempt. Rows locked by concurrent claimers are skipped, so any number
--- of workers can claim at once without waiting on each other or taking a job twice.
--- Raises 22023 on a blank worker_id, max_jobs outside 1..1000 or a non-positive lease.
--- Callers: service_role (workers).
+-- of workers can claim at once without waiting on each other or taking a job twice. Times are
+-- the clock's at the call, not the transaction's start, so a claim made at the end of a long
+-- transaction (a worker claiming in the transaction of its last job's completion) gets its
+-- whole lease. Raises 22023 on a blank worker_id, max_jobs outside 1..1000 or a non-positive
+-- lease. Callers: service_role (workers).
 create or replace function ml.claim_jobs(worker_id text, kinds text[] default null, max_jobs int default 1, lease interval default null)
 returns setof ml.jobs
 language plpgsql volatile
 set search_path = ''
 as $$
+declare
+    v_now timestamptz;
 begin
     perform ml_private.check_worker_id(worker_id);
     if max_jobs is null or max_jobs not between 1 and 1000 then
@@ -281,10 +287,11 @@ begin
 
     perform ml.reap_expired_leases(100);
 
+    v_now := clock_timestamp();
     return query
     with picked as (
         select j.id from ml.jobs j
-        where j.status = 'queued' and j.run_after <= now()
+        where j.status = 'queued' and j.run_after <= v_now
           and (kinds is null or j.kind = any (kinds))
         order by j.priority desc, j.run_after, j.id
         limit max_jobs
@@ -295,9 +302,9 @@ begin
         attempts = j.attempts + 1,
         locked_by = worker_id,
         lease = coalesce(claim_jobs.lease, j.lease),
-        lease_expires_at = now() + coalesce(claim_jobs.lease, j.lease),
-        heartbeat_at = now(),
-        started_at = now()
+        lease_expires_at = v_now + coalesce(claim_jobs.lease, j.lease),
+        heartbeat_at = v_now,
+        started_at = v_now
     from picked p where j.id = p.id
     returning j.*;
 end
@@ -361,6 +368,66 @@ begin
     update ml.jobs j set status = 'succeeded', result = complete_job.result, finished_at = clock_timestamp(),
                          lease_expires_at = null
     where j.id = complete_job.job_id;
+end
+$$;
+
+-- ml.complete_jobs(worker_id text, job_ids bigint[], results jsonb[] default null) returns setof bigint
+-- Marks many jobs succeeded in one statement, each with its result (results[i] for job_ids[i];
+-- NULL results: none), and returns the ids it accepted. A job worker_id no longer holds (lease
+-- expired, taken over, cancelled, finished) is refused exactly as ml.complete_job refuses it:
+-- left as it is, its result not written, its id not returned; the others are accepted. Each
+-- accepted job emits its own job.succeeded event. For workers acknowledging handlers that write
+-- nothing transactional (pgmlops.jobs.handlers: transactional=False): one commit for a batch.
+-- Raises 22023 on a blank worker_id, NULL or duplicate ids, more than 1000 ids, or results of
+-- another length; 54000 when a result is over 1 MB (naming its job). Nothing is written on error.
+-- Callers: service_role (workers).
+create or replace function ml.complete_jobs(worker_id text, job_ids bigint[], results jsonb[] default null)
+returns setof bigint
+language plpgsql volatile
+set search_path = ''
+as $$
+declare
+    v_bad  bigint;
+    v_held bigint[];
+begin
+    perform ml_private.check_worker_id(worker_id);
+    -- The same cap as a claim's max_jobs: a batch is what one claim can hold.
+    if job_ids is null or cardinality(job_ids) > 1000 then
+        raise exception 'job_ids: must be an array of at most 1000 ids, got %',
+            coalesce(cardinality(job_ids)::text || ' ids', 'NULL') using errcode = '22023';
+    end if;
+    if results is not null and cardinality(results) <> cardinality(job_ids) then
+        raise exception 'results: must have one entry per job id (%), got %', cardinality(job_ids), cardinality(results)
+            using errcode = '22023';
+    end if;
+    if array_position(job_ids, null) is not null
+       or (select count(distinct id) from unnest(job_ids) as u(id)) <> cardinality(job_ids) then
+        raise exception 'job_ids: must be distinct and not NULL' using errcode = '22023';
+    end if;
+    select u.id into v_bad from unnest(job_ids, results) as u(id, result)
+    where pg_column_size(u.result) > 1048576 limit 1;
+    if found then
+        raise exception 'result of job %: must be at most 1 MB', v_bad
+            using errcode = '54000', hint = 'Store bulk output in a table and return its id.';
+    end if;
+
+    -- Lock the jobs by primary key, in id order (so concurrent batches cannot deadlock), then keep
+    -- the ones worker_id holds: ml_private.held_job's test. Two steps because one UPDATE with the
+    -- status test in its WHERE is planned as a scan of every running job (jobs_lease_idx)
+    -- (materialized: the test stays outside, or the planner would push it into that scan).
+    with locked as materialized (
+        select j.id, j.status, j.locked_by, j.lease_expires_at from ml.jobs j
+        where j.id = any (job_ids) order by j.id for update
+    )
+    select coalesce(array_agg(h.id), '{}') into v_held from locked h
+    where h.status = 'running' and h.locked_by = complete_jobs.worker_id and h.lease_expires_at >= clock_timestamp();
+
+    return query
+    update ml.jobs j set status = 'succeeded', result = u.result, finished_at = clock_timestamp(),
+                         lease_expires_at = null
+    from unnest(job_ids, results) as u(id, result)
+    where j.id = u.id and u.id = any (v_held)
+    returning j.id;
 end
 $$;
 
@@ -445,6 +512,7 @@ grant execute on function
     ml.claim_jobs(text, text[], int, interval),
     ml.heartbeat(bigint, text),
     ml.complete_job(bigint, text, jsonb),
+    ml.complete_jobs(text, bigint[], jsonb[]),
     ml.fail_job(bigint, text, text, boolean),
     ml.release_job(bigint, text),
     ml.reap_expired_leases(int),

@@ -22,3 +22,7 @@ def echo(ctx: JobContext) -> dict[str, Any]:
         if ctx.lost.wait(min(left, 0.05)):
             break
     return {"echo": payload, "attempt": ctx.job.attempts, "worker": ctx.worker_id}
+
+
+# echo writes nothing: its jobs are run in batches and acknowledged together (pgmlops.jobs.handlers).
+echo.pgmlops_transactional = False  # type: ignore[attr-defined]

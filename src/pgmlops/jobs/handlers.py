@@ -10,9 +10,22 @@ job kind being the entry point's name; a user's package adds kinds the same way:
 or, in one process, with :func:`register` / ``@handler("kind")``.
 
 A handler returns a JSON-serializable result (or None), raises :class:`PermanentError` for input
-that no retry can fix, and any other exception for a retryable failure. It runs inside a
-transaction on ``ctx.conn`` that commits together with the job's completion, so its writes and
-the job's success land together or not at all; ``ctx.conn`` acts for the job's tenant.
+that no retry can fix, and any other exception for a retryable failure.
+
+Transactional handlers (the default) run inside a transaction on ``ctx.conn``, acting for the
+job's tenant, that commits together with the job's completion: their writes and the job's success
+land together or not at all, exactly once. That costs one committed transaction per job.
+
+A handler that writes nothing transactional (it computes, calls a service, or only reads) may say
+so: ``register(kind, fn, transactional=False)``, ``@handler(kind, transactional=False)``, or, for
+an entry point, the attribute ``fn.pgmlops_transactional = False`` on the function itself (as the
+``echo`` handler does). The worker then runs a batch of such jobs (as many as one claim took) and
+acknowledges them together in one statement (``ml.complete_jobs``): one commit for the batch, the
+same ``job.succeeded`` event per job. Its ``ctx.conn`` acts for the job's tenant as a transactional
+handler's does, but in a read-only transaction shared by the batch's jobs of that tenant: reads
+work, and a write fails the job (SQLSTATE 25006) instead of landing apart from its completion, so
+such a handler cannot :meth:`JobContext.publish` progress either. Delivery is at least once as
+always: a worker killed mid-batch leaves its finished, unacknowledged jobs to run again.
 """
 
 from __future__ import annotations
@@ -29,7 +42,19 @@ if TYPE_CHECKING:
 
     from pgmlops.jobs.queue import Job
 
-__all__ = ["ENTRY_POINT_GROUP", "Handler", "JobContext", "PermanentError", "get", "handler", "kinds", "load_plugins", "register"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "TRANSACTIONAL_ATTRIBUTE",
+    "Handler",
+    "JobContext",
+    "PermanentError",
+    "get",
+    "handler",
+    "is_transactional",
+    "kinds",
+    "load_plugins",
+    "register",
+]
 
 
 class PermanentError(Exception):
@@ -78,30 +103,48 @@ Handler = Callable[[JobContext], Any]
 
 ENTRY_POINT_GROUP = "pgmlops.handlers"
 
+# A function attribute: False declares that the handler writes nothing transactional.
+TRANSACTIONAL_ATTRIBUTE = "pgmlops_transactional"
+
 _lock = threading.Lock()
 _registry: dict[str, Handler] = {}
+_transactional: dict[str, bool] = {}
 
 
-def register(kind: str, fn: Handler, *, replace: bool = False) -> None:
+def register(kind: str, fn: Handler, *, replace: bool = False, transactional: bool | None = None) -> None:
     """Register ``fn`` for job kind ``kind`` in this process.
+
+    ``transactional=False`` declares that ``fn`` writes nothing transactional, so its jobs are
+    run in batches and acknowledged together (see the module docstring); None (the default)
+    takes the function's ``pgmlops_transactional`` attribute, else True.
 
     Raises:
         ValueError: another function is registered for ``kind`` (unless ``replace``).
+        TypeError: ``fn.pgmlops_transactional`` is not a bool.
     """
+    declared = _declared(fn) if transactional is None else bool(transactional)
     with _lock:
         if kind in _registry and not replace and _registry[kind] is not fn:
             raise ValueError(f"a handler for job kind {kind!r} is already registered")
         _registry[kind] = fn
+        _transactional[kind] = declared
 
 
-def handler(kind: str) -> Callable[[Handler], Handler]:
+def handler(kind: str, *, transactional: bool | None = None) -> Callable[[Handler], Handler]:
     """Decorator form of :func:`register`."""
 
     def wrap(fn: Handler) -> Handler:
-        register(kind, fn)
+        register(kind, fn, transactional=transactional)
         return fn
 
     return wrap
+
+
+def _declared(fn: Handler) -> bool:
+    declared = getattr(fn, TRANSACTIONAL_ATTRIBUTE, True)
+    if not isinstance(declared, bool):
+        raise TypeError(f"{TRANSACTIONAL_ATTRIBUTE} of handler {fn!r} must be True or False, got {declared!r}")
+    return declared
 
 
 def _entry_points() -> dict[str, EntryPoint]:
@@ -126,8 +169,22 @@ def get(kind: str) -> Handler:
     loaded = ep.load()
     if not callable(loaded):
         raise TypeError(f"entry point {ENTRY_POINT_GROUP}:{kind} = {ep.value} is not a callable handler")
+    declared = _declared(loaded)
     with _lock:
+        _transactional.setdefault(kind, declared)
         return _registry.setdefault(kind, loaded)
+
+
+def is_transactional(kind: str) -> bool:
+    """Whether ``kind``'s handler runs in its job's transaction (True unless it declared
+    otherwise; see the module docstring). Loads the handler like :func:`get`.
+
+    Raises:
+        KeyError: no handler for ``kind``.
+    """
+    get(kind)
+    with _lock:
+        return _transactional[kind]
 
 
 def kinds() -> list[str]:

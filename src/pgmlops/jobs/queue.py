@@ -6,7 +6,7 @@ connections commit each call). SQL errors come back as :mod:`pgmlops.errors` exc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +22,7 @@ __all__ = [
     "cancel",
     "claim",
     "complete",
+    "complete_many",
     "counts",
     "enqueue",
     "fail",
@@ -81,6 +82,24 @@ def heartbeat(conn: psycopg.Connection[Any], job_id: int, worker_id: str) -> boo
 def complete(conn: psycopg.Connection[Any], job_id: int, worker_id: str, result: Any = None) -> None:
     """Mark the job succeeded. Raises :class:`~pgmlops.errors.LeaseLost` if not held."""
     call(conn, "ml.complete_job(%s, %s, %s)", (job_id, worker_id, Jsonb(result) if result is not None else None))
+
+
+def complete_many(conn: psycopg.Connection[Any], worker_id: str, results: Mapping[int, Any]) -> set[int]:
+    """Mark many jobs succeeded in one statement, ``results`` mapping each job id to its result;
+    return the ids accepted (see ml.complete_jobs). Jobs ``worker_id`` no longer holds are
+    refused (left as they are, results not written) and the others accepted: no LeaseLost.
+
+    Raises:
+        InvalidInput: more than 1000 jobs, or a result over 1 MB (nothing is written).
+    """
+    if not results:
+        return set()
+    ids = list(results)
+    values = [None if r is None else Jsonb(r) for r in results.values()]
+    with sql_errors():
+        rows = conn.execute("select * from ml.complete_jobs(%s, %s::bigint[], %s::jsonb[])",
+                            (worker_id, ids, values)).fetchall()
+    return {int(r[0]) for r in rows}
 
 
 def fail(conn: psycopg.Connection[Any], job_id: int, worker_id: str, error: str, *,

@@ -5,6 +5,10 @@ idle worker wakes within milliseconds of an enqueue (polling every ``poll_interv
 fallback), one runs handlers and completes jobs, and one belongs to a heartbeat thread that
 extends the leases of held jobs. :func:`run_workers` supervises N such processes.
 
+A transactional handler's job commits with its handler's writes, one transaction per job; jobs
+of handlers that write nothing transactional run in batches acknowledged by one statement
+(:mod:`pgmlops.jobs.handlers`).
+
 Stopping: the first SIGTERM or SIGINT stops claiming; the running job finishes and prefetched
 jobs are given back unrun. A second signal aborts the running job and gives its lease back.
 SIGKILL loses nothing either: the job's lease expires and another worker claims it. A worker
@@ -25,6 +29,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -33,7 +38,7 @@ from typing import Any
 import psycopg
 
 from pgmlops.db import call, resolve_url, tenant_context
-from pgmlops.errors import LeaseLost, PgmlopsError
+from pgmlops.errors import InvalidInput, LeaseLost, PgmlopsError
 from pgmlops.jobs import handlers, queue
 from pgmlops.jobs.handlers import JobContext, PermanentError
 
@@ -69,6 +74,7 @@ class _Abort(BaseException):
 class _Held:
     job: queue.Job
     ctx: JobContext | None = None
+    completing: bool = False  # its completion was sent: a refused heartbeat no longer means lost
 
 
 class _Heartbeat(threading.Thread):
@@ -113,8 +119,9 @@ class _Heartbeat(threading.Thread):
                         continue
                     with self._lock:
                         still_held = h.job.id in self._held
-                    # A job finished between the snapshot and its heartbeat is not lost.
-                    if still_held and h.ctx is not None:
+                    # A job finished between the snapshot and its heartbeat is not lost (the
+                    # heartbeat may even have waited for the row lock of its completion).
+                    if still_held and h.ctx is not None and not h.completing:
                         log.warning("job %s: lease lost (expired, cancelled or taken over)", h.job.id)
                         h.ctx.lost.set()
             except (psycopg.Error, PgmlopsError) as exc:  # a broken connection: the queue's error, translated
@@ -130,10 +137,16 @@ class _Heartbeat(threading.Thread):
 class Worker:
     """One worker process's loop. Not thread-safe: call :meth:`run` from the main thread.
 
+    Claimed jobs run in claim order. A transactional handler's job runs alone in its own
+    transaction, committed with its completion. Consecutive jobs of handlers that write nothing
+    transactional (:func:`pgmlops.jobs.handlers.is_transactional`) run as one batch, acknowledged
+    together by one ``ml.complete_jobs`` statement; so batches need ``prefetch`` above 1.
+
     Args:
         url: database URL (None: see :func:`pgmlops.db.resolve_url`).
         kinds: job kinds to claim; None means every kind with a registered handler.
-        prefetch: jobs claimed per round trip; the ones not yet started are heartbeated too.
+        prefetch: jobs claimed per round trip (and the largest batch); the ones not yet started
+            are heartbeated too.
         poll_interval: seconds to wait for a NOTIFY before polling again.
         idle_exit: exit after this many seconds with nothing to do (None: run until stopped).
         maintenance_interval: seconds between ml.run_maintenance() calls when pg_cron
@@ -157,6 +170,9 @@ class Worker:
         self._stopping = threading.Event()
         self._signals = 0
         self._running_job: _Held | None = None
+        self._url = ""
+        self._work: psycopg.Connection[Any] | None = None
+        self._kinds: list[str] = []
 
     # -- control ---------------------------------------------------------------------------
 
@@ -176,9 +192,9 @@ class Worker:
 
     def run(self) -> WorkerStats:
         """Claim and run jobs until stopped (or idle for ``idle_exit`` seconds)."""
-        url = resolve_url(self.url)
+        self._url = url = resolve_url(self.url)
         handlers.load_plugins()
-        kinds = list(self.kinds) if self.kinds else handlers.kinds()
+        self._kinds = kinds = list(self.kinds) if self.kinds else handlers.kinds()
         for kind in kinds:
             handlers.get(kind)  # fail fast on a kind with no handler
         if self.install_signals:
@@ -188,40 +204,40 @@ class Worker:
         beat = _Heartbeat(url, self.worker_id)
         beat.start()
         listen = psycopg.connect(url, autocommit=True, application_name="pgmlops worker listen")
-        work = psycopg.connect(url, autocommit=True, application_name=f"pgmlops worker {self.worker_id}")
+        self._work = psycopg.connect(url, autocommit=True, application_name=f"pgmlops worker {self.worker_id}")
+        pending: deque[_Held] = deque()  # claimed, not started
         try:
             listen.execute("listen ml_jobs")
-            use_maintenance = self.maintenance_interval is not None and not self._has_cron(work)
+            use_maintenance = self.maintenance_interval is not None and not self._has_cron(self._work)
             last_maintenance = 0.0
             idle_since = time.monotonic()
+            nothing_left = False  # the claim made with the last completion found nothing
             log.info("worker %s: claiming %s", self.worker_id, ", ".join(kinds))
             while not self._stopping.is_set():
                 if use_maintenance and time.monotonic() - last_maintenance >= (self.maintenance_interval or 0):
                     last_maintenance = time.monotonic()
-                    self._maintenance(work)
-                jobs = queue.claim(work, self.worker_id, kinds, self.prefetch,
-                                   timedelta(seconds=self.lease) if self.lease else None)
-                if not jobs:
-                    if self.idle_exit is not None and time.monotonic() - idle_since >= self.idle_exit:
-                        break
-                    self._wait_for_work(listen)
-                    continue
-                held = [_Held(job) for job in jobs]
-                for h in held:
-                    beat.hold(h)
-                for h in held:
-                    if self._stopping.is_set():
-                        self._release(work, h)
-                    else:
-                        work = self._run_one(url, work, h)
-                    beat.forget(h.job.id)
+                    self._maintenance(self._work)
+                if not pending:
+                    jobs = [] if nothing_left else self._claim(self._work)
+                    nothing_left = False
+                    if not jobs:
+                        if self.idle_exit is not None and time.monotonic() - idle_since >= self.idle_exit:
+                            break
+                        self._wait_for_work(listen)
+                        continue
+                    self._hold(jobs, pending, beat)
+                claimed = self._run_claimed(pending, beat)
+                if claimed:
+                    self._hold(claimed, pending, beat)
+                nothing_left = claimed is not None and not claimed
                 idle_since = time.monotonic()
         except _Abort:
             log.info("worker %s: aborted", self.worker_id)
         finally:
+            self._give_back(pending, beat)
             beat.stop()
             listen.close()
-            work.close()
+            self._work.close()
         log.info("worker %s: stopped (%s)", self.worker_id, self.stats)
         return self.stats
 
@@ -231,10 +247,49 @@ class Worker:
         for _ in listen.notifies(timeout=self.poll_interval, stop_after=1):
             pass
 
-    def _run_one(self, url: str, work: psycopg.Connection[Any], held: _Held) -> psycopg.Connection[Any]:
+    def _claim(self, conn: psycopg.Connection[Any]) -> list[queue.Job]:
+        return queue.claim(conn, self.worker_id, self._kinds, self.prefetch,
+                           timedelta(seconds=self.lease) if self.lease else None)
+
+    @staticmethod
+    def _hold(jobs: list[queue.Job], pending: deque[_Held], beat: _Heartbeat) -> None:
+        for job in jobs:
+            held = _Held(job)
+            pending.append(held)
+            beat.hold(held)
+
+    def _run_claimed(self, pending: deque[_Held], beat: _Heartbeat) -> list[queue.Job] | None:
+        """Run the claimed jobs in order until none is left or a stop was asked for; what is left
+        in ``pending`` was not started. The last completion claims the next jobs in its own
+        transaction (one commit, not two): they are returned; None when it did not claim."""
+        claimed: list[queue.Job] | None = None
+        while pending and not self._stopping.is_set():
+            if handlers.is_transactional(pending[0].job.kind):
+                held = pending.popleft()
+                try:
+                    claimed = self._run_one(held, claim_next=not pending)
+                finally:
+                    beat.forget(held.job.id)
+                continue
+            batch: list[_Held] = []
+            while pending and not handlers.is_transactional(pending[0].job.kind):
+                batch.append(pending.popleft())
+            try:
+                claimed = self._run_batch(batch, pending)
+            finally:
+                for h in batch:
+                    beat.forget(h.job.id)
+        return claimed
+
+    # -- a transactional job -----------------------------------------------------------------
+
+    def _run_one(self, held: _Held, *, claim_next: bool) -> list[queue.Job] | None:
+        """Run a transactional job; with ``claim_next`` (it was the last one claimed), claim the
+        next jobs in its completion's transaction and return them."""
         job = held.job
-        ctx = JobContext(job=job, conn=work, worker_id=self.worker_id, stopping=self._stopping)
-        held.ctx = ctx
+        work = self._connection()
+        held.ctx = ctx = JobContext(job=job, conn=work, worker_id=self.worker_id, stopping=self._stopping)
+        claimed: list[queue.Job] | None = None
         self._running_job = held
         try:
             fn = handlers.get(job.kind)
@@ -242,43 +297,178 @@ class Worker:
             # writes and the job's completion land together, with the claims any client has.
             with tenant_context(work, job.tenant_id):
                 result = fn(ctx)
+                self._running_job = None
+                held.completing = True
                 queue.complete(work, job.id, self.worker_id, result)
+                if claim_next and not self._stopping.is_set():
+                    claimed = self._claim(work)
             self.stats.succeeded += 1
+            return claimed
         except _Abort:
-            work = self._fresh(url, work)
-            self._release(work, held)
+            self._fresh()
+            self._release(held)
             raise
-        except LeaseLost as exc:
-            self.stats.refused += 1
-            log.warning("job %s: result refused: %s", job.id, exc)
         except Exception as exc:  # the handler's failure, to be recorded, never to kill the worker
-            work = self._fresh(url, work)
-            retry = not isinstance(exc, PermanentError)
-            message = f"{type(exc).__name__}: {exc}"
-            if retry:
-                message += "\n" + "".join(traceback.format_exception(exc)[-3:])
-            try:
-                status = queue.fail(work, job.id, self.worker_id, message, retry=retry)
-                self.stats.failed += 1
-                log.info("job %s (%s) failed, now %s: %s", job.id, job.kind, status, exc)
-            except LeaseLost:
-                self.stats.refused += 1
+            self._record_failure(held, exc)
+            return None
         finally:
             self._running_job = None
-        return work
 
-    def _release(self, work: psycopg.Connection[Any], held: _Held) -> None:
+    # -- a batch of non-transactional jobs ---------------------------------------------------
+
+    def _run_batch(self, batch: list[_Held], pending: deque[_Held]) -> list[queue.Job] | None:
+        """Run jobs whose handlers write nothing transactional, then acknowledge the finished
+        ones in one statement. Each tenant's jobs share one read-only transaction acting for
+        it. On a stop the jobs not started go back to ``pending``; on an abort the running one
+        too; finished jobs are acknowledged either way. When nothing is left, the
+        acknowledgement claims the next jobs in its transaction: they are returned."""
+        order = {t: i for i, t in reversed(list(enumerate(h.job.tenant_id for h in batch)))}
+        todo = deque(sorted(batch, key=lambda h: order[h.job.tenant_id]))  # stable: claim order per tenant
+        results: dict[int, Any] = {}
+        done: list[_Held] = []
+        failures: list[tuple[_Held, Exception]] = []
+        claimed: list[queue.Job] | None = None
+        completed = False
         try:
-            queue.release(work, held.job.id, self.worker_id)
+            while todo and not self._stopping.is_set():
+                self._run_tenant_jobs(todo, results, done, failures)
+            completed = True
+        finally:
+            pending.extendleft(reversed(todo))
+            claimed = self._acknowledge(done, results, claim_next=completed and not pending and not failures)
+            for held, exc in failures:
+                self._record_failure(held, exc)
+        return claimed
+
+    def _run_tenant_jobs(self, todo: deque[_Held], results: dict[int, Any], done: list[_Held],
+                         failures: list[tuple[_Held, Exception]]) -> None:
+        """Run the jobs at the head of ``todo`` that share its first job's tenant, in one read-only
+        transaction acting for that tenant (a new one after a job broke it)."""
+        tenant = todo[0].job.tenant_id
+        work = self._connection()
+        started = False
+        try:
+            work.read_only = True  # BEGIN READ ONLY: no statement of its own
+            with tenant_context(work, tenant):
+                started = True
+                while todo and todo[0].job.tenant_id == tenant and not self._stopping.is_set():
+                    held = todo.popleft()
+                    try:
+                        results[held.job.id] = self._call(held, work)
+                        done.append(held)
+                    except _Abort:
+                        todo.appendleft(held)
+                        raise
+                    except Exception as exc:  # recorded once the batch is acknowledged
+                        failures.append((held, exc))
+                        if work.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
+                            break  # the handler broke the transaction: the rest get a new one
+        except (psycopg.Error, PgmlopsError) as exc:
+            # Handlers' failures are caught above: this is the transaction itself failing to start
+            # or end. Nothing was written in it, so finished results stand; if it never started,
+            # the tenant's jobs fail with its error.
+            self._fresh()
+            if not started:
+                log.warning("tenant %s: cannot act for it: %s", tenant, exc)
+                while todo and todo[0].job.tenant_id == tenant:
+                    failures.append((todo.popleft(), exc))
+        finally:
+            if not work.closed and work.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                work.read_only = None  # the transactions after this one: read-write again
+
+    def _call(self, held: _Held, work: psycopg.Connection[Any]) -> Any:
+        held.ctx = JobContext(job=held.job, conn=work, worker_id=self.worker_id, stopping=self._stopping)
+        self._running_job = held
+        try:
+            return handlers.get(held.job.kind)(held.ctx)
+        finally:
+            self._running_job = None
+
+    def _acknowledge(self, done: list[_Held], results: dict[int, Any], *,
+                     claim_next: bool) -> list[queue.Job] | None:
+        """Complete the finished jobs of a batch in one statement, as the service role; with
+        ``claim_next``, claim the next jobs in the same transaction and return them."""
+        if not done:
+            return None
+        work = self._connection()
+        claimed: list[queue.Job] | None = None
+        for held in done:
+            held.completing = True
+        try:
+            with tenant_context(work):
+                accepted = queue.complete_many(work, self.worker_id, {h.job.id: results[h.job.id] for h in done})
+                if claim_next and not self._stopping.is_set():
+                    claimed = self._claim(work)
+        except InvalidInput:
+            # A result the batch refuses (over 1 MB): each job alone, so that only that one fails.
+            for held in done:
+                self._complete_alone(held, results[held.job.id])
+            return None
+        self.stats.succeeded += len(accepted)
+        refused = [h.job.id for h in done if h.job.id not in accepted]
+        if refused:
+            self.stats.refused += len(refused)
+            log.warning("jobs %s: results refused: no longer held by %s", refused, self.worker_id)
+        return claimed
+
+    def _complete_alone(self, held: _Held, result: Any) -> None:
+        work = self._connection()
+        try:
+            with tenant_context(work, held.job.tenant_id):
+                queue.complete(work, held.job.id, self.worker_id, result)
+            self.stats.succeeded += 1
+        except Exception as exc:
+            self._record_failure(held, exc)
+
+    # -- failures and give-backs -------------------------------------------------------------
+
+    def _record_failure(self, held: _Held, exc: Exception) -> None:
+        job = held.job
+        if isinstance(exc, LeaseLost):
+            self.stats.refused += 1
+            log.warning("job %s: result refused: %s", job.id, exc)
+            return
+        work = self._fresh()
+        retry = not isinstance(exc, PermanentError)
+        message = f"{type(exc).__name__}: {exc}"
+        if retry:
+            message += "\n" + "".join(traceback.format_exception(exc)[-3:])
+        try:
+            status = queue.fail(work, job.id, self.worker_id, message, retry=retry)
+            self.stats.failed += 1
+            log.info("job %s (%s) failed, now %s: %s", job.id, job.kind, status, exc)
+        except LeaseLost:
+            self.stats.refused += 1
+
+    def _release(self, held: _Held) -> None:
+        try:
+            queue.release(self._connection(), held.job.id, self.worker_id)
             self.stats.released += 1
         except LeaseLost:
             pass
 
-    @staticmethod
-    def _fresh(url: str, work: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    def _give_back(self, pending: deque[_Held], beat: _Heartbeat) -> None:
+        """Release the claimed jobs that were not started (stopping, aborted or failing)."""
+        while pending:
+            held = pending.popleft()
+            try:
+                self._fresh()
+                self._release(held)
+            except (psycopg.Error, PgmlopsError) as exc:
+                log.warning("job %s: not given back, its lease will expire: %s", held.job.id, exc)
+            beat.forget(held.job.id)
+
+    # -- connections and maintenance ---------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        assert self._work is not None, "the worker is not running"
+        return self._work
+
+    def _fresh(self) -> psycopg.Connection[Any]:
         """The work connection, replaced when a handler broke it."""
+        work = self._connection()
         if work.closed or work.broken:
-            return psycopg.connect(url, autocommit=True, application_name="pgmlops worker")
+            self._work = work = psycopg.connect(self._url, autocommit=True, application_name="pgmlops worker")
         return work
 
     @staticmethod
