@@ -312,8 +312,8 @@ begin
 end
 $$;
 
--- ml_private.as_of_timeline_sql(p_table regclass, p_tenant uuid, p_columns text[], p_from timestamptz, p_to timestamptz)
--- returns text
+-- ml_private.as_of_timeline_sql(p_table regclass, p_tenant uuid, p_columns text[], p_from timestamptz,
+--                               p_to timestamptz) returns text
 -- A subquery (text) with one row per entity of p_tenant's rows of p_table with p_from <=
 -- event_time <= p_to (p_from NULL: no lower bound): k (entity_key), h (true when it has more
 -- than 1000 rows), t (event_time[]) and v1..vN (one array per column of p_columns), all in
@@ -348,8 +348,8 @@ as $$
         case when p_from is null then '' else format(' and v.event_time >= %L', p_from) end)
 $$;
 
--- ml_private.as_of_plan(p_table regclass, p_tenant uuid, p_spine_rows bigint, p_from timestamptz, p_to timestamptz)
--- returns text
+-- ml_private.as_of_plan(p_table regclass, p_tenant uuid, p_spine_rows bigint, p_from timestamptz,
+--                       p_to timestamptz) returns text
 -- 'probe' or 'merge' (see the section's header) for joining p_spine_rows spine rows to p_tenant's
 -- rows of p_table with event times in [p_from, p_to] (p_from NULL: unbounded). The setting
 -- pgmlops.training_set_plan ('probe', 'merge', or 'auto', the default) forces a plan; 'auto'
@@ -759,12 +759,13 @@ $$;
 -- Builds a point-in-time correct training set (see the header) and returns its id in
 -- ml.datasets; the rows are in its table_name, row_id numbering them in (keys, event_time,
 -- label) order (so equal content gives an equal table and content hash). Building the same
--- name again makes a new version. Runs with work_mem 256MB (one sort of the spine, the merged
--- groups' timelines). Each group is joined by probes (small spines) or in one pass over its rows
--- (large spines), chosen per group by ml_private.as_of_plan: merge when the spine has at least
--- an eighth as many rows as the group's offline table holds in the spine's time window (the
--- planner's estimate); the setting pgmlops.training_set_plan = 'probe' | 'merge' | 'auto'
--- forces it, and source_groups[i].plan records the plan used. Both give the same rows.
+-- name again makes a new version. Runs with work_mem 256MB (one sort of the spine; the merged
+-- groups' timelines held in hash tables). Each group is joined by probes (small spines) or in
+-- one pass over its rows (large spines), chosen per group by ml_private.as_of_plan: merge when
+-- the spine has at least an eighth as many rows as the group's offline table holds in the
+-- spine's time window (the planner's estimate); the setting pgmlops.training_set_plan =
+-- 'probe' | 'merge' | 'auto' forces it, and source_groups[i].plan records the plan used. Both
+-- give the same rows.
 --   name      lowercase letters, digits and _ (1 to 48, starting with a letter)
 --   spine     a table or view name (resolved with the caller's search_path) or a query (SELECT,
 --             WITH, VALUES or TABLE), run with the caller's rights. Its columns:
