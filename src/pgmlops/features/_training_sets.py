@@ -76,7 +76,12 @@ def create_training_set(conn: Conn, name: str, spine: str | pd.DataFrame, featur
         features: ``'group:feature'`` or ``'group@version:feature'`` references.
         label: the spine column holding the label.
         transformations: specs such as ``{"type": "standardize", "column": "amount"}``; see
-            ``sql/training_sets.sql``.
+            ``sql/features/transformations.sql``.
+
+    Each feature group is joined by one backward probe per spine row (small spines) or in one pass
+    over the group's rows (large spines), chosen by size; ``set pgmlops.training_set_plan =
+    'probe'`` (or ``'merge'``, ``'auto'``) in the session forces it, and the dataset's
+    ``source_groups`` record the plan each group used. Both give the same rows.
 
     Returns:
         The dataset id.
