@@ -156,17 +156,17 @@ $$;
 --
 --   probe   one backward index probe per spine row (ml_private.as_of_probe_sql): a few µs a row,
 --           whatever the size of the group. Best for spines that are small next to the group.
---   merge   one pass over the group's rows in the window the spine needs (ml_private.as_of_timeline_sql):
---           its rows, in primary-key order (entity, then time), become one timeline per entity,
---           its times and each feature's values as arrays in time order; every spine row then finds
---           its place on its entity's timeline by binary search (width_bucket over the times: the
---           number of rows at or before the spine time, which is the running count of rows Feast's
---           SQL computes with a window function) and takes that row's values by subscript. Costs
---           a fraction of a µs per row of the group plus less per spine row than a probe: best for
---           large spines.
---           An entity with more than 1000 rows in the window is probed instead: subscripting the
---           n-th element of an array with NULLs or of variable-width values walks n elements
---           (about 2 ns each), so past a thousand a probe is cheaper.
+--   merge   one pass over the group's rows in the window the spine needs
+--           (ml_private.as_of_timeline_sql): its rows, in primary-key order (entity, then time),
+--           become one timeline per entity, its times and each feature's values as arrays in time
+--           order; every spine row then finds its place on its entity's timeline by binary search
+--           (width_bucket over the times: the number of rows at or before the spine time, which is
+--           the running count of rows Feast's SQL computes with a window function) and takes that
+--           row's values by subscript. Costs a fraction of a µs per row of the group, plus less per
+--           spine row than a probe: best for large spines. An entity with more than 1000 rows in
+--           the window is probed instead: subscripting the n-th element of an array with NULLs or
+--           of variable-width values walks n elements (about 2 ns each), so past a thousand a
+--           probe is cheaper.
 --
 -- Why not the literal timeline (spine rows and feature rows in one sorted relation, a running
 -- count as a group id, a second window to spread the row's values): PostgreSQL sorts the union
@@ -319,8 +319,8 @@ $$;
 -- than 1000 rows), t (event_time[]) and v1..vN (one array per column of p_columns), all in
 -- event_time order, so that width_bucket(time, t) is the number of the entity's rows at or
 -- before `time` and vi[that] their latest row's value. Entities with more than 1000 rows get
--- NULL arrays: the caller probes them (see the section's header). The rows are read in primary-key order
--- (tenant_id, entity_key, event_time), so nothing is sorted.
+-- NULL arrays: the caller probes them (see the section's header). The rows are read in
+-- primary-key order (tenant_id, entity_key, event_time), so nothing is sorted.
 -- Order of the arrays: from PostgreSQL 16 on, array_agg(... order by event_time) over input
 -- already in that order costs nothing more (the planner sees it is presorted). Before 16 an
 -- ordered aggregate sorts every entity's rows again, once per array; there, array_agg takes the
