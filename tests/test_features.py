@@ -216,6 +216,14 @@ BAD_SCHEMAS = {
                                         "pgmlops column)"),
     "feature named label": ({"label": {"dtype": "int"}},
                             "schema.label: the name 'label' is reserved (join key, event time or a pgmlops column)"),
+    # Columns of the version's typed tables (docs/features.md).
+    "feature named ingested_at": ({"ingested_at": {"dtype": "timestamp"}},
+                                  "schema.ingested_at: the name 'ingested_at' is reserved (join key, event time or a pgmlops column)"),
+    "feature named ingestion_id": ({"ingestion_id": {"dtype": "text"}},
+                                   "schema.ingestion_id: the name 'ingestion_id' is reserved "
+                                   "(join key, event time or a pgmlops column)"),
+    "feature named entity_key": ({"entity_key": {"dtype": "text"}},
+                                 "schema.entity_key: the name 'entity_key' is reserved (join key, event time or a pgmlops column)"),
     "feature name with capitals": ({"Amount": {"dtype": "int"}},
                                    "schema: feature name 'Amount' must be lowercase letters, digits and _ "
                                    "(1 to 63, not starting with a digit)"),
@@ -232,6 +240,16 @@ def test_a_bad_schema_is_refused_naming_the_field_and_the_rule(conn: Conn, tenan
     with refused("22023") as info:
         create(conn, schema)
     assert message(info.value).startswith(says)
+
+
+def test_a_feature_named_event_time_is_refused_even_when_the_time_column_is_another(conn: Conn, tenant: str) -> None:
+    """The version's tables have an event_time column of their own, whatever the rows call their time."""
+    with refused("22023") as info:
+        conn.execute("select ml.create_feature_group('g', 'card', %s, event_time_column => 'ts')",
+                     (Jsonb({"event_time": {"dtype": "timestamp"}}),))
+    assert message(info.value) == ("schema.event_time: the name 'event_time' is reserved "
+                                   "(join key, event time or a pgmlops column)")
+    assert conn.execute("select count(*) from ml.feature_groups where tenant_id = %s", (tenant,)).fetchone() == (0,)
 
 
 @pytest.mark.parametrize("ttl", ["-1 day", "0 seconds"])
@@ -593,13 +611,14 @@ def test_the_ingestion_is_recorded_with_its_counts(conn: Conn, tenant: str) -> N
 # -- writing the same key and time again ---------------------------------------------------------------
 
 
-def test_reingesting_the_same_key_and_event_time_updates_in_place(conn: Conn, tenant: str) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_reingesting_the_same_key_and_event_time_updates_in_place(conn: Conn, tenant: str, path: str) -> None:
     create(conn, {"x": {"dtype": "int"}})
-    ingest(conn, [{"card": "k1", "event_time": T0, "x": 1}])
-    result = ingest(conn, [{"card": "k1", "event_time": T0, "x": 2}])
-    assert (result["written"], result["inserted"], result["updated"]) == (1, 0, 1)
-    assert offline(conn) == [("k1", T0, {"x": 2})]
-    assert online(conn, ["g:x"], ["k1"]) == [("k1", {"g:x": 2})]
+    PATHS[path](conn, [{"card": "k1", "event_time": T0, "x": 1}])
+    result = PATHS[path](conn, [{"card": "k1", "event_time": T0, "x": 2}, {"card": "k2", "event_time": T0, "x": 3}])
+    assert (result["written"], result["inserted"], result["updated"]) == (2, 1, 1)
+    assert offline(conn) == [("k1", T0, {"x": 2}), ("k2", T0, {"x": 3})]
+    assert online(conn, ["g:x"], ["k1", "k2"]) == [("k1", {"g:x": 2}), ("k2", {"g:x": 3})]
 
 
 def test_the_same_instant_in_another_offset_is_the_same_event_time(conn: Conn, tenant: str) -> None:
@@ -722,6 +741,180 @@ def test_online_lookup_needs_at_least_one_key(conn: Conn, tenant: str) -> None:
     create(conn, {"x": {"dtype": "int"}})
     with refused("22023", r"^entity_keys: must name at least one key$"):
         online(conn, ["g:x"], [])
+
+
+def test_online_lookups_follow_a_new_current_version_within_one_session(conn: Conn, tenant: str) -> None:
+    """The lookup is prepared once per session and query; a new version makes another query."""
+    create(conn, {"x": {"dtype": "int"}})
+    ingest(conn, [{"card": "a", "event_time": T0, "x": 1}])
+    assert online(conn, ["g:x"], ["a"]) == [("a", {"g:x": 1})]
+    create(conn, {"x": {"dtype": "int"}})
+    assert online(conn, ["g:x"], ["a"]) == [("a", {"g:x": None})]
+    ingest(conn, [{"card": "a", "event_time": T0, "x": 2}])
+    assert online(conn, ["g:x"], ["a"]) == [("a", {"g:x": 2})]
+    conn.execute("select ml.set_feature_group_status('g', 2, 'archived')")
+    assert online(conn, ["g:x"], ["a"]) == [("a", {"g:x": 1})]
+
+
+def test_online_values_come_back_as_json_of_their_type(conn: Conn, tenant: str) -> None:
+    create(conn, [{"name": "n", "dtype": "int"}, {"name": "f", "dtype": "float"}, {"name": "b", "dtype": "bool"},
+                  {"name": "c", "dtype": "category"}, {"name": "ts", "dtype": "timestamp"}, {"name": "v", "dtype": "vector(3)"}])
+    ingest(conn, [{"card": "a", "event_time": T0, "n": 7, "f": -2.5e-7, "b": False, "c": "pro",
+                   "ts": "2026-01-01T12:00:00+02:00", "v": [0.5, -1, 0.1]}])
+    refs = ["g:n", "g:f", "g:b", "g:c", "g:ts", "g:v"]
+    assert online(conn, refs, ["a"]) == [("a", {"g:n": 7, "g:f": -2.5e-7, "g:b": False, "g:c": "pro",
+                                                "g:ts": "2026-01-01T10:00:00+00:00", "g:v": [0.5, -1, 0.1]})]
+
+
+def test_online_lookup_takes_many_keys_in_one_call(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    ingest(conn, [{"card": f"k{i}", "event_time": T0, "x": i} for i in range(0, 200, 2)])
+    keys = [f"k{i}" for i in range(200)]
+    assert online(conn, ["g:x"], keys) == [(k, {"g:x": i if i % 2 == 0 else None}) for i, k in enumerate(keys)]
+
+
+# -- the typed tables --------------------------------------------------------------------------------
+
+
+def test_each_version_has_an_offline_and_an_online_table_with_a_typed_column_per_feature(conn: Conn, tenant: str) -> None:
+    create(conn, [{"name": "n", "dtype": "int", "nullable": False}, {"name": "f", "dtype": "float"},
+                  {"name": "b", "dtype": "bool"}, {"name": "t", "dtype": "text"}, {"name": "c", "dtype": "category"},
+                  {"name": "ts", "dtype": "timestamp"}, {"name": "v", "dtype": "vector(3)"}])
+    offline_table, online_table = tables(conn)
+    assert offline_table.startswith("ml_features.fg_") and online_table == offline_table + "_online"
+    for table in (offline_table, online_table):
+        columns = conn.execute("select attname, format_type(atttypid, atttypmod), attnotnull from pg_attribute"
+                               " where attrelid = %s::regclass and attnum > 0 and not attisdropped order by attnum",
+                               (table,)).fetchall()
+        assert [(name, kind.rsplit(".", 1)[-1], not_null) for name, kind, not_null in columns] == [
+            ("tenant_id", "uuid", True), ("entity_key", "text", True), ("event_time", "timestamp with time zone", True),
+            ("n", "bigint", True), ("f", "double precision", False), ("b", "boolean", False), ("t", "text", False),
+            ("c", "text", False), ("ts", "timestamp with time zone", False), ("v", "vector(3)", False),
+            ("ingested_at", "timestamp with time zone", True), ("ingestion_id", "uuid", False)]
+        assert conn.execute("select relrowsecurity and relforcerowsecurity from pg_class where oid = %s::regclass",
+                            (table,)).fetchone() == (True,)
+        assert conn.execute("select count(*) from ml_private.tenant_tables where table_name = %s", (table,)).fetchone() == (1,)
+    keys = {t: conn.execute("select pg_get_constraintdef(oid) from pg_constraint where conrelid = %s::regclass and contype = 'p'",
+                            (t,)).fetchone() for t in (offline_table, online_table)}
+    assert keys == {offline_table: ("PRIMARY KEY (tenant_id, entity_key, event_time)",),
+                    online_table: ("PRIMARY KEY (tenant_id, entity_key)",)}
+    assert conn.execute("select count(*) from ml_private.time_partitioned_tables where table_name = %s",
+                        (offline_table,)).fetchone() == (1,)
+
+
+def test_a_versions_tables_hold_only_its_tenants_rows(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    offline_table, _ = tables(conn)
+    with refused("23514"):
+        conn.execute(f"insert into {offline_table} (tenant_id, entity_key, event_time, x) values (%s, 'k', now(), 1)",
+                     (make_tenant(conn),))
+
+
+def test_deleting_a_version_or_its_tenant_drops_its_tables(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    ingest(conn, [{"card": "a", "event_time": T0, "x": 1}])
+    old = tables(conn, "g@1")
+    create(conn, {"x": {"dtype": "int"}})
+    ingest(conn, [{"card": "a", "event_time": T0, "x": 2}])
+    new = tables(conn, "g@2")
+
+    def gone(names: tuple[str, str]) -> bool:
+        return all(conn.execute("select to_regclass(%s) is null and not exists (select 1 from ml_private.tenant_tables"
+                                " where table_name = %s) and not exists (select 1 from ml_private.time_partitioned_tables"
+                                " where table_name = %s)", (t, t, t)).fetchone() == (True,) for t in names)
+
+    conn.execute("delete from ml.feature_groups where tenant_id = %s and version = 1", (tenant,))
+    assert gone(old) and not gone(new)
+    assert online(conn, ["g:x"], ["a"]) == [("a", {"g:x": 2})]
+    act_for(conn, None)
+    conn.execute("delete from ml.tenants where id = %s", (tenant,))
+    assert gone(new)
+
+
+def test_the_fast_and_the_careful_path_store_the_same_rows(conn: Conn, tenant: str) -> None:
+    """A clean staged batch is written by the fast path; JSON rows, and a staged batch with a row
+    to quarantine, by the careful path: the same values land either way."""
+    schema = [{"name": "n", "dtype": "int", "min": 0}, {"name": "f", "dtype": "float"}, {"name": "b", "dtype": "bool"},
+              {"name": "c", "dtype": "category", "allowed": ["x", "y"]}, {"name": "ts", "dtype": "timestamp"},
+              {"name": "v", "dtype": "vector(2)"}]
+    for name in ("fast", "json", "careful"):
+        create(conn, schema, name=name)
+    rows: list[dict[str, Any]] = [
+            {"card": "k1", "event_time": T0, "n": 1, "f": 0.25, "b": True, "c": "x", "ts": "2026-01-01 10:00", "v": [1, 2]},
+            {"card": "k2", "event_time": T1, "n": 2, "f": -1e-9, "b": False, "c": "y", "ts": "2026-01-01T10:00:00+01:00"},
+            {"card": "k3", "event_time": T2}]
+    text: list[dict[str, Any]] = [
+        {k: (v if v is None or k in ("card", "event_time") else str(v).lower() if isinstance(v, bool) else str(v))
+             for k, v in r.items()} for r in rows]
+    assert ingest_bulk(conn, text, group="fast")["written"] == 3
+    assert ingest(conn, rows, group="json")["written"] == 3
+    assert ingest_bulk(conn, [*text, {"card": "k4", "event_time": T0, "n": "-1"}], group="careful",
+                       on_error="quarantine")["quarantined"] == 1
+    assert offline(conn, "fast") == offline(conn, "json") == offline(conn, "careful")
+    assert offline(conn, "fast")[0] == ("k1", T0, {"n": 1, "f": 0.25, "b": True, "c": "x", "ts": "2026-01-01T10:00:00+00:00",
+                                                   "v": "[1,2]"})
+
+
+def calls(conn: Conn, function: str) -> int:
+    """How often ``function`` (ml_private.*) ran in this database, by the statistics collector."""
+    conn.execute("select pg_stat_force_next_flush()")
+    conn.execute("select pg_stat_clear_snapshot()")
+    row = conn.execute("select coalesce(sum(calls), 0) from pg_stat_user_functions where schemaname = 'ml_private'"
+                       " and funcname = %s", (function,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize("second, path", [({"x": "2"}, "ingest_staged_fast"), ({"x": "-2"}, "ingest_checked"),
+                                          ({"x": "two"}, "ingest_checked")], ids=["clean", "broken rule", "bad text"])
+def test_a_clean_staged_batch_takes_the_fast_path_and_any_other_the_careful_one(
+        conn: Conn, tenant: str, second: dict[str, Any], path: str) -> None:
+    create(conn, {"x": {"dtype": "int", "min": 0}})
+    conn.execute("set track_functions = 'all'")
+    before = {f: calls(conn, f) for f in ("ingest_staged_fast", "ingest_checked")}
+    result = ingest_bulk(conn, [{"card": "k1", "event_time": T0, "x": "1"}, {"card": "k2", "event_time": T0, **second}],
+                         on_error="quarantine")
+    # A call that raised (the fast path giving up: its one statement undone) is not counted.
+    assert {f: calls(conn, f) - n for f, n in before.items()} == {f: int(f == path) for f in before}
+    assert result["written"] + result["quarantined"] == 2
+
+
+def test_a_staged_batch_without_a_column_for_a_non_nullable_feature_breaks_its_rule(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int", "nullable": False}, "y": {"dtype": "int"}})
+    with refused("22023") as info:
+        ingest_bulk(conn, [{"card": "k1", "event_time": T0, "y": "1"}])
+    assert message(info.value) == f"row 1 (card 'k1', event_time '{T0}'): x: must not be null"
+    assert stored(conn, tenant)["offline"] == 0
+
+
+def test_the_typed_store_works_alike_on_both_servers(any_db_url: str) -> None:
+    """TimescaleDB chunks on the full server, native partitions on the embedded PostgreSQL 18: the
+    fast path over several months, the careful path, lookups, statistics and deletion agree."""
+    with psycopg.connect(any_db_url, autocommit=True) as conn:
+        tenant = make_tenant(conn)
+        act_for(conn, tenant)
+        create(conn, [{"name": "n", "dtype": "int", "max": 100}, {"name": "f", "dtype": "float"},
+                      {"name": "ts", "dtype": "timestamp"}, {"name": "v", "dtype": "vector(2)"}])
+        months = [f"2026-{m:02d}-15T00:00:00Z" for m in range(1, 7)]
+        fast = ingest_bulk(conn, [{"card": f"k{i}", "event_time": t, "n": str(i), "f": "0.5", "ts": t, "v": "[1, 2]"}
+                                  for i, t in enumerate(months)])
+        careful = ingest_bulk(conn, [{"card": "k0", "event_time": months[0], "n": "50", "f": None, "ts": None, "v": None},
+                                     {"card": "k9", "event_time": months[0], "n": "500", "f": None, "ts": None, "v": None}],
+                              on_error="quarantine")
+        assert (fast["inserted"], careful["updated"], careful["quarantined"]) == (6, 1, 1)
+        offline_table, online_table = tables(conn)
+        mode = conn.execute("select mode from ml_private.time_partitioned_tables where table_name = %s", (offline_table,)).fetchone()
+        assert mode == conn.execute("select ml.capabilities() ->> 'partitioning'").fetchone()
+        assert conn.execute(f"select count(distinct tableoid) from {offline_table}").fetchone()[0] >= 5  # type: ignore[index]
+        if mode == ("native",):
+            assert conn.execute(f"select count(*) from {offline_table}_default").fetchone() == (0,)
+        assert online(conn, ["g:n", "g:f", "g:v"], ["k0", "k5", "k9"]) == [
+            ("k0", {"g:n": 50, "g:f": None, "g:v": None}), ("k5", {"g:n": 5, "g:f": 0.5, "g:v": [1, 2]}),
+            ("k9", {"g:n": None, "g:f": None, "g:v": None})]
+        stats = conn.execute("select ml.compute_feature_stats('g')").fetchone()[0]  # type: ignore[index]
+        assert (stats["rows"], stats["features"]["n"]["max"], stats["features"]["v"]["count"]) == (6, 50, 5)
+        conn.execute("delete from ml.feature_groups where tenant_id = %s", (tenant,))
+        assert conn.execute("select to_regclass(%s), to_regclass(%s)", (offline_table, online_table)).fetchone() == (None, None)
 
 
 # -- tenants and roles ---------------------------------------------------------------------------------

@@ -100,8 +100,8 @@ def world(db_url: str) -> World:
         for tenant in (tenant_a, tenant_b):
             seed_tenant(conn, tenant)
         act_for(conn, None)
-        group_tables = {key: {tenant: str(one(conn, sql.SQL("select {}::text from ml.feature_groups where tenant_id = %s and name = %s")
-                                                  .format(sql.Identifier(column)), tenant, group))
+        table_of = sql.SQL("select {}::text from ml.feature_groups where tenant_id = %s and name = %s")
+        group_tables = {key: {tenant: str(one(conn, table_of.format(sql.Identifier(column)), tenant, group))
                               for tenant in (tenant_a, tenant_b)}
                         for key, (group, column) in GROUP_TABLES.items()}
         keys = {relation: key for key, relations in group_tables.items() for relation in relations.values()}

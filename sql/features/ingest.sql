@@ -134,16 +134,19 @@ set search_path = ''
 as $$
     select case
         -- The fast form: plain casts, which raise on bad text (ml.ingest_staged then retries
-        -- with the guarded form below). Each accepts exactly what the guarded form accepts, given
-        -- the fast path's checks (ml_private.ingest_staged_fast: floats finite, a field of blanks
-        -- raises): the input functions skip surrounding blanks themselves; ints are guarded
-        -- against hex and underscores on PostgreSQL 16+, which reads them; booleans and vectors
-        -- always take the guarded form.
+        -- with the guarded form below), or give NULL for text the guarded form refuses too
+        -- (the fast path then sends the batch there). The input functions skip surrounding
+        -- blanks themselves (a field of blanks raises); floats are kept to digits, signs, point
+        -- and exponent (float8 also reads NaN, infinities and hex), ints to digits, signs and
+        -- point on PostgreSQL 16+ (which reads hex and underscores); booleans and vectors always
+        -- take the guarded form. Exponents of three digits are the one text a fast cast reads
+        -- and the guarded form does not.
         when p_fast and p_spec ->> 'dtype' = 'int' then
             case when current_setting('server_version_num')::int >= 160000
                  then format('case when translate(%1$s, E''0123456789+-. \t\r\n'', '''') = '''' then nullif(%1$s, '''')::bigint end', p_col)
                  else format('nullif(%s, %L)::bigint', p_col, '') end
-        when p_fast and p_spec ->> 'dtype' = 'float' then format('nullif(%s, %L)::float8', p_col, '')
+        when p_fast and p_spec ->> 'dtype' = 'float' then format(
+            'case when translate(%1$s, E''0123456789+-.eE \t\r\n'', '''') = '''' then nullif(%1$s, '''')::float8 end', p_col)
         when p_fast and p_spec ->> 'dtype' = 'timestamp' then format('nullif(%s, %L)::timestamptz', p_col, '')
         else case p_spec ->> 'dtype'
         when 'int' then format(
@@ -523,6 +526,7 @@ declare
     v_to        timestamptz;
     v_written   bigint;
     v_online    bigint;
+    v_empty     boolean;
     v_result    jsonb;
 begin
     for v_f, v_o in select f, o from jsonb_array_elements(p_group.features) with ordinality x (f, o) loop
@@ -538,9 +542,7 @@ begin
         v_select := v_select || format('%s as %I', ml_private.feature_parse_sql(v_f, format('s.%I::text', v_name), true), 'f' || v_o);
         v_targets := v_targets || format('%I', v_name);
         v_values := v_values || ml_private.feature_store_sql(v_f, v_typed);
-        -- The value keeps its rules (a float is finite: float8 reads NaN and infinities).
-        v_rules := case when v_f ->> 'dtype' = 'float' then format('abs(%s) < ''Infinity''::float8 and ', v_typed) else '' end
-                   || ml_private.feature_rules_pass_sql(v_f, v_typed);
+        v_rules := ml_private.feature_rules_pass_sql(v_f, v_typed);
         if not (v_f ->> 'nullable')::boolean then
             v_tests := v_tests || format('(%s is not null and %s)', v_typed, v_rules);
         elsif v_f ->> 'dtype' in ('text', 'category') then
@@ -584,21 +586,26 @@ begin
     select coalesce(sum(l.n), 0), min(l.event_time), max(l.event_time) into v_written, v_from, v_to from pg_temp._pgmlops_latest l;
 
     -- Each entity's newest row of the batch, read back by primary key, replaces an older one online.
+    -- Into an empty online table (a version's first load) a plain insert does, at half the cost
+    -- of an upsert; should another session fill it meanwhile, the unique violation sends this
+    -- batch down the careful path.
     select * into v_cols from ml_private.feature_columns(p_group);
     if v_written > 0 then
+        execute format('select not exists (select from %s)', p_group.online_table) into v_empty;
         execute format(
             $q$insert into %1$s as o (tenant_id, entity_key, event_time, %2$s, ingested_at, ingestion_id)
                select x.tenant_id, x.entity_key, x.event_time, %3$s, x.ingested_at, x.ingestion_id
                from pg_temp._pgmlops_latest l
                join %4$s x on x.tenant_id = $1 and x.entity_key = l.entity_key and x.event_time = l.event_time
                           and x.event_time between %5$L and %6$L
-               on conflict (tenant_id, entity_key)
-               do update set event_time = excluded.event_time, %7$s, ingested_at = excluded.ingested_at,
-                             ingestion_id = excluded.ingestion_id
-               where o.event_time <= excluded.event_time$q$,
+               %7$s$q$,
             p_group.online_table, v_cols.columns,
             (select string_agg(format('x.%I', f ->> 'name'), ', ' order by o) from jsonb_array_elements(p_group.features) with ordinality e (f, o)),
-            p_group.offline_table, v_from, v_to, v_cols.updates)
+            p_group.offline_table, v_from, v_to,
+            case when v_empty then '' else format(
+                'on conflict (tenant_id, entity_key)
+                 do update set event_time = excluded.event_time, %s, ingested_at = excluded.ingested_at, ingestion_id = excluded.ingestion_id
+                 where o.event_time <= excluded.event_time', v_cols.updates) end)
             using p_group.tenant_id;
         get diagnostics v_online = row_count;
     else

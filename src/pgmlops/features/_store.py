@@ -188,7 +188,10 @@ def _create_stage(conn: psycopg.Connection[Any], columns: Sequence[str]) -> str:
     if len(set(columns)) != len(columns):
         raise InvalidInput(f"source: column names repeat: {sorted({c for c in columns if columns.count(c) > 1})}", "22023")
     stage = f"_pgmlops_stage_{uuid.uuid4().hex[:12]}"
-    conn.execute(sql.SQL("create temp table {} (_row bigint generated always as identity, {}) on commit drop").format(
+    # No _row column: ml.ingest_staged numbers rows in scan order, which for a temp table filled
+    # by one COPY is the source's order (temp tables are never scanned in parallel), and an
+    # identity column would cost a sequence call per row.
+    conn.execute(sql.SQL("create temp table {} ({}) on commit drop").format(
         sql.Identifier(stage), sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(c)) for c in columns)))
     return stage
 
