@@ -756,6 +756,17 @@ def test_online_lookups_follow_a_new_current_version_within_one_session(conn: Co
     assert online(conn, ["g:x"], ["a"]) == [("a", {"g:x": 1})]
 
 
+def test_an_online_lookup_of_a_deleted_version_is_not_found_even_after_the_session_read_it(conn: Conn, tenant: str) -> None:
+    create(conn, {"x": {"dtype": "int"}})
+    ingest(conn, [{"card": "a", "event_time": T0, "x": 1}])
+    assert online(conn, ["g@1:x"], ["a"]) == [("a", {"g@1:x": 1})]
+    conn.execute("delete from ml.feature_groups where tenant_id = %s", (tenant,))
+    with refused("P0002", r"^feature group 'g' does not exist$"):
+        online(conn, ["g@1:x"], ["a"])
+    create(conn, {"x": {"dtype": "int"}})  # version 1 again, with tables of its own
+    assert online(conn, ["g@1:x"], ["a"]) == [("a", {"g@1:x": None})]
+
+
 def test_online_values_come_back_as_json_of_their_type(conn: Conn, tenant: str) -> None:
     create(conn, [{"name": "n", "dtype": "int"}, {"name": "f", "dtype": "float"}, {"name": "b", "dtype": "bool"},
                   {"name": "c", "dtype": "category"}, {"name": "ts", "dtype": "timestamp"}, {"name": "v", "dtype": "vector(3)"}])

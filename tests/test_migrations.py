@@ -814,7 +814,10 @@ def test_the_released_schema_upgrades_on_the_embedded_server(embedded_server: Se
     with psycopg.connect(url, autocommit=True) as conn:
         tenants = {name: make_released_tenant(conn, name) for name in ("a", "b")}
         before = table_digests(conn)
+        values_before = feature_values_as_json(conn)
     migrations.upgrade(url)
     with psycopg.connect(url, autocommit=True) as conn:
-        assert table_digests(conn) == before
+        assert {t: d for t, d in table_digests(conn).items() if t not in MOVED_TABLES} \
+            == {t: d for t, d in before.items() if t not in MOVED_TABLES}
+        assert feature_values_as_json(conn) == values_before
     assert_partitions_show_no_other_tenant(url, tenants["a"]["owner"], tenants["b"]["id"])

@@ -53,6 +53,27 @@ create or replace trigger feature_groups_delete_values after delete on ml.featur
     referencing old table as old_rows
     for each statement execute function ml_private.feature_groups_delete_values();
 
+-- ml_private.feature_groups_count_change(): after a version is created, changed or deleted, its
+-- tenant's counter in ml_private.feature_group_generations moves (ml.get_online_features reuses
+-- a resolution while it stands still). A deletion only updates: its tenant may be going too.
+create or replace function ml_private.feature_groups_count_change() returns trigger
+language plpgsql security definer
+set search_path = ''
+as $$
+begin
+    if tg_op = 'DELETE' then
+        update ml_private.feature_group_generations g set generation = g.generation + 1 where g.tenant_id = old.tenant_id;
+    else
+        insert into ml_private.feature_group_generations as g (tenant_id) values (new.tenant_id)
+        on conflict (tenant_id) do update set generation = g.generation + 1;
+    end if;
+    return null;
+end
+$$;
+
+create or replace trigger feature_groups_count_change after insert or update or delete on ml.feature_groups
+    for each row execute function ml_private.feature_groups_count_change();
+
 ------------------------------------------------------------------------------------------------
 -- Schemas of feature groups
 ------------------------------------------------------------------------------------------------

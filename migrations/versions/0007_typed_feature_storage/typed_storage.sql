@@ -30,6 +30,15 @@ alter table ml.feature_groups
 comment on column ml.feature_groups.offline_table is 'The version''s offline table (ml_features): every row ingested, one typed column per feature';
 comment on column ml.feature_groups.online_table is 'The version''s online table (ml_features): the newest row per entity';
 
+-- A counter per tenant that moves whenever one of its feature group versions is created, changed
+-- or deleted (a trigger in sql/features/groups.sql): ml.get_online_features keeps, per session,
+-- how it resolved a list of features and reuses it while the counter stands still.
+create table ml_private.feature_group_generations (
+    tenant_id  uuid primary key references ml.tenants (id) on delete cascade,
+    generation bigint not null default 1
+);
+comment on table ml_private.feature_group_generations is 'Per tenant, a counter that moves with every change of its feature group versions (resolution caches check it)';
+
 ------------------------------------------------------------------------------------------------
 -- Frozen copies of the functions that make a version's tables (sql/features/groups.sql)
 ------------------------------------------------------------------------------------------------
