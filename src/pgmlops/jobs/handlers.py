@@ -19,13 +19,17 @@ land together or not at all, exactly once. That costs one committed transaction 
 A handler that writes nothing transactional (it computes, calls a service, or only reads) may say
 so: ``register(kind, fn, transactional=False)``, ``@handler(kind, transactional=False)``, or, for
 an entry point, the attribute ``fn.pgmlops_transactional = False`` on the function itself (as the
-``echo`` handler does). The worker then runs a batch of such jobs (as many as one claim took) and
-acknowledges them together in one statement (``ml.complete_jobs``): one commit for the batch, the
-same ``job.succeeded`` event per job. Its ``ctx.conn`` acts for the job's tenant as a transactional
-handler's does, but in a read-only transaction shared by the batch's jobs of that tenant: reads
-work, and a write fails the job (SQLSTATE 25006) instead of landing apart from its completion, so
-such a handler cannot :meth:`JobContext.publish` progress either. Delivery is at least once as
-always: a worker killed mid-batch leaves its finished, unacknowledged jobs to run again.
+``echo`` handler does). The worker then runs a batch of such jobs (as many as one claim took: its
+``prefetch``) and acknowledges them together in one statement (``ml.complete_jobs``): one commit
+for the batch, the same ``job.succeeded`` event per job. With ``prefetch`` 1 there is nothing to
+batch, and the job costs more than a transactional one (a read-only transaction, then another for
+the acknowledgement); bench/README.md has the numbers.
+
+Such a handler's ``ctx.conn`` acts for the job's tenant as a transactional handler's does, but in a
+read-only transaction shared by the batch's jobs of that tenant: reads work, and a write fails the
+job (SQLSTATE 25006) instead of landing apart from its completion, so such a handler cannot
+:meth:`JobContext.publish` progress either. Delivery is at least once as always: a worker killed
+mid-batch leaves its finished, unacknowledged jobs to run again.
 """
 
 from __future__ import annotations
