@@ -20,7 +20,7 @@ def _python(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("name", ["queue", "features", "training"])
+@pytest.mark.parametrize("name", ["queue", "features", "training", "scoring"])
 def test_each_benchmark_runs_as_a_module(name: str) -> None:
     run = _python("-m", f"bench.{name}", "--help")
     assert run.returncode == 0, run.stderr

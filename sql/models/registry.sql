@@ -169,7 +169,8 @@ $$;
 -- ml_private.model_version_document(p_version ml.model_versions) returns jsonb
 -- A version as clients see it (everything but the artifact bytes): ids, model, project, task,
 -- version, run, dataset, algorithm, hyperparameters, metrics, tags, signature, artifact format,
--- size and SHA-256, timings, aliases, approvals, created_by/at.
+-- size and SHA-256, scoring path (compiled or worker) and its record, timings, aliases,
+-- approvals, created_by/at.
 create or replace function ml_private.model_version_document(p_version ml.model_versions) returns jsonb
 language sql stable security definer
 set search_path = ''
@@ -181,6 +182,7 @@ as $$
         'hyperparams', r.hyperparams, 'metrics', p_version.metrics, 'tags', p_version.tags,
         'signature', p_version.signature, 'artifact_format', p_version.artifact_format,
         'artifact_size', p_version.artifact_size, 'artifact_sha256', p_version.artifact_sha256,
+        'scoring_path', p_version.scoring_path, 'scoring', p_version.scoring,
         'train_seconds', r.train_seconds, 'inference_latency_ms', r.inference_latency_ms,
         'aliases', coalesce((select jsonb_agg(a.alias order by a.alias) from ml.model_aliases a
                              where a.model_version_id = p_version.id), '[]'),

@@ -34,6 +34,8 @@ FILES: tuple[str, ...] = (
     "training/algorithms.sql",
     "training/runs.sql",
     "models/registry.sql",
+    "scoring/compiler.sql",
+    "scoring/install.sql",
     "tuning/studies.sql",
 )
 

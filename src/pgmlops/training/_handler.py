@@ -92,6 +92,12 @@ def record_fit(conn: Conn, run_id: UUID | str, result: FitResult, *, model: str 
                             Jsonb(result.signature), Jsonb(metrics), Jsonb(dict(tags or {})))).fetchone()
         assert row is not None
         out.update(row[0])
+        # Every version whose whole pipeline has a SQL form gets its compiled function now;
+        # the others are recorded as scored by workers, with the reason (docs/scoring.md).
+        from pgmlops import scoring
+
+        out["scoring"] = scoring.compile_registered(conn, out["model_version_id"], result.model,
+                                                    task=result.signature.get("task"))
     return out
 
 
