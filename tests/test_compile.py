@@ -34,7 +34,16 @@ from sklearn.ensemble import (
     RandomForestRegressor,
 )
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import ElasticNet, Lasso, LinearRegression, LogisticRegression, Ridge, SGDClassifier, SGDRegressor
+from sklearn.linear_model import (
+    ElasticNet,
+    Lasso,
+    LinearRegression,
+    LogisticRegression,
+    Ridge,
+    RidgeClassifier,
+    SGDClassifier,
+    SGDRegressor,
+)
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, OneHotEncoder
@@ -106,6 +115,7 @@ PIPELINE_CASES: list[tuple[str, str, Callable[[], Any]]] = [
     ("sgd-hinge-multiclass", "multiclass", lambda: SGDClassifier(loss="hinge", random_state=0)),
     ("sgd-modified-huber-multiclass", "multiclass", lambda: SGDClassifier(loss="modified_huber", random_state=0)),
     ("sgd-regressor", "regression", lambda: SGDRegressor(random_state=0)),
+    ("ridge-classifier-multiclass", "multiclass", lambda: RidgeClassifier(alpha=2.0)),
     ("decision-tree-multiclass", "multiclass", lambda: DecisionTreeClassifier(max_depth=8, random_state=0)),
     ("decision-tree-regressor", "regression", lambda: DecisionTreeRegressor(min_samples_leaf=2, random_state=0)),
     ("random-forest", "binary", lambda: RandomForestClassifier(n_estimators=12, max_depth=7, random_state=0)),

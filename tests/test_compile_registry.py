@@ -34,6 +34,7 @@ from .compile_helpers import (
     Conn,
     assert_parity,
     function_of,
+    json_rows,
     mixed_frame,
     mixed_labels,
     numeric_signature,
@@ -391,6 +392,29 @@ def evaluate(description: dict[str, Any], x: list[float | None], init: float = 0
                 i += 1
         total += tree["leaf"][i]
     return total
+
+
+@pytest.mark.embedded
+def test_compiled_pipelines_score_like_scikit_learn_on_both_servers(any_db_url: str) -> None:
+    """The smoke subset on PostgreSQL 15 and 18: every kind of result (binary, multiclass,
+    regression, anomaly scores) from a pipeline over every input dtype."""
+    from sklearn.ensemble import HistGradientBoostingRegressor, IsolationForest
+
+    train = mixed_frame(250, 21)
+    held_out = mixed_frame(80, 22, held_out=True).astype({"visits": "Float64"})
+    cases = [("classification", "binary", GradientBoostingClassifier(n_estimators=10, max_depth=3, random_state=0)),
+             ("classification", "multiclass", LogisticRegression(max_iter=300)),
+             ("regression", "regression", HistGradientBoostingRegressor(max_iter=10, random_state=0)),
+             ("anomaly_detection", "anomaly", IsolationForest(n_estimators=10, random_state=0))]
+    with psycopg.connect(any_db_url, autocommit=True) as conn:
+        act_for(conn, make_tenant(conn))
+        conn.execute("set jit = off")
+        for task, labels, estimator in cases:
+            model = build_pipeline(MIXED_SIGNATURE, estimator)
+            model.fit(train) if task == "anomaly_detection" else model.fit(train, mixed_labels(train, labels, 21))
+            version = register(conn, project(conn, task.replace("_", "-"), task), MIXED_SIGNATURE, task)
+            scoring.install(conn, version, scoring.describe(model, task=task))
+            assert_parity(model, held_out, score_rows(conn, version, json_rows(held_out)), task)
 
 
 @pytest.mark.embedded

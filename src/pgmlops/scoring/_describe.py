@@ -115,7 +115,7 @@ def describe(model: Any, *, task: str | None = None) -> dict[str, Any]:
         estimator, denominator, offset = _trees.isolation_forest(est, features)
         output = {"kind": "isolation_forest", "denominator": denominator, "offset": offset}
     elif name in ("LogisticRegression", "LinearRegression", "Ridge", "Lasso", "ElasticNet", "SGDClassifier",
-                  "SGDRegressor", "RidgeClassifier", "LassoCV", "RidgeCV", "ElasticNetCV", "LogisticRegressionCV"):
+                  "SGDRegressor", "RidgeClassifier"):
         estimator = _linear.linear(est, features)
         if classification:
             output = _linear_classification(est)
@@ -151,7 +151,7 @@ def describe(model: Any, *, task: str | None = None) -> dict[str, Any]:
 def _linear_classification(est: Any) -> dict[str, Any]:
     name = type(est).__name__
     binary = len(est.classes_) == 2
-    if name in ("LogisticRegression", "LogisticRegressionCV"):
+    if name == "LogisticRegression":
         return _classification(est, "sigmoid" if binary else "softmax", "gt0" if binary else "argmax_scores", True)
     if name == "SGDClassifier":
         probability = {"log_loss": "ovr", "modified_huber": "modified_huber"}.get(est.loss, "none")
