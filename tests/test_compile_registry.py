@@ -94,6 +94,19 @@ def test_a_model_without_a_sql_form_is_recorded_as_scored_by_workers_with_the_re
     assert document["scoring_path"] == "worker" and reason in document["scoring"]["reason"]
 
 
+def test_a_description_the_database_refuses_leaves_the_version_to_workers_with_the_error(
+        env: tuple[Conn, str, dict[str, str]]) -> None:
+    """Registration goes on when the SQL refuses to compile (here a signature of 3 inputs for a
+    model of 4): nothing is created and the reason names the error."""
+    conn, _, projects = env
+    X = np.random.default_rng(1).normal(size=(80, 4))
+    model = GradientBoostingClassifier(n_estimators=3, max_depth=2, random_state=0).fit(X, (X[:, 0] > 0).astype(int))
+    version = register(conn, projects["classification"], numeric_signature(3), "classification")
+    result = scoring.compile_registered(conn, version, model, task="classification")
+    assert result["scoring_path"] == "worker" and result["reason"].startswith("compilation refused (22023): description: inputs")
+    assert one(conn, "select ml_private.compiled_function(%s)", version) is None
+
+
 def test_the_torch_autoencoder_is_scored_by_workers(env: tuple[Conn, str, dict[str, str]]) -> None:
     pytest.importorskip("torch")
     from pgmlops.models.torch_models import TorchAutoencoder
@@ -137,6 +150,26 @@ def test_no_client_role_can_run_a_compiled_function(env: tuple[Conn, str, dict[s
                 conn.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
                 conn.execute(call)
     assert one(conn, call.as_string(conn).replace("select ", "select (") + ")->'prediction' is not null")
+
+
+def test_a_version_registered_without_its_function_compiles_from_its_artifact(env: tuple[Conn, str, dict[str, str]]) -> None:
+    """What a version registered before the compiler existed gets: its artifact loaded through
+    the registry and compiled (pgmlops.scoring.compile_model_version)."""
+    from pgmlops.models import artifacts
+
+    conn, _, projects = env
+    model = small_model()
+    data, fmt, digest = artifacts.dump(model)
+    run = str(one(conn, "select ml.start_run(%s, null, 'logistic_regression', '{}', '{}', null, '{}')", projects["classification"]))
+    conn.execute("select ml.finish_run(%s, 'succeeded', '{}', 1.0, 100, 0.1)", (run,))
+    registered = one(conn, "select ml.register_model_version(%s, 'older', %s, %s, %s, %s, null, '{}')", run, data, fmt, digest,
+                     Jsonb({"inputs": MIXED_SIGNATURE, "outputs": [], "task": "classification", "classes": [0, 1]}))
+    version = str(registered["model_version_id"])
+    assert scoring_of(conn, version)[0] == "worker"
+    result = scoring.compile_model_version(conn, "older@1")
+    assert result["scoring_path"] == "compiled" and scoring_of(conn, version)[0] == "compiled"
+    held_out = mixed_frame(60, 5, held_out=True).astype({"visits": "Float64"})
+    assert_parity(model, held_out, score_rows(conn, version, json_rows(held_out)), "classification")
 
 
 def test_installing_is_for_workers_of_the_version_s_own_tenant_and_happens_once(env: tuple[Conn, str, dict[str, str]]) -> None:

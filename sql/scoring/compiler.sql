@@ -812,9 +812,12 @@ begin
         end loop;
         v_repr := 'sum of products';
     when 'mlp' then
+        if jsonb_typeof(coalesce(v_est -> 'float32', 'false')) <> 'boolean' then
+            raise exception 'estimator.float32: must be true or false' using errcode = '22023';
+        end if;
         v_features := ml_private.compiled_features(p_description -> 'features', p_inputs);
         v_expr := 'array[' || array_to_string(v_features, ', ') || ']::float8[]';
-        if (v_est ->> 'float32')::boolean then
+        if coalesce((v_est ->> 'float32')::boolean, false) then
             v_expr := format('ml_private.compiled_real(%s)', v_expr);
         end if;
         if jsonb_typeof(v_est -> 'layers') is distinct from 'array' or jsonb_array_length(v_est -> 'layers') not between 1 and 20 then
@@ -842,7 +845,7 @@ begin
             v_in := cardinality(v_b);
             v_c := v_c + 1;
         end loop;
-        if (v_est ->> 'float32')::boolean then
+        if coalesce((v_est ->> 'float32')::boolean, false) then
             v_expr := format('ml_private.compiled_real(%s)', v_expr);
         end if;
         for v_o in 1 .. v_in loop
