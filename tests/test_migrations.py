@@ -560,7 +560,7 @@ def make_released_tenant(conn: Conn, name: str) -> dict[str, Any]:
 
 # Columns added to existing tables by later revisions: left out of the digests, so a row reads the
 # same before and after (ml.feature_groups names its version's tables from 0007 on;
-# ml.model_versions records its scoring path from 0009 on).
+# ml.model_versions records its scoring path from 0008 on).
 ADDED_COLUMNS = ["offline_table", "online_table", "scoring_path", "scoring"]
 # Tables whose rows move elsewhere (0007: feature values into each version's typed tables):
 # compared through feature_values_as_json instead.

@@ -1,4 +1,4 @@
--- pgmlops 0009: models compiled to SQL (docs/scoring.md)
+-- pgmlops 0008: models compiled to SQL (docs/scoring.md)
 
 -- The compiled functions, one per version: ml_models.mv_<version id as 32 hex>(num, cat). No
 -- client role gets USAGE or EXECUTE here: ml.predict (security definer) checks the tenant and
@@ -18,5 +18,5 @@ comment on column ml.model_versions.scoring_path is 'compiled (a function in ml_
 comment on column ml.model_versions.scoring is 'compiled: {function, arguments, representation, sizes, timings}; worker: {reason}';
 
 update ml.model_versions
-set scoring = jsonb_build_object('reason', 'registered before models were compiled (revision 0009); '
+set scoring = jsonb_build_object('reason', 'registered before models were compiled (revision 0008); '
                                             'pgmlops.scoring.compile_model_version compiles it');

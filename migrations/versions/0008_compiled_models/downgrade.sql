@@ -1,4 +1,4 @@
--- pgmlops 0009 downgrade: the compiled functions and the scoring columns go.
+-- pgmlops 0008 downgrade: the compiled functions and the scoring columns go.
 
 drop trigger if exists model_versions_drop_compiled on ml.model_versions;
 drop schema ml_models cascade;

@@ -6,7 +6,7 @@ scoring_path ('compiled' or 'worker') and scoring (the compiled function and its
 why the version is scored by workers). Versions registered before this revision are 'worker'
 until pgmlops.scoring.compile_model_version compiles them. The contract is in docs/scoring.md.
 
-Revision ID: 0009_compiled_models
+Revision ID: 0008_compiled_models
 Revises: 0007_typed_feature_storage
 Create Date: 2026-12-02 16:00:00
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pgmlops.migrations.ops import drop_tracked, run_revision_file
 
-revision = "0009_compiled_models"
+revision = "0008_compiled_models"
 down_revision = "0007_typed_feature_storage"
 branch_labels = None
 depends_on = None
