@@ -120,6 +120,11 @@ def embedded_server() -> Iterator[Server]:
     try:
         admin = _embedded.start()
         srv = Server("embedded", _with_db(admin, "postgres"))
+        # The data directory outlives a run: start the default database (the one `pgmlops demo`
+        # uses) empty, as on a fresh machine, not at whatever schema an earlier checkout left.
+        with psycopg.connect(srv.url("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(_embedded.DATABASE)))
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(_embedded.DATABASE)))
         srv.make_template()
         yield srv
         srv.cleanup()
