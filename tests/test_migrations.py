@@ -49,6 +49,11 @@ RELEASED_FILES = {
     "0004_training/registry.sql": "135b7bb79c85175e9f7e1f4721706912822164bc30ddf33564a057447abf11d6",
     "0004_training/tuning.sql": "e86c2f8ff140da916feb3ea06f00079f2b66775698dbd14f007a26e3a5363211",
     "0005_partition_rls/partition_rls.sql": "e8da7f83d9d6577f4862ab0132b01fdcbf60bf362e822c3a1742bd716450111c",
+    "0006_train_learning_curve/learning_curve.sql": "8c9ec026ce8b4d34a46233597b6c7478a34d81f8a522fe26a89826ce45b01c59",
+    "0007_typed_feature_storage/downgrade.sql": "1b75146cf506f1266c485a722cda902479aa76cb81291b2bcd0cd9101d8bc813",
+    "0007_typed_feature_storage/typed_storage.sql": "8d8173157273d7ed3b7afb15f325ae66083d6172ec386fedc5ec9add194da07c",
+    "0008_compiled_models/compiled_models.sql": "7740406306aa57d6cac7ea5b0bab6fb5e2c24618be6976bdf4f1fad07061ac11",
+    "0008_compiled_models/downgrade.sql": "4a37e44bfe316382d1511657b1e9e41bf5beaed19772b7ea3ce2f60f47193a53",
 }
 RELEASED_SCHEMA = "0004_training"  # what Supabase projects and installed databases hold today
 PARTITIONED = ("ml.events", "ml.run_metrics")  # plus each feature group version's offline table (see partitioned_tables)

@@ -36,6 +36,10 @@ FILES: tuple[str, ...] = (
     "models/registry.sql",
     "scoring/compiler.sql",
     "scoring/install.sql",
+    "scoring/deployments.sql",
+    "scoring/predict.sql",
+    "scoring/feedback.sql",
+    "scoring/batch.sql",
     "tuning/studies.sql",
 )
 

@@ -1,0 +1,1 @@
+-- pgmlops: scoring/batch.sql (docs/serving.md)

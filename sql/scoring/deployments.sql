@@ -1,0 +1,1 @@
+-- pgmlops: scoring/deployments.sql (docs/serving.md)

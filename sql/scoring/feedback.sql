@@ -1,0 +1,1 @@
+-- pgmlops: scoring/feedback.sql (docs/serving.md)

@@ -1,0 +1,1 @@
+-- pgmlops: scoring/predict.sql (docs/serving.md)
