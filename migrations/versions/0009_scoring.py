@@ -21,7 +21,7 @@ down_revision = "0008_compiled_models"
 branch_labels = None
 depends_on = None
 
-FILES = ["deployments.sql", "predictions.sql", "batch_scoring.sql"]  # in 0009_scoring/, in this order
+FILES = ["deployments.sql", "predictions.sql", "feedback.sql", "batch_scoring.sql"]  # in 0009_scoring/, in this order
 
 
 def upgrade() -> None:
