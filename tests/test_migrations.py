@@ -206,8 +206,7 @@ def test_a_database_at_the_released_schema_keeps_its_data_through_the_upgrade(se
     assert migrations.current(url) == migrations.head()
     with psycopg.connect(url, autocommit=True) as conn:
         # Every row as it was; the feature values in their new tables, each value intact.
-        assert {t: d for t, d in table_digests(conn).items() if t not in MOVED_TABLES} \
-            == {t: d for t, d in before.items() if t not in MOVED_TABLES}
+        assert_rows_kept(before, table_digests(conn))
         assert feature_values_as_json(conn) == values_before
         conn.execute("select set_config('pgmlops.tenant_id', %s, false)", (tenants["a"]["id"],))
         online = conn.execute("select values from ml.get_online_features(array['upgrade_customer:spend'], array['c1'])").fetchone()
@@ -216,6 +215,17 @@ def test_a_database_at_the_released_schema_keeps_its_data_through_the_upgrade(se
         assert conn.execute("select ml.job_result(%s) ->> 'status'", (tenants["a"]["job"],)).fetchone() == ("queued",)
     # The upgrade step secured the partitions that were there.
     assert_partitions_show_no_other_tenant(url, tenants["a"]["owner"], tenants["b"]["id"])
+
+
+def assert_rows_kept(before: dict[str, tuple[int, str]], after: dict[str, tuple[int, str]]) -> None:
+    """Every table of ``before`` but the moved ones holds the same rows ``after`` an upgrade; the
+    tables later revisions added are empty."""
+    kept = set(before) - set(MOVED_TABLES) - set(REFERENCE_TABLES)
+    assert {t: after.get(t) for t in kept} == {t: before[t] for t in kept}
+    # Reference data: later revisions add job kinds and algorithms, none goes.
+    assert all(after[t][0] >= before[t][0] for t in REFERENCE_TABLES if t in before)
+    added = set(after) - set(before) - set(MOVED_TABLES)
+    assert {t: after[t][0] for t in added} == dict.fromkeys(added, 0)
 
 
 def seed_feature_values(conn: Conn, name: str, now: datetime) -> str:
@@ -570,6 +580,7 @@ ADDED_COLUMNS = ["offline_table", "online_table", "scoring_path", "scoring"]
 # Tables whose rows move elsewhere (0007: feature values into each version's typed tables):
 # compared through feature_values_as_json instead.
 MOVED_TABLES = ("ml.feature_online", "ml.feature_values")
+REFERENCE_TABLES = ("ml.job_kinds", "ml.algorithms")  # global rows revisions add to
 
 
 def table_digests(conn: Conn) -> dict[str, tuple[int, str]]:
@@ -823,7 +834,6 @@ def test_the_released_schema_upgrades_on_the_embedded_server(embedded_server: Se
         values_before = feature_values_as_json(conn)
     migrations.upgrade(url)
     with psycopg.connect(url, autocommit=True) as conn:
-        assert {t: d for t, d in table_digests(conn).items() if t not in MOVED_TABLES} \
-            == {t: d for t, d in before.items() if t not in MOVED_TABLES}
+        assert_rows_kept(before, table_digests(conn))
         assert feature_values_as_json(conn) == values_before
     assert_partitions_show_no_other_tenant(url, tenants["a"]["owner"], tenants["b"]["id"])

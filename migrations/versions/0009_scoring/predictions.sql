@@ -1,9 +1,11 @@
 -- pgmlops 0009: the prediction log (docs/serving.md)
 --
 -- ml.predictions: one row per scored call and arm (a shadow arm's row points at the live row it
--- shadowed). Time-partitioned (a hypertable when TimescaleDB is present), kept 90 days by default
--- (ml.set_prediction_retention changes it). No foreign keys, as on the other bulk time-series
--- tables: deleting a tenant erases its rows through the tenant erasure trigger.
+-- shadowed; a shadow arm that failed has its error and no prediction). Time-partitioned (a
+-- hypertable when TimescaleDB is present, daily chunks), kept 90 days by default
+-- (ml.set_prediction_retention changes it, for every tenant: the retention is the table's). No
+-- foreign keys, as on the other bulk time-series tables: deleting a tenant erases its rows
+-- through the tenant erasure trigger.
 
 select ml_private.create_time_partitioned_table(
     'ml', 'predictions',
@@ -21,6 +23,7 @@ select ml_private.create_time_partitioned_table(
         score            float8,
         probabilities    jsonb,
         latency_ms       float8,
+        error            text,
         source           text not null default 'online',
         created_at       timestamptz not null default now()
     $cols$,
@@ -30,3 +33,15 @@ create index predictions_id_idx on ml.predictions (id);
 create index predictions_entity_idx on ml.predictions (tenant_id, project_id, entity_key, created_at desc) where entity_key is not null;
 comment on table ml.predictions is 'Prediction log: every ml.predict call (and shadow arm), its inputs, result, arm and latency';
 select ml_private.enable_tenant_rls('ml.predictions');
+-- The partitions get the table's row-level security (revision 0005), whichever version of
+-- ml_private.create_time_partitioned_table ran above: on a database upgraded from scratch the
+-- repeatable sql/ is applied only at the head, after this revision.
+do $$
+begin
+    if (select mode from ml_private.time_partitioned_tables where table_name = 'ml.predictions') = 'hypertable' then
+        create or replace trigger secure_new_chunks after insert or update on ml.predictions
+            for each statement execute function ml_private.note_new_partitions();
+    end if;
+end
+$$;
+select ml_private.secure_partitions('ml.predictions');
