@@ -212,25 +212,33 @@ def score(
 # -- views: each fits an 80-column terminal ------------------------------------------------------
 
 
+def _weight(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.3g}"
+
+
 def deployment_view(active: dict[str, Any]) -> Table:
-    """The deployment as a table of its arms, current weights first."""
-    started = str(active.get("created_at") or "")[:16]
-    table = Table(title=f"{active.get('strategy')} deployment {str(active.get('id') or '')[:8]} "
-                        f"({active.get('status', 'active')}, since {started})")
+    """The deployment as a table of its arms with their current weights; a canary's steps in
+    the caption."""
+    since = str(active.get("activated_at") or active.get("created_at") or "")[:16]
+    table = Table(title=f"{active.get('project')}: {active.get('strategy')} deployment {str(active.get('id') or '')[:8]} "
+                        f"({active.get('status')} since {since})")
     table.add_column("arm", no_wrap=True)
     table.add_column("model", overflow="fold")
     table.add_column("version", justify="right", no_wrap=True)
     table.add_column("role", no_wrap=True)
     table.add_column("weight", justify="right", no_wrap=True)
     for a in active.get("arms") or []:
-        weight = a.get("current_weight", a.get("weight"))
-        table.add_row(str(a.get("arm")), str(a.get("model")), str(a.get("version")), str(a.get("role", "live")),
-                      "" if weight is None else f"{float(weight):.3g}")
+        table.add_row(str(a.get("arm")), str(a.get("model")), str(a.get("version")), str(a.get("role")),
+                      _weight(a.get("current_weight", a.get("weight"))))
+    if active.get("strategy") == "canary" and active.get("schedule"):
+        steps = ", ".join(f"{_weight(s.get('weight'))} after {s.get('after')}" for s in active["schedule"])
+        table.caption = f"canary {active.get('canary_arm') or ''}: {steps}"
     return table
 
 
 def history_table(project: str, history: list[dict[str, Any]]) -> Table:
-    """Every deployment, newest first: when, strategy, status, the arms in one folded column."""
+    """Every deployment, newest first: when, strategy, status, the arms in one folded column
+    (name=model@version:weight, or :shadow)."""
     table = Table(title=f"deployments of {project}")
     table.add_column("created", no_wrap=True)
     table.add_column("id", no_wrap=True)
@@ -239,7 +247,7 @@ def history_table(project: str, history: list[dict[str, Any]]) -> Table:
     table.add_column("arms", overflow="fold", ratio=1)
     for d in history:
         arms = "  ".join(f"{a.get('arm')}={a.get('model')}@{a.get('version')}"
-                         + (":shadow" if a.get("role") == "shadow" else f":{float(a.get('weight') or 0):.3g}")
+                         + (":shadow" if a.get("role") == "shadow" else f":{_weight(a.get('weight'))}")
                          for a in d.get("arms") or [])
         table.add_row(str(d.get("created_at") or "")[:16], str(d.get("id") or "")[:8], str(d.get("strategy")),
                       str(d.get("status")), arms)

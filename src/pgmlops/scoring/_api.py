@@ -97,17 +97,21 @@ def deploy(conn: psycopg.Connection[Any], project: str, strategy: str, arms: Seq
     """Make a new deployment of ``project`` active (``ml.deploy``); the one it supersedes is
     what :func:`rollback` returns to. Returns the new deployment's id.
 
-    ``strategy``: ``single``, ``ab``, ``canary``, ``shadow`` or ``blue_green``. ``arms``: one
-    mapping per arm, ``{"arm": "a", "model": "churn", "version": 3}`` (or ``"alias":
-    "champion"``) with ``"weight"`` (live share of traffic) and ``"role"`` (``live`` or
-    ``shadow``). ``options``: ``{"reason": ..., "schedule": [{"weight": 0.1, "after": "0
-    minutes"}, ...], "abort": {...}}`` (the schedule and abort rule are a canary's).
+    ``strategy``: ``single`` or ``blue_green`` (one live arm), ``ab`` (live arms whose weights
+    sum to 1), ``shadow`` (one live arm and shadow arms), ``canary`` (two live arms without
+    weights: the second follows the schedule). ``arms``: one mapping per arm, ``{"arm": "a",
+    "model": "churn", "version": 3}`` (or ``"alias": "champion"``, resolved now) with
+    ``"weight"`` and ``"role"`` (``live`` or ``shadow``). ``options``: ``{"reason": ...}``, and
+    for a canary ``{"schedule": [{"weight": 0.1, "after": "0 minutes"}, ...], "abort":
+    {"metric": "error_rate", "max": 0.2, "window": "1 hour", "min_samples": 100},
+    "canary_arm": ...}``.
 
     Raises:
         InvalidInput: a bad strategy, arm, weight or option (the message names it).
         NotFound: no such project, model, version or alias.
-        PromotionRefused / InvalidState: a live arm's version is not approved or fails the
-            project's promotion gates.
+        DatabaseError: 23514, a live arm's version is not approved or fails the project's
+            promotion gates (DETAIL: every arm's gates); 0A000, a shadow arm scored by workers.
+        InvalidState: a canary with no active deployment to fall back to.
         AccessDenied: the caller may not deploy in the tenant.
     """
     result = _value(conn, tenant, "ml.deploy(%s, %s, %s, %s)",
@@ -121,8 +125,8 @@ def rollback(conn: psycopg.Connection[Any], project: str, *, tenant: TenantId = 
     returns the id of the deployment now active.
 
     Raises:
-        NotFound: no such project, or no active deployment.
-        InvalidState: there is no earlier deployment to return to.
+        NotFound: no such project.
+        InvalidState: no active deployment, or none before it to return to.
         AccessDenied: the caller may not deploy in the tenant.
     """
     result = _value(conn, tenant, "ml.rollback(%s)", (project,))
