@@ -236,7 +236,8 @@ $$;
 -- row-level security of every partition and chunk brought in line with its table's. Scheduled
 -- with pg_cron where it is installed, otherwise run by workers (`pgmlops worker` calls it under
 -- an advisory lock every few minutes). Returns what it did, per table:
--- {"<table>": {"created", "dropped", "secured"}, "jobs_purged"}, or {"skipped"} when another
+-- {"<table>": {"created", "dropped", "secured"}, "jobs_purged", "deployments"} (active canaries
+-- checked: ml_private.check_deployments), or {"skipped"} when another
 -- session is running it. Security definer, so the role it is granted to can run it.
 -- Callers: service_role (and the owner, from pg_cron or a worker).
 create or replace function ml_private.run_maintenance() returns jsonb
@@ -247,6 +248,7 @@ declare
     v_t      record;
     v_report jsonb := '{}';
     v_purged int;
+    v_deployments jsonb;
 begin
     -- One maintainer at a time across cron and workers; others return at once.
     if not pg_try_advisory_xact_lock(hashtext('pgmlops.maintenance')) then
@@ -263,6 +265,12 @@ begin
         execute 'select ml_private.purge_finished_jobs($1)'
             into v_purged using coalesce((select (value #>> '{}')::interval from ml_private.settings where key = 'job_retention'), interval '14 days');
         v_report := v_report || jsonb_build_object('jobs_purged', v_purged);
+    end if;
+    -- Active canaries: steps announced, abort rules evaluated (sql/scoring/deployments.sql,
+    -- applied after this file).
+    if to_regprocedure('ml_private.check_deployments()') is not null then
+        execute 'select ml_private.check_deployments()' into v_deployments;
+        v_report := v_report || jsonb_build_object('deployments', v_deployments);
     end if;
     update ml_private.settings set value = to_jsonb(now()), updated_at = now() where key = 'last_maintenance';
     if not found then

@@ -1,4 +1,4 @@
--- pgmlops 0009: deployments (docs/serving.md)
+-- pgmlops 0009: deployments (docs/deployments.md)
 --
 -- A deployment says which model versions of a project take its traffic and how. Exactly one
 -- deployment per project is active; deploying again supersedes it, ml.rollback reactivates the
@@ -10,7 +10,8 @@ create table ml.deployments (
     tenant_id   uuid not null references ml.tenants (id) on delete cascade,
     project_id  uuid not null references ml.projects (id) on delete cascade,
     strategy    text not null,
-    -- canary: {"steps": [{"weight": w, "after": "<interval>"}], "abort": {...}}; other strategies {}
+    -- canary: {"canary_arm": a, "steps": [{"weight": w, "after": "<interval>"}], "abort": {...}};
+    -- other strategies {}. A canary's weights are computed from created_at and the steps when read.
     schedule    jsonb not null default '{}',
     status      text not null default 'active',
     -- the deployment that was active when this one was made (ml.rollback goes back to it)
@@ -18,7 +19,15 @@ create table ml.deployments (
     reason      text,
     created_by  uuid,
     created_at  timestamptz not null default now(),
+    -- when it last became active: created_at, or the rollback or abort that reactivated it
+    activated_at timestamptz not null default now(),
+    -- how it stopped serving (status superseded, rolled_back, aborted): when, by whom (NULL:
+    -- a service caller or the maintenance run), why; cleared when it is reactivated
     ended_at    timestamptz,
+    ended_by    uuid,
+    end_reason  text,
+    -- canary: the last step announced as event deployment.step (1: the first, at creation)
+    canary_step int,
     constraint deployments_strategy_valid check (strategy in ('single', 'ab', 'canary', 'shadow', 'blue_green')),
     constraint deployments_status_valid check (status in ('active', 'superseded', 'rolled_back', 'aborted')),
     constraint deployments_ended check ((status = 'active') = (ended_at is null))
@@ -36,6 +45,8 @@ create table ml.deployment_arms (
     arm              text not null,
     position         int not null,
     model_version_id uuid not null references ml.model_versions (id),
+    -- the alias the arm was deployed by (it names the version the alias pointed at then)
+    alias            text,
     role             text not null default 'live',
     weight           float8 not null,
     primary key (deployment_id, arm),
