@@ -32,12 +32,16 @@ scikit-learn within 1e-9 (labels exactly).
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import statistics
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +57,7 @@ from bench._common import (
     fresh_database,
     machine_info,
     make_tenant,
+    redact,
     resolve_bench_url,
     results_table,
     write_results,
@@ -61,6 +66,7 @@ from bench._common import (
 FEATURES = 20
 COMPILE_GOAL_S = 5.0
 PARITY_GOAL = 1e-9
+ONLINE_GOAL = 8.0  # p50 latency FastAPI / ml.predict, and throughput ml.predict / FastAPI
 
 
 @dataclass
@@ -349,31 +355,49 @@ def errors_text(results: list[dict[str, Any]]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.scoring", description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--database-url", help="server to use (default: PGMLOPS_BENCH_DATABASE_URL, DATABASE_URL, else embedded)")
-    ap.add_argument("--rows", type=int, help="held-out rows scored (default 2,000; --quick 300)")
-    ap.add_argument("--train-rows", type=int, help="training rows (default 10,000; --quick 3,000)")
-    ap.add_argument("--models", help=f"comma-separated models (default all: {', '.join(_models())})")
-    ap.add_argument("--no-orbital", action="store_true", help="measure pgmlops only")
-    ap.add_argument("--orbital-timeout", type=float, default=900, help="seconds orbital may take to compile one model (default 900)")
-    ap.add_argument("--quick", action="store_true", help="small sizes and no 500-tree model, for a sanity run")
-    ap.add_argument("--output", default="scoring", help="results name: bench/results/<name>.json")
+    ap.add_argument("--parts", default="compiler,online,batch",
+                    help="comma-separated parts: compiler, online, batch (default all)")
+    ap.add_argument("--quick", action="store_true", help="small sizes (and no 500-tree model), for a sanity run")
+    ap.add_argument("--output", default="scoring",
+                    help="results name: bench/results/<name>.json (a path ending in .json is written as given)")
+    compiler = ap.add_argument_group("compiler part (pgmlops against orbital)")
+    compiler.add_argument("--rows", type=int, help="held-out rows scored (default 2,000; --quick 300)")
+    compiler.add_argument("--train-rows", type=int, help="training rows (default 10,000; --quick 3,000)")
+    compiler.add_argument("--models", help=f"comma-separated models (default all: {', '.join(_models())})")
+    compiler.add_argument("--no-orbital", action="store_true", help="measure pgmlops only")
+    compiler.add_argument("--orbital-timeout", type=float, default=900,
+                          help="seconds orbital may take to compile one model (default 900)")
+    online = ap.add_argument_group("online and batch parts (ml.predict against FastAPI; ml.predict_batch against workers)")
+    online.add_argument("--entities", type=int, help="entities in the online store and training rows (default 20,000; --quick 2,000)")
+    online.add_argument("--online-models", default="logistic,gb",
+                        help="logistic (scaler + logistic regression), gb (100 trees, depth 6); default both")
+    online.add_argument("--requests", type=int, help="sequential calls per side and model (default 2,000; --quick 200)")
+    online.add_argument("--rounds", type=int, default=4, help="alternating rounds the sequential calls are split into")
+    online.add_argument("--clients", type=int, default=8, help="concurrent clients of the throughput runs (default 8)")
+    online.add_argument("--duration", type=float, help="seconds per throughput run (default 15; --quick 2)")
+    online.add_argument("--service-workers", type=int, default=2, help="uvicorn worker processes (default 2)")
+    online.add_argument("--pgbench-seconds", type=int, help="seconds per pgbench run, 0 for none (default 20; --quick 3)")
+    online.add_argument("--pgbench-clients", type=int, default=8, help="pgbench clients (default 8)")
+    online.add_argument("--batch-rows", type=int, help="rows of the batch part (default 1,000,000; --quick 20,000)")
     return ap.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    rows = args.rows or (300 if args.quick else 2000)
-    train_rows = args.train_rows or (3000 if args.quick else 10000)
+def _pick(value: Any, full: Any, quick: Any, is_quick: bool) -> Any:
+    return value if value is not None else (quick if is_quick else full)
+
+
+def run_compiler(url: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The compiler part on database ``url``: (results per model, parameters)."""
+    rows = _pick(args.rows, 2000, 300, args.quick)
+    train_rows = _pick(args.train_rows, 10000, 3000, args.quick)
     catalog = _models()
     names = args.models.split(",") if args.models else [n for n in catalog if not (args.quick and n == "gb-500x8")]
-    server = resolve_bench_url(args.database_url)
-    started = time.perf_counter()
     X_train, y_train, label_train = data(train_rows, 0)
     X_test, _, _ = data(rows, 1)
     results: list[dict[str, Any]] = []
-    with fresh_database(server) as url, psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(url, autocommit=True) as conn:
         make_tenant(conn, "bench")
         conn.execute("set jit = off")
-        machine = machine_info(conn)
         projects = {task: str(conn.execute("select ml.create_project(%s, %s, %s)",
                                            (task.replace("_", "-"), task, None if task == "anomaly_detection" else "y")).fetchone()[0])  # type: ignore[index]
                     for task in ("regression", "classification", "anomaly_detection")}
@@ -402,7 +426,11 @@ def main(argv: list[str] | None = None) -> int:
     console.print(comparison_table(results))
     if errors_text(results):
         console.print(errors_text(results), style="dim", soft_wrap=True)
+    return results, {"rows": rows, "train_rows": train_rows, "models": names, "features": FEATURES, "jit": "off",
+                     "orbital": not args.no_orbital}
 
+
+def compiler_goals(results: list[dict[str, Any]]) -> list[Goal]:
     goals: list[Goal] = []
     by_name = {r["model"]: r for r in results}
     if "gb-100x6" in by_name:
@@ -423,11 +451,92 @@ def main(argv: list[str] | None = None) -> int:
     failures = [r["model"] for r in results if not r["pgmlops"]["runs"]]
     goals.append(Goal("pgmlops: models that do not run", float(len(failures)), "", 0.0, lower_is_better=True, digits=0,
                       note=", ".join(failures)))
-    console.print(results_table("Goals (issue 11)", goals))
-    path = write_results(args.output, {
-        "machine": machine, "parameters": {"rows": rows, "train_rows": train_rows, "models": names, "features": FEATURES,
-                                           "jit": "off", "orbital": not args.no_orbital},
-        "elapsed_s": time.perf_counter() - started, "results": results, "goals": [g.as_dict() for g in goals]})
+    return goals
+
+
+def online_goals(online: dict[str, Any]) -> list[Goal]:
+    goals: list[Goal] = []
+    for key, entry in online["models"].items():
+        r = entry.get("ratios") or {}
+        p50 = r.get("p50_latency_fastapi_over_pgmlops")
+        rps = r.get("throughput_pgmlops_over_fastapi")
+        pg, fa = entry.get("pgmlops") or {}, entry.get("fastapi") or {}
+        why = entry.get("pgmlops_error", "")
+        goals.append(Goal(f"{key}: p50 latency, FastAPI / ml.predict", p50, "x", ONLINE_GOAL, digits=2,
+                          note=why or f"{pg.get('latency_ms', {}).get('p50', math.nan):.2f} ms vs "
+                                      f"{fa.get('latency_ms', {}).get('p50', math.nan):.2f} ms"))
+        goals.append(Goal(f"{key}: throughput, ml.predict / FastAPI", rps, "x", ONLINE_GOAL, digits=2,
+                          note=why or f"{pg.get('throughput', {}).get('requests_per_s', math.nan):,.0f} vs "
+                                      f"{fa.get('throughput', {}).get('requests_per_s', math.nan):,.0f} req/s, "
+                                      f"{online['parameters']['clients']} clients"))
+    return goals
+
+
+def _write(name: str, payload: dict[str, Any]) -> Path:
+    if not name.endswith(".json"):
+        return write_results(name, payload)
+    path = Path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"benchmark": "scoring", "timestamp": datetime.now(UTC).isoformat(timespec="seconds"), **payload}
+    path.write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = set(parts) - {"compiler", "online", "batch"}
+    if unknown:
+        raise SystemExit(f"--parts: unknown part(s) {', '.join(sorted(unknown))} (compiler, online, batch)")
+    server = resolve_bench_url(args.database_url)
+    started = time.perf_counter()
+    results: dict[str, Any] = {}
+    parameters: dict[str, Any] = {"parts": parts, "quick": args.quick, "server": redact(server),
+                                  "load_average_at_start": os.getloadavg()}
+    goals: list[Goal] = []
+    with fresh_database(server) as url:
+        with psycopg.connect(url, autocommit=True) as conn:
+            machine = machine_info(conn)
+        if "compiler" in parts:
+            results["compiler"], parameters["compiler"] = run_compiler(url, args)
+            goals += compiler_goals(results["compiler"])
+        if "online" in parts or "batch" in parts:
+            from bench import _scoring_batch, _scoring_online, _scoring_setup
+
+            entities = _pick(args.entities, 20000, 2000, args.quick)
+            keys = [k.strip() for k in args.online_models.split(",") if k.strip()]
+            if "batch" in parts and "gb" not in keys:
+                keys.append("gb")
+            console.print(f"[bold]online and batch data[/]: {entities:,} entities, models {', '.join(keys)}")
+            with psycopg.connect(url, autocommit=True) as conn:
+                setup = _scoring_setup.build(conn, url, entities, keys, log=console.print)
+            results["setup"] = setup.as_dict()
+            if "online" in parts:
+                console.print("[bold]online[/]: ml.predict against FastAPI")
+                online = _scoring_online.run(
+                    setup, requests=_pick(args.requests, 2000, 200, args.quick), rounds=args.rounds,
+                    warmup=_pick(None, 200, 20, args.quick), clients=args.clients,
+                    duration=_pick(args.duration, 15.0, 2.0, args.quick), service_workers=args.service_workers,
+                    pgbench_seconds=_pick(args.pgbench_seconds, 20, 3, args.quick), pgbench_clients=args.pgbench_clients,
+                    log=console.print)
+                results["online"] = online
+                for table in _scoring_online.tables(online):
+                    console.print(table)
+                goals += online_goals(online)
+            if "batch" in parts:
+                console.print("[bold]batch[/]: ml.predict_batch against the worker path")
+                batch = _scoring_batch.run(setup, rows=_pick(args.batch_rows, 1_000_000, 20_000, args.quick),
+                                           log=console.print)
+                results["batch"] = batch
+                console.print(_scoring_batch.table(batch))
+                goals += _scoring_batch.goals(batch)
+    parameters["load_average_at_end"] = os.getloadavg()
+    console.print(results_table(f"Goals (issue 11; {os.cpu_count()} CPUs shared with other work, load average "
+                                f"{parameters['load_average_at_start'][0]:.1f} → {parameters['load_average_at_end'][0]:.1f})",
+                                goals))
+    path = _write(args.output, {
+        "machine": machine, "parameters": parameters, "elapsed_s": round(time.perf_counter() - started, 1),
+        "results": results, "goals": [g.as_dict() for g in goals]})
     console.print(f"results: {path}")
     return 1 if any(g.status == "MISS" for g in goals) else 0
 
