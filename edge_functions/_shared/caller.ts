@@ -93,6 +93,72 @@ export async function authenticate(req: Request, verify: Verifier): Promise<Clai
   return claims as Claims;
 }
 
+// -- requests -------------------------------------------------------------------------------------
+
+/** The request's body parsed as JSON; {@link HttpError} 400 when it is not JSON. */
+export async function readJson(req: Request): Promise<unknown> {
+  try {
+    return JSON.parse(await req.text());
+  } catch (err) {
+    throw new HttpError(400, `body: not valid JSON (${(err as Error).message})`);
+  }
+}
+
+/** What a field of a request object may hold (`null` is always allowed; `any` takes everything). */
+export type FieldType = "string" | "number" | "object" | "any";
+
+/**
+ * `body` as a JSON object whose fields are among `fields`, each of its type (or null); `required`
+ * ones present and not null. Throws {@link HttpError} 400 naming the field. Shape only: the
+ * values are the SQL API's to judge.
+ */
+export function requestObject(
+  body: unknown,
+  fields: Record<string, FieldType>,
+  required: string[],
+  shape: string,
+): Record<string, unknown> {
+  if (body === null || typeof body !== "object" || Array.isArray(body)) {
+    throw new HttpError(400, `body: must be ${shape}`);
+  }
+  const object = body as Record<string, unknown>;
+  for (const [name, value] of Object.entries(object)) {
+    const type = fields[name];
+    if (!type) {
+      throw new HttpError(400, `body: unknown field ${JSON.stringify(name)} (known: ${Object.keys(fields).join(", ")})`);
+    }
+    const actual = Array.isArray(value) ? "array" : typeof value;
+    if (type !== "any" && value !== null && actual !== type) {
+      throw new HttpError(400, `${name}: must be ${type === "object" ? "an" : "a"} ${type}, got ${actual}`);
+    }
+  }
+  for (const name of required) {
+    if (object[name] === undefined || object[name] === null) throw new HttpError(400, `${name}: required`);
+  }
+  return object;
+}
+
+/**
+ * A POST endpoint: answers CORS preflights (204) and other methods (405), authenticates the
+ * caller (401 first, before the body is read), parses the body as JSON (400) and hands both to
+ * `handle`; whatever it throws becomes a response through {@link errorResponse}.
+ */
+export function postEndpoint(
+  verify: Verifier,
+  handle: (claims: Claims, body: unknown) => Promise<Response>,
+): (req: Request) => Promise<Response> {
+  return async (req) => {
+    if (req.method === "OPTIONS") return new Response(null, { status: 204, headers: corsHeaders });
+    if (req.method !== "POST") return json(405, { error: "use POST" }, { Allow: "POST, OPTIONS" });
+    try {
+      const claims = await authenticate(req, verify);
+      return await handle(claims, await readJson(req));
+    } catch (err) {
+      return errorResponse(err);
+    }
+  };
+}
+
 // -- the database ---------------------------------------------------------------------------------
 
 /** The project's database (`SUPABASE_DB_URL`). Prepared statements off: a pooler may sit between. */
@@ -130,7 +196,8 @@ export function asCaller<T>(
 /**
  * The response for an error: an {@link HttpError} as it says; SQL errors by SQLSTATE, with the
  * message and hint the SQL API wrote for the caller (22xxx invalid input 422, 42501 not allowed
- * 403, P0002 not found 404, 54000 too large 413); anything else 500 without details (logged).
+ * 403, P0002 not found 404, 0A000 / 55000 not possible in the current state 409, 54000 too large
+ * 413); anything else 500 without details (logged).
  */
 export function errorResponse(err: unknown): Response {
   if (err instanceof HttpError) return json(err.status, { error: err.message });
@@ -148,6 +215,10 @@ export function statusForSqlstate(code: string): number {
   if (code.startsWith("22")) return 422;
   if (code === "42501") return 403;
   if (code === "P0002") return 404;
+  // 0A000: what was asked is not supported for this object as it is now (ml.predict on a version
+  // only workers can score: the hint names ml.score); 55000: an object not in the state the call
+  // needs. Both are the target's state, not the server lacking a feature (501) nor the input (422).
+  if (code === "0A000" || code === "55000") return 409;
   if (code === "54000") return 413;
   return 500;
 }

@@ -15,15 +15,7 @@
  */
 
 import type postgres from "postgres";
-import {
-  asCaller,
-  authenticate,
-  corsHeaders,
-  errorResponse,
-  HttpError,
-  json,
-  type Verifier,
-} from "../_shared/caller.ts";
+import { asCaller, type FieldType, HttpError, json, postEndpoint, requestObject, type Verifier } from "../_shared/caller.ts";
 
 interface EnqueueRequest {
   kind: string;
@@ -33,7 +25,7 @@ interface EnqueueRequest {
   max_attempts: number | null;
 }
 
-const FIELDS: Record<string, "string" | "number" | "any"> = {
+const FIELDS: Record<string, FieldType> = {
   kind: "string",
   payload: "any",
   priority: "number",
@@ -42,29 +34,8 @@ const FIELDS: Record<string, "string" | "number" | "any"> = {
 };
 
 /** The request's body, checked for shape only (the values are the SQL API's to judge). */
-async function readRequest(req: Request): Promise<EnqueueRequest> {
-  let body: unknown;
-  try {
-    body = JSON.parse(await req.text());
-  } catch (err) {
-    throw new HttpError(400, `body: not valid JSON (${(err as Error).message})`);
-  }
-  if (body === null || typeof body !== "object" || Array.isArray(body)) {
-    throw new HttpError(400, "body: must be a JSON object with kind and payload");
-  }
-  const fields = body as Record<string, unknown>;
-  for (const [name, value] of Object.entries(fields)) {
-    const type = FIELDS[name];
-    if (!type) {
-      throw new HttpError(
-        400,
-        `body: unknown field ${JSON.stringify(name)} (known: ${Object.keys(FIELDS).join(", ")})`,
-      );
-    }
-    if (type !== "any" && value !== null && typeof value !== type) {
-      throw new HttpError(400, `${name}: must be a ${type}, got ${Array.isArray(value) ? "array" : typeof value}`);
-    }
-  }
+function readRequest(body: unknown): EnqueueRequest {
+  const fields = requestObject(body, FIELDS, [], "a JSON object with kind and payload");
   if (typeof fields.kind !== "string") throw new HttpError(400, 'kind: required, a job kind such as "echo"');
   return {
     kind: fields.kind,
@@ -77,23 +48,16 @@ async function readRequest(req: Request): Promise<EnqueueRequest> {
 
 /** The request handler, over a database and a token verifier (tests pass their own). */
 export function enqueueHandler(sql: postgres.Sql, verify: Verifier): (req: Request) => Promise<Response> {
-  return async (req) => {
-    if (req.method === "OPTIONS") return new Response(null, { status: 204, headers: corsHeaders });
-    if (req.method !== "POST") return json(405, { error: "use POST" }, { Allow: "POST, OPTIONS" });
-    try {
-      const claims = await authenticate(req, verify);
-      const job = await readRequest(req);
-      const rows = await asCaller(
-        sql,
-        claims,
-        (tx) =>
-          tx`select ml.enqueue(${job.kind}::text, ${tx.json(job.payload as postgres.JSONValue)},
-                             coalesce(${job.priority}::int, 0), coalesce(${job.run_after}::timestamptz, now()),
-                             ${job.max_attempts}::int) as job_id`,
-      );
-      return json(200, { job_id: Number(rows[0].job_id) });
-    } catch (err) {
-      return errorResponse(err);
-    }
-  };
+  return postEndpoint(verify, async (claims, body) => {
+    const job = readRequest(body);
+    const rows = await asCaller(
+      sql,
+      claims,
+      (tx) =>
+        tx`select ml.enqueue(${job.kind}::text, ${tx.json(job.payload as postgres.JSONValue)},
+                           coalesce(${job.priority}::int, 0), coalesce(${job.run_after}::timestamptz, now()),
+                           ${job.max_attempts}::int) as job_id`,
+    );
+    return json(200, { job_id: Number(rows[0].job_id) });
+  });
 }

@@ -76,18 +76,23 @@ $$;
 -- The prediction p_prediction of tenant p_tenant with what checking its label needs: its
 -- project's task and the classes of the model version that made it. No row when there is
 -- none (another tenant's prediction is not there either). Probes predictions_id_idx of every
--- partition (see the header).
+-- partition (see the header). PL/pgSQL rather than SQL on purpose: its plan is kept for the
+-- session, where a SQL function's would be made again at every call, and planning a query over
+-- every chunk of the log costs more than running it (docs/feedback.md has the figures).
 create or replace function ml_private.feedback_target(p_tenant uuid, p_prediction uuid)
 returns table (prediction_id uuid, project_id uuid, predicted_at timestamptz, shadow_of uuid, task text, classes jsonb)
-language sql stable security definer
+language plpgsql stable security definer
 set search_path = ''
 as $$
-    select p.id, p.project_id, p.created_at, p.shadow_of, pr.task, v.signature -> 'classes'
-    from ml.predictions p
-    join ml.projects pr on pr.id = p.project_id
-    left join ml.model_versions v on v.id = p.model_version_id
-    where p.id = p_prediction and p.tenant_id = p_tenant
-    limit 1
+begin
+    return query
+        select p.id, p.project_id, p.created_at, p.shadow_of, pr.task, v.signature -> 'classes'
+        from ml.predictions p
+        join ml.projects pr on pr.id = p.project_id
+        left join ml.model_versions v on v.id = p.model_version_id
+        where p.id = p_prediction and p.tenant_id = p_tenant
+        limit 1;
+end
 $$;
 
 -- The most elements one ml.record_feedback_bulk call takes: larger batches hold their locks and
