@@ -1,4 +1,5 @@
-"""Compiled models in the registry: registration compiles (a train job through a worker), the
+"""Compiled models in the registry: registration queues a compile job in its transaction, which
+compiles the version off the training job's path (train and compile jobs through a worker), the
 registry records each version's scoring path, compiled functions are pure SQL that no client
 role can run, installing refuses malicious descriptions without executing anything from them,
 a function goes with its version, and large models (500 trees at depth 8) compile and run
@@ -10,6 +11,7 @@ import copy
 import math
 import time
 from typing import Any
+from uuid import uuid4
 
 import numpy as np
 import pandas as pd
@@ -322,7 +324,102 @@ def test_deleting_a_version_s_tenant_drops_its_compiled_function(conn: Conn) -> 
     assert one(conn, "select to_regprocedure(%s) is null", name)
 
 
-# -- registration: a train job compiles its version ------------------------------------------------------
+# -- registration queues a compile job; the job compiles ------------------------------------------------
+
+
+def compile_jobs(conn: Conn, tenant: str) -> list[tuple[Any, ...]]:
+    """(id, payload, priority, status) of the tenant's compile jobs, oldest first."""
+    return conn.execute("select id, payload, priority, status from ml.jobs where tenant_id = %s and kind = 'compile' "
+                        "order by id", (tenant,)).fetchall()
+
+
+def run_compile_jobs(url: str) -> None:
+    Worker(url, kinds=["compile"], idle_exit=0.5, poll_interval=0.2, install_signals=False, maintenance_interval=None).run()
+
+
+def test_registering_a_version_queues_its_compile_job_in_the_same_transaction(env: tuple[Conn, str, dict[str, str]]) -> None:
+    """The version names its job and the job its version; a registration rolled back, or refused,
+    leaves no job behind."""
+    conn, tenant, projects = env
+    with conn.transaction():
+        version = register(conn, projects["classification"], MIXED_SIGNATURE, "classification")
+        [(job, payload, priority, status)] = compile_jobs(conn, tenant)
+    assert (payload, priority, status) == ({"model_version_id": version}, 10, "queued")
+    path, record = scoring_of(conn, version)
+    assert path == "worker" and record["compile_job_id"] == job and record["queued_at"]
+    assert record["reason"].startswith(f"compilation queued (job {job})")
+    document = one(conn, "select ml.model_version(m.name, v.version) from ml.model_versions v join ml.models m on m.id = v.model_id "
+                         "where v.id = %s", version)
+    assert document["scoring_path"] == "worker" and document["scoring"]["compile_job_id"] == job
+
+    class Rollback(Exception):
+        pass
+
+    with pytest.raises(Rollback), conn.transaction():
+        register(conn, projects["classification"], MIXED_SIGNATURE, "classification")
+        assert len(compile_jobs(conn, tenant)) == 2
+        raise Rollback
+    run = str(one(conn, "select ml.start_run(%s, null, 'ridge', '{}', '{}', null, '{}')", projects["regression"]))
+    with refused("22023", "artifact_sha256: does not match"):
+        conn.execute("select ml.register_model_version(%s, 'm', 'bytes', 'skops', %s, %s, null)",
+                     (run, "0" * 64, Jsonb({"inputs": MIXED_SIGNATURE, "outputs": []})))
+    assert [j[0] for j in compile_jobs(conn, tenant)] == [job]
+
+
+def test_a_compile_job_refuses_a_payload_without_a_version_id(env: tuple[Conn, str, dict[str, str]]) -> None:
+    conn, tenant, _ = env
+    for payload in ({}, {"model_version_id": "churn@1"}, {"model_version_id": str(uuid4()), "model": "churn"}):
+        with refused("22023", "payload"):
+            conn.execute("select ml.enqueue('compile', %s)", (Jsonb(payload),))
+    assert compile_jobs(conn, tenant) == []
+
+
+def test_compile_jobs_compile_record_a_verdict_and_leave_compiled_or_deleted_versions_alone(db_url: str) -> None:
+    """Through a worker: a real artifact compiles; bytes no loader accepts are recorded as the
+    reason workers score the version; a version compiled before its job ran, or compiled by an
+    earlier job of its own (a second delivery), is left as it is; a deleted version is skipped."""
+    from pgmlops.models import artifacts
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        tenant = make_tenant(conn)
+        act_for(conn, tenant)
+        conn.execute("set jit = off")
+        classification = project(conn, "classification", "classification")
+        model = small_model()
+        data, fmt, digest = artifacts.dump(model)
+        run = str(one(conn, "select ml.start_run(%s, null, 'logistic_regression', '{}', '{}', null, '{}')", classification))
+        conn.execute("select ml.finish_run(%s, 'succeeded', '{}', 1.0, 100, 0.1)", (run,))
+        signature = Jsonb({"inputs": MIXED_SIGNATURE, "outputs": [], "task": "classification", "classes": [0, 1]})
+        real = one(conn, "select ml.register_model_version(%s, 'real', %s, %s, %s, %s, null)", run, data, fmt, digest, signature)
+        garbage = register(conn, classification, MIXED_SIGNATURE, "classification", model="garbage")
+        early = one(conn, "select ml.register_model_version(%s, 'early', %s, %s, %s, %s, null)", run, data, fmt, digest, signature)
+        scoring.install(conn, early["model_version_id"], scoring.describe(model))
+        gone = register(conn, classification, MIXED_SIGNATURE, "classification", model="gone")
+        conn.execute("delete from ml.model_versions where id = %s", (gone,))
+        again = one(conn, "select ml.enqueue('compile', %s)", Jsonb({"model_version_id": real["model_version_id"]}))
+
+        run_compile_jobs(db_url)
+        results = {payload["model_version_id"]: one(conn, "select ml.job_result(%s)", job)
+                   for job, payload, _, _ in compile_jobs(conn, tenant) if job != again}
+        assert {r["status"] for r in results.values()} == {"succeeded"}, [r["error"] for r in results.values()]
+        compiled = results[real["model_version_id"]]["result"]
+        assert (compiled["model"], compiled["version"], compiled["scoring"]["scoring_path"]) == ("real", 1, "compiled")
+        assert compiled["compile_seconds"] > 0 and compiled["load_seconds"] > 0
+        path, record = scoring_of(conn, real["model_version_id"])
+        assert path == "compiled" and record["function"] == compiled["scoring"]["function"] and "compile_job_id" not in record
+        held_out = mixed_frame(40, 5, held_out=True).astype({"visits": "Float64"})
+        assert_parity(model, held_out, score_rows(conn, real["model_version_id"], json_rows(held_out)), "classification")
+
+        path, record = scoring_of(conn, garbage)
+        assert path == "worker" and record["reason"].startswith("the artifact could not be loaded to compile it: ")
+        assert results[garbage]["result"]["scoring"]["reason"] == record["reason"]
+        assert results[early["model_version_id"]]["result"]["unchanged"] == "the version is already compiled"
+        assert results[gone]["result"] == {"model_version_id": gone, "skipped": "the version no longer exists"}
+        second = one(conn, "select ml.job_result(%s)", again)
+        assert second["status"] == "succeeded" and second["result"]["unchanged"] == "the version is already compiled"
+
+
+# -- registration: a train job queues its compilation -------------------------------------------------------
 
 
 def clients_training_set(conn: Conn) -> str:
@@ -353,7 +450,8 @@ def clients_training_set(conn: Conn) -> str:
                                                 {"type": "cyclical", "column": "seen", "period": "hour"}]))
 
 
-def test_a_train_job_registers_its_compiled_function_and_it_scores_raw_rows_like_the_artifact(db_url: str) -> None:
+def test_a_train_job_queues_its_compilation_and_the_compiled_function_scores_raw_rows_like_the_artifact(
+        db_url: str) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
         tenant = make_tenant(conn)
         act_for(conn, tenant)
@@ -363,11 +461,23 @@ def test_a_train_job_registers_its_compiled_function_and_it_scores_raw_rows_like
                 for algorithm, hyperparams in (("gradient_boosting", {"n_estimators": 20, "max_depth": 3}),
                                                ("logistic_regression", {}), ("svm", {}))}
         Worker(db_url, kinds=["train"], idle_exit=0.5, poll_interval=0.2, install_signals=False, maintenance_interval=None).run()
-        results = {a: one(conn, "select ml.job_result(%s)", job) for a, job in jobs.items()}
+        trained = {a: one(conn, "select ml.job_result(%s)", job) for a, job in jobs.items()}
+        for algorithm, job in trained.items():
+            assert job["status"] == "succeeded", (algorithm, job["error"])
+            # Trained and registered; compiling is the compile job's business.
+            assert "scoring" not in job["result"]
+            path, record = scoring_of(conn, job["result"]["model_version_id"])
+            assert path == "worker" and record["compile_job_id"] == job["result"]["compile_job_id"]
+            assert one(conn, "select ml.job_result(%s) ->> 'status'", job["result"]["compile_job_id"]) == "queued"
+
+        run_compile_jobs(db_url)
+        results = {a: one(conn, "select ml.job_result(%s)", job["result"]["compile_job_id"]) for a, job in trained.items()}
         for algorithm, job in results.items():
             assert job["status"] == "succeeded", (algorithm, job["error"])
+            assert job["result"]["model_version_id"] == trained[algorithm]["result"]["model_version_id"]
         assert results["svm"]["result"]["scoring"]["scoring_path"] == "worker"
         assert "SVM" in results["svm"]["result"]["scoring"]["reason"]
+        assert "SVM" in scoring_of(conn, trained["svm"]["result"]["model_version_id"])[1]["reason"]
 
         conn.execute("set jit = off")
         rng = np.random.default_rng(3)

@@ -21,7 +21,8 @@ down_revision = "0008_compiled_models"
 branch_labels = None
 depends_on = None
 
-FILES = ["deployments.sql", "predictions.sql", "feedback.sql", "batch_scoring.sql"]  # in 0009_scoring/, in this order
+# in 0009_scoring/, in this order
+FILES = ["deployments.sql", "predictions.sql", "feedback.sql", "batch_scoring.sql", "compile_jobs.sql"]
 
 
 def upgrade() -> None:

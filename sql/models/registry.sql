@@ -220,6 +220,11 @@ as $$ select 268435456::bigint $$;
 -- user who queued the run's job, when known. Records lineage dataset -> model_version
 -- (trained_on), run -> model_version (produced) and project -> model_version (contains);
 -- audits and publishes model.created (a new model) and model_version.created.
+-- Queues the version's `compile` job (priority 10) in this transaction, so no registered
+-- version misses its compilation: until the job has run the version is scored by workers,
+-- scoring {reason: 'compilation queued (job N) ...', compile_job_id: N, queued_at}
+-- (docs/scoring.md, "Where it happens"). Returns {model_version_id, model, version,
+-- compile_job_id}.
 -- Raises 22023 bad model name, format, digest, signature, metrics or tags, a digest that does
 -- not match the bytes, a model of another project; 54000 artifact over 256 MB; P0002 unknown
 -- run; 55000 a run that failed or was pruned; 42501 not a service caller.
@@ -242,6 +247,7 @@ declare
     v_digest   text;
     v_by       uuid;
     v_metrics  jsonb;
+    v_job      bigint;
 begin
     perform ml_private.assert_service('ml.register_model_version');
     v_tenant := ml_private.acting_tenant_id(true);
@@ -310,11 +316,15 @@ begin
     end if;
 
     select coalesce(max(v.version), 0) + 1 into v_version from ml.model_versions v where v.model_id = v_model.id;
-    insert into ml.model_versions (tenant_id, model_id, version, run_id, dataset_id, algorithm, metrics, tags, signature,
-                                   artifact, artifact_format, artifact_size, artifact_sha256, created_by)
-    values (v_tenant, v_model.id, v_version, v_run.id, v_run.dataset_id, v_run.algorithm, v_metrics,
-            coalesce(tags, '{}'), signature, artifact, artifact_format, octet_length(artifact), v_digest, v_by)
-    returning id into v_id;
+    -- The compile job names the version, the version its job: the id is drawn first.
+    v_id := gen_random_uuid();
+    v_job := ml_private.enqueue_job('compile', jsonb_build_object('model_version_id', v_id), 10, now(), null);
+    insert into ml.model_versions (id, tenant_id, model_id, version, run_id, dataset_id, algorithm, metrics, tags, signature,
+                                   artifact, artifact_format, artifact_size, artifact_sha256, created_by, scoring_path, scoring)
+    values (v_id, v_tenant, v_model.id, v_version, v_run.id, v_run.dataset_id, v_run.algorithm, v_metrics,
+            coalesce(tags, '{}'), signature, artifact, artifact_format, octet_length(artifact), v_digest, v_by, 'worker',
+            jsonb_build_object('reason', format('compilation queued (job %s): workers score this version until it has run', v_job),
+                               'compile_job_id', v_job, 'queued_at', now()));
 
     if v_run.dataset_id is not null then
         perform ml_private.record_lineage(v_tenant, 'dataset', v_run.dataset_id, 'model_version', v_id, 'trained_on');
@@ -325,7 +335,7 @@ begin
         jsonb_build_object('model', v_model.name, 'version', v_version, 'model_version_id', v_id, 'run_id', v_run.id,
                            'algorithm', v_run.algorithm, 'artifact_format', artifact_format,
                            'artifact_size', octet_length(artifact), 'artifact_sha256', v_digest, 'metrics', v_metrics));
-    return jsonb_build_object('model_version_id', v_id, 'model', v_model.name, 'version', v_version);
+    return jsonb_build_object('model_version_id', v_id, 'model', v_model.name, 'version', v_version, 'compile_job_id', v_job);
 end
 $$;
 

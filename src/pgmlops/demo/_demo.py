@@ -9,8 +9,9 @@ What it runs, each step through the same SQL API every client uses:
    measurement (a label table, as a clinic would keep it);
 4. create a project and tune a model with Optuna, the trials fanned out as jobs to two worker
    processes that share one study stored in the same database;
-5. register the best configuration as a model version and print the leaderboard of trials and
-   the registered version with its metrics.
+5. register the best configuration as a model version, compile it to a SQL function (the
+   registration's follow-up ``compile`` job, run by the same workers) and print the leaderboard
+   of trials and the registered version with its metrics and scoring path.
 
 Drift monitoring, scoring and retraining join as those capabilities land.
 """
@@ -67,7 +68,8 @@ def run_demo(url: str | None = None, *, trials: int = 12, workers: int = 2,
     """Run the demo against ``url`` (None: embedded) and return its summary.
 
     Raises:
-        PgmlopsError: tuning did not finish within ten minutes, or failed; and what the steps raise.
+        PgmlopsError: tuning (or the version's compilation) did not finish within ten minutes, or
+            failed; and what the steps raise.
     """
     console = console or Console()
     started = time.monotonic()
@@ -111,7 +113,7 @@ def run_demo(url: str | None = None, *, trials: int = 12, workers: int = 2,
         console.print(f"[green]✓[/green] tuning {ALGORITHM}: {trials} trials as jobs, study {study_id}")
 
         tuning_started = time.monotonic()
-        with WorkerPool(url, ["tune_trial", "tune", "train"], workers, poll_interval=0.5,
+        with WorkerPool(url, ["tune_trial", "tune", "train", "compile"], workers, poll_interval=0.5,
                         log_level=logging.WARNING) as pool, Progress(
             TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("best {task.fields[best]}"),
             TimeElapsedColumn(), console=console,
@@ -130,9 +132,21 @@ def run_demo(url: str | None = None, *, trials: int = 12, workers: int = 2,
                     raise PgmlopsError("demo: tuning did not finish within ten minutes")
                 pool.check()
                 time.sleep(0.3)
-        if job["status"] != "succeeded":
-            raise PgmlopsError(f"demo: tuning ended {job['status']}: {(job.get('error') or '').partition(chr(10))[0]}")
-        registered = job["result"] or {}
+            if job["status"] != "succeeded":
+                raise PgmlopsError(f"demo: tuning ended {job['status']}: {(job.get('error') or '').partition(chr(10))[0]}")
+            registered = job["result"] or {}
+            # The registration queued the version's compilation as a job of its own: the same
+            # workers run it (a second or so for this model).
+            compile_job = registered.get("compile_job_id")
+            while compile_job is not None:
+                with tenant_context(conn, tenant):
+                    compiled = queue.result(conn, int(compile_job))
+                if compiled["status"] in ("succeeded", "failed", "dead", "cancelled"):
+                    break
+                if time.monotonic() - tuning_started > 600:
+                    raise PgmlopsError("demo: the model version's compilation did not finish within ten minutes")
+                pool.check()
+                time.sleep(0.2)
         with tenant_context(conn, tenant), sql_errors():
             version = models.model_version(conn, ModelRef(registered.get("model", "diagnosis"), registered.get("version")))
             leaderboard = conn.execute(
@@ -152,6 +166,7 @@ def run_demo(url: str | None = None, *, trials: int = 12, workers: int = 2,
     for name in ("algorithm", "artifact_format", "artifact_size", "artifact_sha256"):
         if version.get(name) is not None:
             vtable.add_row(name.replace("_", " "), str(version[name])[:64])
+    vtable.add_row("scoring path", _scoring_path(version))
     console.print(vtable)
     seconds = time.monotonic() - started
     console.print(f"[green]✓[/green] done in {seconds:.0f} s: features → point-in-time training set → {n_trials} trials on "
@@ -182,6 +197,15 @@ def _leaderboard_table(rows: list[Any], n_trials: int) -> Table:
                       f"{p['learning_rate']:.3f}" if "learning_rate" in p else "", str(p.get("max_iter", "")),
                       str(p.get("max_leaf_nodes", "")), str(p.get("min_samples_leaf", "")), f"{float(seconds or 0):.1f}")
     return table
+
+
+def _scoring_path(version: dict[str, Any]) -> str:
+    """How the version is scored: its compiled function (with its size), or why workers score it."""
+    record = version.get("scoring") or {}
+    if version.get("scoring_path") == "compiled":
+        trees = f", {record['trees']} trees" if record.get("trees") else ""
+        return f"compiled: {record.get('function')} ({record.get('sql_bytes', 0):,} bytes of SQL{trees})"
+    return f"workers: {record.get('reason', 'not compiled')}"
 
 
 def _breast_cancer() -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -77,7 +77,11 @@ def record_fit(conn: Conn, run_id: UUID | str, result: FitResult, *, model: str 
                tags: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Log ``result``'s steps, finish the run as succeeded and, with ``model``, register the
     artifact as that model's next version. Returns ``{run_id, metrics}`` plus
-    ``{model_version_id, model, version}`` when registered."""
+    ``{model_version_id, model, version, compile_job_id}`` when registered.
+
+    The registration queues the version's ``compile`` job in the caller's transaction
+    (``ml.register_model_version``); the compilation itself happens there, off the training
+    job's path (docs/scoring.md, "Where it happens")."""
     if result.steps:
         with conn.cursor() as cur:
             cur.executemany("select ml.log_run_metrics(%s, %s, %s)",
@@ -92,12 +96,6 @@ def record_fit(conn: Conn, run_id: UUID | str, result: FitResult, *, model: str 
                             Jsonb(result.signature), Jsonb(metrics), Jsonb(dict(tags or {})))).fetchone()
         assert row is not None
         out.update(row[0])
-        # Every version whose whole pipeline has a SQL form gets its compiled function now;
-        # the others are recorded as scored by workers, with the reason (docs/scoring.md).
-        from pgmlops import scoring
-
-        out["scoring"] = scoring.compile_registered(conn, out["model_version_id"], result.model,
-                                                    task=result.signature.get("task"))
     return out
 
 
@@ -114,8 +112,8 @@ def run_training(conn: Conn, *, project_id: UUID | str, dataset_id: UUID | str, 
     fit when true. ``register=False`` records the run only (tuning trials).
 
     Returns:
-        ``{run_id, model_version_id, model, version, metrics, n_train, n_test, dropped_rows}``
-        (no model fields when not registered).
+        ``{run_id, model_version_id, model, version, compile_job_id, metrics, n_train, n_test,
+        dropped_rows}`` (no model fields when not registered).
 
     Raises:
         PermanentError: unknown project or dataset, data or settings that cannot be trained on,
@@ -160,7 +158,8 @@ def run_training(conn: Conn, *, project_id: UUID | str, dataset_id: UUID | str, 
 
 def train(ctx: JobContext) -> dict[str, Any]:
     """Payload ``{project_id, dataset_id, algorithm, hyperparams, options}`` (from ``ml.train``);
-    result ``{run_id, model_version_id, model, version, metrics, n_train, n_test, dropped_rows}``."""
+    result ``{run_id, model_version_id, model, version, compile_job_id, metrics, n_train, n_test,
+    dropped_rows}``: the version's ``compile`` job (kind ``compile``) compiles it afterwards."""
     payload = ctx.payload
     missing = [k for k in ("project_id", "dataset_id", "algorithm") if not payload.get(k)]
     if missing:

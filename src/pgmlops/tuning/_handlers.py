@@ -331,7 +331,8 @@ def _settle(ctx: JobContext, row: dict[str, Any], state: str, number: int | None
 def tune(ctx: JobContext) -> dict[str, Any]:
     """Refit the study's best configuration on its whole training split and register it;
     returns {study_id, best_trial, best_value, best_params, run_id, model_version_id, model,
-    version, metrics, trials}. A study without a complete trial fails (PermanentError)."""
+    version, compile_job_id (the version's compile job: docs/scoring.md), metrics, trials}. A
+    study without a complete trial fails (PermanentError)."""
     study_id = str(ctx.payload["study_id"])
     row = _study_row(ctx.conn, study_id)
     if row["status"] in ("succeeded", "failed"):
@@ -369,4 +370,5 @@ def tune(ctx: JobContext) -> dict[str, Any]:
                       refit["model_version_id"]))
     return {"study_id": study_id, "best_trial": best.number, "best_value": best.value, "best_params": hyperparams,
             "run_id": str(refit["run_id"]), "model_version_id": str(refit["model_version_id"]), "model": refit["model"],
-            "version": refit["version"], "metrics": refit["metrics"], "trials": counts}
+            "version": refit["version"], "compile_job_id": refit.get("compile_job_id"), "metrics": refit["metrics"],
+            "trials": counts}
