@@ -85,12 +85,17 @@ def pgmlops_pool(setup: Setup, size: int) -> ConnectionPool[psycopg.Connection[A
     return pool
 
 
-def pgmlops_call(pool: ConnectionPool[psycopg.Connection[Any]]) -> Call:
+def pgmlops_call(pool: ConnectionPool[psycopg.Connection[Any]], inside: list[float] | None = None) -> Call:
+    """``ml.predict`` by entity key; ``inside`` collects the ``latency_ms`` each call reports (the
+    time spent inside the function, as logged in ml.predictions)."""
     def call(project: str, key: str) -> dict[str, Any]:
         with pool.connection() as conn:
             row = conn.execute(PREDICT, (project, key)).fetchone()
         assert row is not None
-        return dict(row[0])
+        result = dict(row[0])
+        if inside is not None and isinstance(result.get("latency_ms"), int | float):
+            inside.append(float(result["latency_ms"]))
+        return result
     return call
 
 
@@ -100,14 +105,30 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def load_pipelines(setup: Setup) -> dict[str, Any]:
+    """{model key: the registered scikit-learn pipeline} (``pgmlops.models.load_model``)."""
+    from pgmlops.db import tenant_context
+    from pgmlops.models import load_model
+
+    with psycopg.connect(setup.url, autocommit=True) as conn, tenant_context(conn, setup.tenant):
+        return {key: load_model(conn, m.ref) for key, m in setup.models.items()}
+
+
 @contextmanager
-def fastapi_service(setup: Setup, workers: int, pool_size: int) -> Iterator[dict[str, Any]]:
+def fastapi_service(setup: Setup, pipelines: dict[str, Any], workers: int, pool_size: int) -> Iterator[dict[str, Any]]:
     """Start ``bench._scoring_service`` under uvicorn; yields ``{base_url, pid, workers, start_s}``."""
     import httpx
+    import joblib
 
     port = _free_port()
+    models_dir = tempfile.TemporaryDirectory(prefix="pgmlops_bench_models_")
+    models: dict[str, Any] = {}
+    for key, m in setup.models.items():
+        path = os.path.join(models_dir.name, f"{key}.joblib")
+        joblib.dump(pipelines[key], path)
+        models[m.project] = {"path": path, "model": m.model, "version": m.version}
     config = {"url": setup.url, "tenant": setup.tenant, "table": setup.online_table, "columns": FEATURES,
-              "models": {m.project: m.ref for m in setup.models.values()}, "pool_size": pool_size}
+              "models": models, "pool_size": pool_size}
     env = {**os.environ, "PGMLOPS_BENCH_SERVICE": json.dumps(config), "OMP_NUM_THREADS": "1",
            "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(BENCH_DIR.parent)}
     log = tempfile.NamedTemporaryFile(prefix="pgmlops_bench_service_", suffix=".log", delete=False)  # noqa: SIM115
@@ -147,6 +168,7 @@ def fastapi_service(setup: Setup, workers: int, pool_size: int) -> Iterator[dict
             proc.wait()
         log.close()
         os.unlink(log.name)
+        models_dir.cleanup()
 
 
 def features_only_call(client: Any) -> Call:
@@ -157,21 +179,15 @@ def features_only_call(client: Any) -> Call:
     return call
 
 
-def model_only(setup: Setup, ref: str, keys: list[str], n: int) -> dict[str, float]:
+def model_only(setup: Setup, pipeline: Any, keys: list[str], n: int) -> dict[str, float]:
     """The service's model work alone, in this process: the one-row frame and ``predict_proba``
-    of the pipeline loaded from the registry (ms per call)."""
+    of the registered pipeline (ms per call, one native thread as in the service)."""
     import pandas as pd
+    from psycopg import sql
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
-    from pgmlops.db import tenant_context
-    from pgmlops.models import load_model
-
+    schema, table = setup.online_table.split(".", 1)
     with psycopg.connect(setup.url, autocommit=True) as conn:
-        with tenant_context(conn, setup.tenant):
-            pipeline = load_model(conn, ref)
-        schema, table = setup.online_table.split(".", 1)
-        from psycopg import sql
-
         rows = conn.execute(sql.SQL("select {} from {} where tenant_id = %s and entity_key = any(%s)").format(
             sql.SQL(", ").join(map(sql.Identifier, FEATURES)), sql.Identifier(schema, table.strip('"'))),
             (setup.tenant, keys[:n])).fetchall()
@@ -357,9 +373,10 @@ def run(setup: Setup, *, requests: int, rounds: int, warmup: int, clients: int, 
                                           "pgbench_seconds": pgbench_seconds, "pgbench_clients": pgbench_clients},
                            "models": {}, "pgbench": []}
     predict_ready = _has_predict(setup)
+    pipelines = load_pipelines(setup)
     pool = pgmlops_pool(setup, clients)
     try:
-        with fastapi_service(setup, service_workers, pool_size=max(1, clients // service_workers)) as service, \
+        with fastapi_service(setup, pipelines, service_workers, pool_size=max(1, clients // service_workers)) as service, \
                 httpx.Client(base_url=service["base_url"], timeout=30) as client:
             out["service"] = service
             log(f"  FastAPI service up in {service['start_s']} s ({service_workers} uvicorn workers)")
@@ -382,12 +399,17 @@ def run(setup: Setup, *, requests: int, rounds: int, warmup: int, clients: int, 
                     log(f"  [red]{key}: pgmlops side not measured: {entry['pgmlops_error']}[/]")
                 if i == 0:  # the service without a model: HTTP and the lookup (one model's run is enough)
                     sides["fastapi_features_only"] = features_only_call(client)
+                inside: list[float] = []
+                if "pgmlops" in sides:
+                    sides["pgmlops"] = pgmlops_call(pool, inside)
                 log(f"  {key}: latency, {requests:,} sequential calls per side ...")
                 lat = latency(sides, model.project, setup.keys, requests, rounds, warmup, seed=17 + i)
+                if inside:  # the warm-up's calls left out
+                    entry["pgmlops_inside_function_ms"] = summarize(inside[-len(lat["pgmlops"]):])
                 if i == 0:
                     out["fastapi_features_only_latency_ms"] = summarize(lat.pop("fastapi_features_only"))
                     del sides["fastapi_features_only"]
-                entry["model_only_ms"] = model_only(setup, model.ref, setup.keys, min(requests, 500))
+                entry["model_only_ms"] = model_only(setup, pipelines[key], setup.keys, min(requests, 500))
                 for side, values in lat.items():
                     entry.setdefault(side, {})["latency_ms"] = summarize(values)
                 order = list(sides) if i % 2 == 0 else list(reversed(sides))
@@ -456,6 +478,10 @@ def tables(result: dict[str, Any]) -> list[Any]:
             t.add_row(key, side, f(lat.get("p50")), f(lat.get("p95")), f(lat.get("p99")), f(thr.get("requests_per_s"), ",.0f"),
                       f(tl.get("p50")), f(tl.get("p99")), f(thr.get("client_cpu_us_per_request"), ",.0f"),
                       f(thr.get("busy_cores")))
+        inside = entry.get("pgmlops_inside_function_ms")
+        if inside:
+            t.add_row(key, "[dim]inside ml.predict[/]", f(inside.get("p50")), f(inside.get("p95")), f(inside.get("p99")),
+                      "", "", "", "", "")
         m = entry.get("model_only_ms")
         if m:
             t.add_row(key, "[dim]sklearn alone[/]", f(m.get("p50")), f(m.get("p95")), f(m.get("p99")), "", "", "", "", "")

@@ -5,9 +5,10 @@ Run by ``bench.scoring`` as a separate process::
     PGMLOPS_BENCH_SERVICE='{"url": ..., "tenant": ..., "table": ..., "columns": [...], "models": {...}}' \\
         python -m uvicorn bench._scoring_service:app --workers 2 --loop uvloop --http httptools
 
-At startup each uvicorn worker loads every model from the registry (``pgmlops.models.load_model``,
-the scikit-learn pipeline that training fitted: inputs, imputer, scaler, estimator) and opens a
-psycopg pool on the database. ``GET /features/{entity_key}`` returns the row without a model
+At startup each uvicorn worker loads every model from a joblib file, as such services do: the
+scikit-learn pipeline that pgmlops' training fitted and registered (inputs, imputer, scaler,
+estimator), which the benchmark read from the registry (``pgmlops.models.load_model``) and
+dumped; and it opens a psycopg pool on the database. ``GET /features/{entity_key}`` returns the row without a model
 (the floor of HTTP plus the lookup). ``GET /predict/{project}/{entity_key}`` reads the entity's row from
 the feature group's online table (the table ``ml.predict`` reads: one primary-key probe, a
 prepared statement), builds the one-row frame the pipeline was fitted on, calls ``predict_proba``
@@ -40,20 +41,15 @@ _state: dict[str, Any] = {}
 
 
 def _load_models(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """{project: {pipeline, classes, model, version}} from the registry, as the tenant's service caller."""
-    import psycopg
-
-    from pgmlops.db import tenant_context
-    from pgmlops.models import load_model, parse_ref
+    """{project: {pipeline, classes, model, version}}: each pipeline from its joblib file."""
+    import joblib
 
     out: dict[str, dict[str, Any]] = {}
-    with psycopg.connect(config["url"], autocommit=True) as conn, tenant_context(conn, config["tenant"]):
-        for project, ref in config["models"].items():
-            pipeline = load_model(conn, ref)
-            parsed = parse_ref(ref)
-            out[project] = {"pipeline": pipeline, "classes": [c.item() if isinstance(c, np.generic) else c
-                                                              for c in pipeline.classes_],
-                            "model": parsed.model, "version": parsed.version}
+    for project, spec in config["models"].items():
+        pipeline = joblib.load(spec["path"])
+        out[project] = {"pipeline": pipeline, "classes": [c.item() if isinstance(c, np.generic) else c
+                                                          for c in pipeline.classes_],
+                        "model": spec["model"], "version": spec["version"]}
     return out
 
 

@@ -39,6 +39,7 @@ import statistics
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -358,6 +359,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--parts", default="compiler,online,batch",
                     help="comma-separated parts: compiler, online, batch (default all)")
     ap.add_argument("--quick", action="store_true", help="small sizes (and no 500-tree model), for a sanity run")
+    ap.add_argument("--existing-database", action="store_true",
+                    help="use the database --database-url names as it is (migrated, a scratch one: the smoke test's "
+                         "clone) instead of creating and dropping pgmlops_bench_<pid>")
     ap.add_argument("--output", default="scoring",
                     help="results name: bench/results/<name>.json (a path ending in .json is written as given)")
     compiler = ap.add_argument_group("compiler part (pgmlops against orbital)")
@@ -494,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     parameters: dict[str, Any] = {"parts": parts, "quick": args.quick, "server": redact(server),
                                   "load_average_at_start": os.getloadavg()}
     goals: list[Goal] = []
-    with fresh_database(server) as url:
+    database = nullcontext(server) if args.existing_database else fresh_database(server)
+    with database as url:
         with psycopg.connect(url, autocommit=True) as conn:
             machine = machine_info(conn)
         if "compiler" in parts:
