@@ -190,12 +190,10 @@ $$;
 -- ml_private.serving_function_name(p_model_version uuid) returns text
 -- The name (in ml_models) of a version's serving function: its compiled function's name plus
 -- '_serve'. Made from the version's id only (see ml_private.compiled_function).
+-- A SQL-standard body (resolved at creation) and no SET clause, so ml.predict inlines it.
 create or replace function ml_private.serving_function_name(p_model_version uuid) returns text
 language sql immutable parallel safe
-set search_path = ''
-as $$
-    select ml_private.compiled_model_name(p_model_version) || '_serve'
-$$;
+return ml_private.compiled_model_name(p_model_version) || '_serve';
 
 -- ml_private.create_serving_function(p_model_version uuid) returns void
 -- Creates, next to a version's compiled function, its serving function
