@@ -45,13 +45,15 @@ class Tenant:
         act_for(conn, None)
 
     def predict(self, conn: Conn, task: str = "classification", *, days_ago: float = 0, prediction: Any = "yes",
-                shadow_of: str | None = None, version: str | None = None, arm: str = "a") -> str:
-        """A logged prediction (as ml.predict logs one); returns its id."""
+                shadow_of: str | None = None, version: str | None = None, arm: str = "a",
+                id: str | None = None) -> str:
+        """A logged prediction (as ml.predict logs one; its id random unless given); returns its id."""
         at = datetime.now(timezone.utc) - timedelta(days=days_ago)
         row = conn.execute(
-            "insert into ml.predictions (tenant_id, project_id, arm, model_version_id, shadow_of, entity_key, features, "
-            "prediction, created_at) values (%s, %s, %s, %s, %s, 'c1', '{\"x0\": 1.5}', %s, %s) returning id",
-            (self.id, self.projects[task], arm, version or self.versions[task], shadow_of, Jsonb(prediction), at),
+            "insert into ml.predictions (id, tenant_id, project_id, arm, model_version_id, shadow_of, entity_key, features, "
+            "prediction, created_at) values (coalesce(%s::uuid, gen_random_uuid()), %s, %s, %s, %s, %s, 'c1', "
+            "'{\"x0\": 1.5}', %s, %s) returning id",
+            (id, self.id, self.projects[task], arm, version or self.versions[task], shadow_of, Jsonb(prediction), at),
         ).fetchone()
         assert row is not None
         return str(row[0])
@@ -123,6 +125,30 @@ def test_a_prediction_in_an_older_partition_is_found(conn: Conn, world: tuple[Te
     assert (chunks.fetchone() or [0])[0] >= 2
     record(conn, a, old, "yes", "late")
     assert (old, "late", "yes") in labels(conn, a)
+
+
+def test_an_id_carrying_its_time_is_found_around_it_and_anywhere_else_too(conn: Conn,
+                                                                       world: tuple[Tenant, Tenant]) -> None:
+    a, _ = world
+    at = datetime.now(timezone.utc) - timedelta(days=20)
+    made = conn.execute("select ml_private.prediction_id(%s)::text, ml_private.prediction_id_time(ml_private.prediction_id(%s))",
+                        (at, at)).fetchone()
+    assert made is not None and made[0][14] == "7" and abs(made[1] - at) < timedelta(milliseconds=1)
+    assert conn.execute("select ml_private.prediction_id_time(gen_random_uuid())").fetchone() == (None,)
+    # Logged at the time its id carries: found in that chunk; logged days before it (an id made
+    # by another writer): found by the lookup through every chunk.
+    timely = a.predict(conn, days_ago=20, id=made[0])
+    early = a.predict(conn, days_ago=25, id=str(one_id(conn, at)))
+    bulk(conn, a, [{"prediction_id": early, "label": "no", "source": "bulk"}])
+    record(conn, a, timely, "yes", "v7")
+    record(conn, a, early, "no", "v7")
+    assert {(timely, "v7", "yes"), (early, "v7", "no"), (early, "bulk", "no")} <= set(labels(conn, a))
+
+
+def one_id(conn: Conn, at: datetime) -> Any:
+    row = conn.execute("select ml_private.prediction_id(%s)", (at,)).fetchone()
+    assert row is not None
+    return row[0]
 
 
 def test_another_tenants_prediction_is_not_found_and_nothing_is_written(conn: Conn, world: tuple[Tenant, Tenant]) -> None:
@@ -311,3 +337,36 @@ def test_prediction_outcomes_joins_labels_to_live_and_shadow_predictions(conn: C
     with tenant_context(conn, b.id, user=b.engineer):  # another tenant sees none of it
         assert conn.execute(query, (ids,)).fetchall() == []
         assert conn.execute("select count(*) from ml.prediction_outcomes where tenant_id = %s", (a.id,)).fetchone() == (0,)
+
+
+# -- end to end ----------------------------------------------------------------------------------
+
+# A logistic regression on x0, as pgmlops.scoring.describe writes scikit-learn's fitted model.
+LOGISTIC = {
+    "format": 1, "task": "classification", "estimator_name": "LogisticRegression",
+    "inputs": {"numeric": 1, "categorical": 0}, "features": [{"num": 1, "ops": []}],
+    "estimator": {"kind": "linear", "coef": [[0.7]], "intercept": [-4.0]},
+    "output": {"kind": "classification", "labels": [0, 1], "probability": "sigmoid", "label": "gt0", "decision": True},
+}
+
+
+def test_a_prediction_served_by_ml_predict_takes_its_outcome(conn: Conn) -> None:
+    tenant = make_tenant(conn)
+    owner = member(conn, tenant, "owner")
+    act_for(conn, tenant)
+    version = register(conn, project(conn, "served", "classification"), SIGNATURE, "classification", classes=[0, 1])
+    conn.execute("select ml.install_compiled_model(%s, %s)", (version, Jsonb(LOGISTIC)))
+    act_for(conn, None)
+    with tenant_context(conn, tenant, user=owner):
+        conn.execute("select ml.approve('served', 1, 'approved')")
+        conn.execute("select ml.deploy('served', 'single', %s)", (Jsonb([{"arm": "main", "model": "served", "version": 1}]),))
+        served = conn.execute("select ml.predict('served', '{\"x0\": 10}', 'c7')").fetchone()
+        assert served is not None and served[0]["prediction"] == 1
+    with refused("22023", r"^label: \"churned\" is not a class of the model that made the prediction \(classes: 0, 1\)$"), \
+            tenant_context(conn, tenant, user=owner):
+        conn.execute("select ml.record_feedback(%s, '\"churned\"')", (served[0]["prediction_id"],))
+    with tenant_context(conn, tenant, user=owner):
+        conn.execute("select ml.record_feedback(%s, '0', 'crm')", (served[0]["prediction_id"],))
+        outcome = conn.execute("select prediction, label, model, version, arm, deployment_id::text, entity_key "
+                               "from ml.prediction_outcomes where prediction_id = %s", (served[0]["prediction_id"],)).fetchall()
+    assert outcome == [(1, 0, "served", 1, "main", served[0]["deployment_id"], "c7")]

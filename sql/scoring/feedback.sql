@@ -17,11 +17,12 @@
 -- shadow arm's row answers nobody; its outcome is the live prediction's, and
 -- ml.prediction_outcomes gives it to the shadow row through shadow_of.
 --
--- Finding a prediction by id: ml.predictions is time-partitioned (one-day chunks, 90 days kept)
--- and prediction ids carry no time, so the lookup probes predictions_id_idx on every chunk
--- (one index probe per chunk, no sequential scan; measured in docs/feedback.md). The label's
--- row keeps the prediction's time (predicted_at), so joins from labels to predictions prune
--- the partitions.
+-- Finding a prediction by id: ml.predictions is time-partitioned (one-day chunks, 90 days kept).
+-- An id made by ml_private.prediction_id (UUIDv7 layout: the prediction's time in its first 48
+-- bits) is looked up in the chunks around that time only; any other id (or one not found there)
+-- probes predictions_id_idx on every chunk: one index probe per chunk, no sequential scan
+-- (measured in docs/feedback.md). The label's row keeps the prediction's time (predicted_at),
+-- so joins from labels to predictions prune the partitions.
 
 ------------------------------------------------------------------------------------------------
 -- Helpers
@@ -70,21 +71,64 @@ as $$
     end
 $$;
 
+-- ml_private.prediction_id(p_at timestamptz default now()) returns uuid
+-- A new prediction id that carries its time: the UUIDv7 layout (RFC 9562: p_at's Unix time in
+-- milliseconds in the first 48 bits, version 7, the remaining 74 bits random, from
+-- gen_random_uuid). Ids made at the prediction's created_at (now(), the default) let
+-- ml.record_feedback find the prediction in its own chunk instead of probing every chunk.
+create or replace function ml_private.prediction_id(p_at timestamptz default now()) returns uuid
+language sql volatile parallel safe
+set search_path = ''
+as $$
+    select encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+                                          placing substring(int8send(floor(extract(epoch from p_at) * 1000)::bigint) from 3)
+                                          from 1 for 6), 52, 1), 53, 1), 'hex')::uuid
+$$;
+
+-- ml_private.prediction_id_time(p_id uuid) returns timestamptz
+-- The time a UUIDv7 id carries (millisecond precision); NULL for ids of other versions.
+create or replace function ml_private.prediction_id_time(p_id uuid) returns timestamptz
+language sql immutable parallel safe
+set search_path = ''
+as $$
+    select case when substr(p_id::text, 15, 1) = '7'
+                then to_timestamp((('x' || substr(replace(p_id::text, '-', ''), 1, 12))::bit(48)::bigint) / 1000.0) end
+$$;
+
 -- ml_private.feedback_target(p_tenant uuid, p_prediction uuid)
 -- returns table (prediction_id uuid, project_id uuid, predicted_at timestamptz, shadow_of uuid,
 --                task text, classes jsonb)
 -- The prediction p_prediction of tenant p_tenant with what checking its label needs: its
 -- project's task and the classes of the model version that made it. No row when there is
 -- none (another tenant's prediction is not there either). Probes predictions_id_idx of every
--- partition (see the header). PL/pgSQL rather than SQL on purpose: its plan is kept for the
--- session, where a SQL function's would be made again at every call, and planning a query over
--- every chunk of the log costs more than running it (docs/feedback.md has the figures).
+-- partition, or only those of the hour before the time a UUIDv7 id carries (the transaction
+-- that logged it may have started before the id was made) when it is found there (see the
+-- header). PL/pgSQL rather than SQL on purpose: its plans are kept for the session, where a
+-- SQL function's would be made again at every call, and planning a query over every chunk of
+-- the log costs more than running it (docs/feedback.md has the figures).
 create or replace function ml_private.feedback_target(p_tenant uuid, p_prediction uuid)
 returns table (prediction_id uuid, project_id uuid, predicted_at timestamptz, shadow_of uuid, task text, classes jsonb)
 language plpgsql stable security definer
 set search_path = ''
 as $$
+declare
+    v_at timestamptz := ml_private.prediction_id_time(p_prediction);
 begin
+    if v_at is not null then
+        -- EXECUTE: planned with the bounds' values, so only the chunks they cover are planned and
+        -- locked (a generic plan would hold every chunk, and lock each one at every call).
+        return query execute
+            'select p.id, p.project_id, p.created_at, p.shadow_of, pr.task, v.signature -> ''classes''
+             from ml.predictions p
+             join ml.projects pr on pr.id = p.project_id
+             left join ml.model_versions v on v.id = p.model_version_id
+             where p.id = $1 and p.tenant_id = $2 and p.created_at >= $3 and p.created_at < $4
+             limit 1'
+            using p_prediction, p_tenant, v_at - interval '1 hour', v_at + interval '1 second';
+        if found then
+            return;
+        end if;
+    end if;
     return query
         select p.id, p.project_id, p.created_at, p.shadow_of, pr.task, v.signature -> 'classes'
         from ml.predictions p
@@ -229,7 +273,9 @@ begin
         raise exception 'feedback[%]%', v_bad.i, v_bad.problem using errcode = '22023';
     end if;
 
-    -- Each element's prediction, in the caller's tenant (one lookup each, kept for the insert).
+    -- Each element's prediction, in the caller's tenant, kept for the insert. One statement: the
+    -- chunks are planned and locked once, then each element costs one index probe per chunk
+    -- (ml_private.feedback_target per element would pay that fixed cost every time).
     select jsonb_agg(jsonb_build_object(
                'i', e.n - 1, 'prediction_id', e.pid, 'label', e.value -> 'label', 'source', e.value ->> 'source',
                'found', t.prediction_id is not null, 'project_id', t.project_id, 'predicted_at', t.predicted_at,
@@ -240,7 +286,14 @@ begin
     from (select a.value, a.n, a.pid, min(a.n) over (partition by a.pid, a.value ->> 'source') as first
           from (select value, n, (value ->> 'prediction_id')::uuid as pid
                 from jsonb_array_elements(feedback) with ordinality j (value, n)) a) e
-    left join lateral ml_private.feedback_target(v_tenant, e.pid) t on true;
+    left join lateral (
+        select p.id as prediction_id, p.project_id, p.created_at as predicted_at, p.shadow_of, pr.task,
+               v.signature -> 'classes' as classes
+        from ml.predictions p
+        join ml.projects pr on pr.id = p.project_id
+        left join ml.model_versions v on v.id = p.model_version_id
+        where p.id = e.pid and p.tenant_id = v_tenant
+        limit 1) t on true;
 
     select r.i, r.code, r.problem into v_bad
     from (
@@ -317,5 +370,7 @@ grant execute on function
     ml_private.feedback_label_problem(text, jsonb, jsonb),
     ml_private.feedback_source_problem(text),
     ml_private.feedback_target(uuid, uuid),
-    ml_private.max_feedback_batch()
+    ml_private.max_feedback_batch(),
+    ml_private.prediction_id(timestamptz),
+    ml_private.prediction_id_time(uuid)
 to service_role;
