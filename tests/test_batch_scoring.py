@@ -357,3 +357,21 @@ def test_tenant_b_cannot_score_or_touch_tenant_a(env: Env) -> None:
                 env.conn.execute(f"select {call}", (a_scoring,))
         with refused("P0002"), env.conn.transaction():
             env.conn.execute("select * from ml.batch_scoring_rows(%s, 0, 10)", (a_scoring,))
+
+
+def test_without_a_model_the_deployed_version_scores(env: Env) -> None:
+    with refused("P0002", "no active deployment"):
+        predict_batch(env, "public.customers", {})
+    with as_user(env.conn, env.a, env.user_a):
+        env.conn.execute("select ml.approve('churn_gb', 1, 'approved')")
+        deployment = one(env.conn, """select ml.deploy('churn', 'single', '[{"arm": "a", "model": "churn_gb", "version": 1}]')""")
+        rows = env.conn.execute("select model_version_id, count(*) from ml.predict_batch('churn', 'public.customers') "
+                                "group by 1").fetchall()
+        job = int(one(env.conn, "select ml.score('churn', 'public.customers', 'app.deployed', '{\"key\": [\"id\"]}')"))
+    assert [(str(v), n) for v, n in rows] == [(env.gb_version, N_A)]
+    act_for(env.conn, None)
+    assert env.conn.execute("select deployment_id, model_version_id, path from ml.batch_scorings where job_id = %s",
+                            (job,)).fetchone() == (deployment, uuid.UUID(env.gb_version), "sql")
+    run_worker(env.url)
+    assert scoring_of(env, job)["status"] == "succeeded"
+    assert one(env.conn, "select count(distinct row_number) from app.deployed") == N_A
