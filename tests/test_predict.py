@@ -209,6 +209,9 @@ def test_features_read_from_the_online_store_score_like_the_same_features_passed
         assert (by_key["prediction"], by_key["probabilities"]) == (passed["prediction"], passed["probabilities"])
         logged = one(conn, "select features from ml.predictions where id = %s", by_key["prediction_id"])
         assert set(logged) == set(stored) and logged["tier"] == stored["tier"] and logged["visits"] == stored["visits"]
+    # Resolved once, at the version's first call by entity key.
+    lookup = one(conn, "select lookup from ml_private.online_lookups where model_version_id = %s", clients["version"])
+    assert [(g["name"], g["version"]) for g in lookup["groups"]] == [("clients", 1)] and lookup["event_time"] == []
 
 
 def test_an_entity_absent_from_the_online_store_is_not_found_naming_entity_and_group(conn: Conn, clients: dict[str, Any]) -> None:

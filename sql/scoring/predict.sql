@@ -105,34 +105,29 @@ begin
 end
 $$;
 
--- ml_private.online_prediction_features(p_tenant uuid, p_arguments jsonb, p_dataset uuid,
---                                       p_entity_key text, p_model text) returns jsonb
--- A compiled version's raw inputs for one entity, read from the online store: each input that
--- is a feature of the version's training set comes from the online table of the feature group
--- version the training set read it from (ml.feature_groups.online_table: the entity's newest
--- row), the training set's event_time is now(). The entity must be in every one of those groups
--- with values within the group's TTL; a partly present entity is refused rather than scored
--- with missing values the caller did not choose (pass features to score it anyway).
--- Raises P0002 an entity absent from a group (or whose values there are older than its TTL), a
--- feature group version that no longer exists; 0A000 a version not trained on a training set of
--- the feature store, one whose groups join on several keys, one taking window aggregates (the
--- online store keeps none: the caller computes them and passes features).
--- Callers: ml.predict (through score_arm).
-create or replace function ml_private.online_prediction_features(p_tenant uuid, p_arguments jsonb, p_dataset uuid,
-                                                                  p_entity_key text, p_model text)
+-- ml_private.online_lookup(p_tenant uuid, p_arguments jsonb, p_dataset uuid, p_model text) returns jsonb
+-- How a compiled version (raw inputs p_arguments, training set p_dataset) reads one entity's
+-- inputs from the online store: {"groups": [{"group_id", "name", "version", "query"}],
+-- "event_time": [names]}. Each input that is a feature of the training set comes from the online
+-- table of the feature group version the training set read it from (ml.feature_groups.
+-- online_table: the entity's newest row); `query` reads them as one JSON object by input name,
+-- with the row's event_time ($1 tenant, $2 entity key); the training set's event_time is the
+-- prediction's time. The text holds the table's name and quoted identifiers only.
+-- Raises 0A000 a version not trained on a training set of the feature store, one whose groups
+-- join on several keys, one taking window aggregates (the online store keeps none: the caller
+-- computes them and passes features) or another input that is no feature; P0002 a feature
+-- group version that no longer exists. Callers: ml_private.online_prediction_features.
+create or replace function ml_private.online_lookup(p_tenant uuid, p_arguments jsonb, p_dataset uuid, p_model text)
 returns jsonb
 language plpgsql stable
 set search_path = ''
 as $$
 declare
-    v_ds       ml.datasets;
-    v_features jsonb := '{}';
-    v_missing  text;
-    v_group    record;
-    v_table    regclass;
-    v_ttl      interval;
-    v_row      jsonb;
-    v_time     timestamptz;
+    v_ds      ml.datasets;
+    v_missing text;
+    v_group   record;
+    v_fg      ml.feature_groups;
+    v_groups  jsonb := '[]';
 begin
     select * into v_ds from ml.datasets d where d.id = p_dataset and d.tenant_id = p_tenant;
     if v_ds.id is null or jsonb_array_length(v_ds.source_groups) = 0 then
@@ -175,28 +170,76 @@ begin
         group by 1, 2
         order by 1, 2
     loop
-        select fg.online_table, fg.ttl into v_table, v_ttl
-        from ml.feature_groups fg where fg.tenant_id = p_tenant and fg.name = v_group.name and fg.version = v_group.version;
-        if v_table is null then
+        select * into v_fg from ml.feature_groups fg
+        where fg.tenant_id = p_tenant and fg.name = v_group.name and fg.version = v_group.version;
+        if v_fg.id is null then
             raise exception 'feature group %@% (which model % was trained on) does not exist any more', v_group.name, v_group.version, p_model
                 using errcode = 'P0002', hint = 'Pass the features: ml.predict(project, features => ''{...}'').';
         end if;
-        execute format('select %s, g.event_time from %s g where g.tenant_id = $1 and g.entity_key = $2', v_group.expression, v_table)
-            into v_row, v_time using p_tenant, p_entity_key;
+        v_groups := v_groups || jsonb_build_array(jsonb_build_object(
+            'group_id', v_fg.id, 'name', v_fg.name, 'version', v_fg.version,
+            'query', format('select %s, g.event_time from %s g where g.tenant_id = $1 and g.entity_key = $2',
+                            v_group.expression, v_fg.online_table)));
+    end loop;
+    return jsonb_build_object('groups', v_groups, 'event_time', (
+        select coalesce(jsonb_agg(c ->> 'name'), '[]') from jsonb_array_elements(v_ds.columns) c
+        where c ->> 'role' = 'event_time' and exists (select 1 from jsonb_array_elements(p_arguments) a where a ->> 'name' = c ->> 'name')));
+end
+$$;
+
+-- ml_private.online_prediction_features(p_tenant uuid, p_version uuid, p_arguments jsonb,
+--                                       p_dataset uuid, p_entity_key text, p_model text) returns jsonb
+-- A compiled version's raw inputs for one entity, read from the online store by its lookup
+-- (ml_private.online_lookup, kept in ml_private.online_lookups from the version's first such
+-- call): one primary-key probe per feature group version, the event time now(). The entity must
+-- be in every one of those groups with values within the group's TTL; a partly present entity
+-- is refused rather than scored with missing values the caller did not choose (pass features to
+-- score it anyway).
+-- Raises P0002 an entity absent from a group (or whose values there are older than its TTL), a
+-- feature group version that no longer exists; ml_private.online_lookup's 0A000.
+-- Callers: ml.predict (through score_arm).
+create or replace function ml_private.online_prediction_features(p_tenant uuid, p_version uuid, p_arguments jsonb, p_dataset uuid,
+                                                                  p_entity_key text, p_model text)
+returns jsonb
+language plpgsql volatile  -- writes the version's lookup on its first call
+set search_path = ''
+as $$
+declare
+    v_lookup   jsonb;
+    v_features jsonb := '{}';
+    v_group    jsonb;
+    v_ttl      interval;
+    v_found    boolean;
+    v_row      jsonb;
+    v_time     timestamptz;
+begin
+    select l.lookup into v_lookup from ml_private.online_lookups l where l.model_version_id = p_version;
+    if v_lookup is null then
+        v_lookup := ml_private.online_lookup(p_tenant, p_arguments, p_dataset, p_model);
+        insert into ml_private.online_lookups (model_version_id, lookup) values (p_version, v_lookup) on conflict do nothing;
+    end if;
+    for v_group in select value from jsonb_array_elements(v_lookup -> 'groups') loop
+        select true, fg.ttl into v_found, v_ttl from ml.feature_groups fg where fg.id = (v_group ->> 'group_id')::uuid;
+        if v_found is null then
+            raise exception 'feature group %@% (which model % was trained on) does not exist any more',
+                v_group ->> 'name', v_group ->> 'version', p_model
+                using errcode = 'P0002', hint = 'Pass the features: ml.predict(project, features => ''{...}'').';
+        end if;
+        execute v_group ->> 'query' into v_row, v_time using p_tenant, p_entity_key;
         if v_row is null then
-            raise exception 'entity % is not in the online store of feature group %@%', quote_literal(p_entity_key), v_group.name, v_group.version
+            raise exception 'entity % is not in the online store of feature group %@%', quote_literal(p_entity_key),
+                v_group ->> 'name', v_group ->> 'version'
                 using errcode = 'P0002', hint = 'Ingest its features (ml.ingest), or pass the features.';
         end if;
         if v_ttl is not null and v_time < now() - v_ttl then
             raise exception 'entity %: its values in feature group %@% are from %, older than the group''s TTL (%)',
-                quote_literal(p_entity_key), v_group.name, v_group.version, v_time, v_ttl
+                quote_literal(p_entity_key), v_group ->> 'name', v_group ->> 'version', v_time, v_ttl
                 using errcode = 'P0002', hint = 'Ingest fresh features (ml.ingest), or pass the features.';
         end if;
         v_features := v_features || v_row;
     end loop;
-    select v_features || coalesce(jsonb_object_agg(c ->> 'name', now()), '{}') into v_features
-    from jsonb_array_elements(v_ds.columns) c
-    where c ->> 'role' = 'event_time' and exists (select 1 from jsonb_array_elements(p_arguments) a where a ->> 'name' = c ->> 'name');
+    select v_features || coalesce(jsonb_object_agg(e, now()), '{}') into v_features
+    from jsonb_array_elements_text(v_lookup -> 'event_time') e;
     return v_features;
 end
 $$;
@@ -286,7 +329,8 @@ begin
             using errcode = '0A000', hint = 'Score it in batches with ml.score(project, source, target), or deploy a compiled version.';
     end if;
     if p_features is null then
-        v_features := ml_private.online_prediction_features(p_tenant, v_version.arguments, v_version.dataset_id, p_entity_key, v_label);
+        v_features := ml_private.online_prediction_features(p_tenant, v_version.id, v_version.arguments, v_version.dataset_id,
+                                                             p_entity_key, v_label);
     else
         v_features := ml_private.check_prediction_features(v_version.arguments, v_version.dataset_id, p_features, v_label, p_shadow);
     end if;

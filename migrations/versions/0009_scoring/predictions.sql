@@ -45,3 +45,15 @@ begin
 end
 $$;
 select ml_private.secure_partitions('ml.predictions');
+
+-- How ml.predict reads a compiled version's features from the online store (an entity key, no
+-- features): per feature group version, the query of its online table, written once from the
+-- version's training set by ml_private.online_lookup (sql/scoring/predict.sql) at the first such
+-- call, so later calls skip resolving it (0.5 ms a call). Owner only: ml.predict executes the
+-- text, so no client role may write it.
+create table ml_private.online_lookups (
+    model_version_id uuid primary key references ml.model_versions (id) on delete cascade,
+    lookup           jsonb not null,
+    created_at       timestamptz not null default now()
+);
+comment on table ml_private.online_lookups is 'ml.predict: how each compiled version reads its features from the online store (owner only)';
