@@ -57,9 +57,18 @@ def seeds(*tables: str) -> Callable[[Seeder], Seeder]:
     return register
 
 
+# What the database owner prepares before any seeder runs, as a user's own migration would: a
+# schema where the service role may create the tables batch scorings write to.
+OWNER_SETUP = ("create schema if not exists rls_scores",
+               "grant usage, create on schema rls_scores to service_role")
+
+
 def seed_tenant(conn: Conn, tenant: str) -> None:
     """Run every seeder once for ``tenant``, in the order they are defined, in one transaction
-    of the service role acting for it (pgmlops.db.tenant_context, as a worker would)."""
+    of the service role acting for it (pgmlops.db.tenant_context, as a worker would), after
+    OWNER_SETUP (``conn`` is the owner's)."""
+    for statement in OWNER_SETUP:
+        conn.execute(statement)
     with tenant_context(conn, tenant):
         for seeder in dict.fromkeys(SEEDERS.values()):
             seeder(conn, tenant)
@@ -141,3 +150,38 @@ def tuning_study(conn: Conn, tenant: str) -> None:
     conn.execute("select ml.tune('rls-anomalies', d.id, 'isolation_forest', %s, 1) from ml.datasets d"
                  " where d.tenant_id = %s and d.name = 'rls_training'",
                  (Jsonb({"n_estimators": {"type": "int", "low": 10, "high": 50}}), tenant))
+
+
+# A logistic regression on spend, as pgmlops.scoring.describe writes it for scikit-learn's fitted
+# LogisticRegression (coefficient and intercept as fitted on four rows): installed as the
+# compiled function of rls-model version 1, so ml.predict has a compiled version to serve.
+RLS_COMPILED_MODEL = {
+    "format": 1, "task": "classification", "estimator_name": "LogisticRegression",
+    "inputs": {"numeric": 1, "categorical": 0}, "features": [{"num": 1, "ops": []}],
+    "estimator": {"kind": "linear", "coef": [[0.697816651000343]], "intercept": [-4.283542512790246]},
+    "output": {"kind": "classification", "labels": [0, 1], "probability": "sigmoid", "label": "gt0", "decision": True},
+}
+
+
+@seeds("ml.deployments", "ml.deployment_arms", "ml.predictions", "ml.feedback")
+def served_prediction(conn: Conn, tenant: str) -> None:
+    """rls-model version 1 (approved above, so it passes the champion policy's gate) compiled,
+    deployed alone (ml.deploy: a deployment and its arm), one logged prediction (ml.predict)
+    and its realized outcome (ml.record_feedback)."""
+    version = conn.execute("select v.id from ml.model_versions v join ml.models m on m.id = v.model_id"
+                           " where m.tenant_id = %s and m.name = 'rls-model' and v.version = 1", (tenant,)).fetchone()
+    assert version is not None
+    conn.execute("select ml.install_compiled_model(%s, %s)", (version[0], Jsonb(RLS_COMPILED_MODEL)))
+    conn.execute("select ml.deploy('rls-project', 'single', %s)",
+                 (Jsonb([{"arm": "main", "model": "rls-model", "version": 1, "weight": 1}]),))
+    prediction = conn.execute("select ml.predict('rls-project', %s, 'c1')", (Jsonb({"spend": 10.5}),)).fetchone()
+    assert prediction is not None
+    conn.execute("select ml.record_feedback(%s, '1', 'rls seed')", (prediction[0]["prediction_id"],))
+
+
+@seeds("ml.batch_scorings")
+def batch_scoring(conn: Conn, tenant: str) -> None:
+    """A queued batch scoring (ml.score: its row and its score job) of a one-row query with the
+    deployment above, into a table of schema rls_scores (made by the first tenant's call,
+    appended to by the next)."""
+    conn.execute("select ml.score('rls-project', $$select 'c1' as customer, 10.5::float8 as spend$$, 'rls_scores.scores')")

@@ -192,6 +192,9 @@ $$;
 --   promotion_policies,             (made with the owner's claims: approvals are people's), and
 --   model_approvals, audit_log      the audit rows of those changes
 --   ml.tuning_studies               a one-trial study of an anomaly-detection project
+--   ml.deployments, deployment_arms, rls-model version 1 compiled (ml.install_compiled_model),
+--   predictions, feedback           deployed alone, one prediction (ids predictionA/B), its outcome
+--   ml.batch_scorings               a queued ml.score of a one-row query with that deployment
 --==============================================================================================
 
 do $$
@@ -245,6 +248,26 @@ begin
         perform ml.create_project('rls-anomalies', 'anomaly_detection', null);
         perform ml.tune('rls-anomalies', d.id, 'isolation_forest', '{"n_estimators": {"type": "int", "low": 10, "high": 50}}', 1)
         from ml.datasets d where d.tenant_id = pgmlops_tests.id(v_tenant)::uuid and d.name = 'rls_training';
+
+        -- ml.deployments, deployment_arms, predictions, feedback: rls-model version 1 (approved
+        -- above, so it passes the champion policy's gate) compiled from the description of a
+        -- logistic regression on spend (as pgmlops.scoring.describe writes one), deployed alone,
+        -- one logged prediction and its realized outcome.
+        perform ml.install_compiled_model(v.id,
+            '{"format": 1, "task": "classification", "estimator_name": "LogisticRegression",
+              "inputs": {"numeric": 1, "categorical": 0}, "features": [{"num": 1, "ops": []}],
+              "estimator": {"kind": "linear", "coef": [[0.697816651000343]], "intercept": [-4.283542512790246]},
+              "output": {"kind": "classification", "labels": [0, 1], "probability": "sigmoid", "label": "gt0", "decision": true}}')
+        from ml.model_versions v join ml.models m on m.id = v.model_id
+        where m.tenant_id = pgmlops_tests.id(v_tenant)::uuid and m.name = 'rls-model' and v.version = 1;
+        perform ml.deploy('rls-project', 'single', '[{"arm": "main", "model": "rls-model", "version": 1, "weight": 1}]');
+        insert into pgmlops_tests.ids (name, id)
+        values ('prediction' || v_tenant, ml.predict('rls-project', '{"spend": 10.5}', 'c1') ->> 'prediction_id');
+        perform ml.record_feedback(pgmlops_tests.id('prediction' || v_tenant)::uuid, '1', 'rls seed');
+
+        -- ml.batch_scorings: a queued batch scoring (its score job joins ml.jobs) of a one-row
+        -- query with that deployment, into a table made by A's call and appended to by B's.
+        perform ml.score('rls-project', $q$select 'c1' as customer, 10.5::float8 as spend$q$, 'pgmlops_tests.rls_scores');
 
         -- Later tables here.
     end loop;

@@ -61,14 +61,16 @@ def predict(conn: psycopg.Connection[Any], project: str, features: Mapping[str, 
     ``entity_key`` names is read from the online store. ``entity_key`` also makes the arm
     sticky: the same key always gets the same arm.
 
-    Returns ``{prediction, score?, probabilities?, model, version, arm, deployment_id,
-    prediction_id}`` (the ``prediction_id`` is what :func:`record_feedback` takes).
+    Returns ``{prediction, score, probabilities ({label: p}, classifiers that have them),
+    is_anomaly (anomaly detection), model, version, arm, deployment_id, prediction_id,
+    latency_ms}``; the ``prediction_id`` is what :func:`record_feedback` takes.
 
     Raises:
-        InvalidInput: a missing, extra or mistyped feature (the message names it); neither
-            features nor an entity key.
-        NotFound: no such project, no active deployment, or no such entity in the online store.
-        DatabaseError: 0A000, the serving version has no SQL form (score it with :func:`score`).
+        InvalidInput: features not an object; a missing, unknown or mistyped feature (the
+            message names it and its dtype); neither features nor an entity key.
+        NotFound: no such project, no active deployment, or an entity absent from the online
+            store.
+        DatabaseError: 0A000, the routed version is scored by workers (use :func:`score`).
         AccessDenied: the caller is not a member of the tenant.
     """
     result = _value(conn, tenant, "ml.predict(%s, %s, %s)",
@@ -77,19 +79,27 @@ def predict(conn: psycopg.Connection[Any], project: str, features: Mapping[str, 
     return dict(result)
 
 
-def predict_batch(conn: psycopg.Connection[Any], project: str, source: str, *,
-                  tenant: TenantId = None) -> list[dict[str, Any]]:
-    """Score every row of ``source`` (a table name or a query) in one statement
-    (``ml.predict_batch``), with the caller's own rights on ``source``; one dict per row, as the
-    SQL function returns it. For large sources prefer :func:`score`, which writes to a table.
+def predict_batch(conn: psycopg.Connection[Any], project: str, source: str, options: Mapping[str, Any] | None = None,
+                  *, tenant: TenantId = None) -> list[dict[str, Any]]:
+    """Score every row of ``source`` (a table name or a query: SELECT, WITH, VALUES, TABLE) in
+    one statement (``ml.predict_batch``) with the project's deployed version, reading
+    ``source`` with the caller's own rights; writes nothing. One dict per source row, in the
+    source's order: ``{row_number, key (the source's other columns), prediction, score,
+    probabilities, model_version_id}``. ``options``: ``{"model": "churn@3" | "version": 3 |
+    "alias": "champion", "key": [columns]}``. For large sources prefer :func:`score`, which
+    writes to a table in chunks.
 
     Raises:
-        InvalidInput: ``source`` lacks an input of the model, or holds a value of the wrong type.
-        NotFound: no such project or no active deployment.
-        DatabaseError: 0A000, the serving version has no SQL form; or ``source`` fails to run.
+        InvalidInput: bad options, or ``source`` lacks an input column of the model or holds
+            one of another type (the message names it).
+        NotFound: no such project, model or version, or no active deployment.
+        DatabaseError: 0A000, the version has no SQL form (use :func:`score`); 42P01 / 42601 a
+            source that is not a readable table or a valid query.
+        AccessDenied: the caller may not read ``source``, or is not a member.
     """
     with _acting(conn, tenant), sql_errors(), conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute("select * from ml.predict_batch(%s, %s)", (project, source)).fetchall()
+        return cur.execute("select * from ml.predict_batch(%s, %s, %s)",
+                           (project, source, Jsonb(dict(options or {})))).fetchall()
 
 
 def deploy(conn: psycopg.Connection[Any], project: str, strategy: str, arms: Sequence[Mapping[str, Any]],
@@ -189,15 +199,20 @@ def record_feedback_bulk(conn: psycopg.Connection[Any], feedback: Sequence[Mappi
 
 def score(conn: psycopg.Connection[Any], project: str, source: str, target: str,
           options: Mapping[str, Any] | None = None, *, tenant: TenantId = None) -> int:
-    """Queue a batch scoring of ``source`` (a table or a query) into the table ``target``
-    (``ml.score``) with the project's serving version; returns the job id (kind ``score``),
-    whose progress :func:`batch_scoring` reads. ``options``: ``{"path": "sql" | "worker",
-    "chunk_rows": n}``; without a path, the faster one the model allows.
+    """Queue a batch scoring of ``source`` (a table name or a query) into the table ``target``
+    (``ml.score``: appended to, or created with ``batch_scoring_id, row_number, <key columns>,
+    prediction, score, probabilities, model_version_id``) with the project's deployed version,
+    fixed now; returns the job id (kind ``score``; a worker runs it), whose progress
+    :func:`batch_scoring` reads. ``options``: ``{"path": "sql" | "worker", "chunk_rows": n,
+    "model" | "version" | "alias": ..., "key": [columns]}``; without a path, ``sql`` for a
+    compiled version, else ``worker``.
 
     Raises:
-        InvalidInput: a bad source, target or option.
-        NotFound: no such project or no active deployment.
-        AccessDenied: the caller may not write in the tenant.
+        InvalidInput: bad options, missing or mistyped input columns, bad key columns.
+        NotFound: no such project, model or version, or no active deployment.
+        DatabaseError: 0A000 path sql for a version scored by workers; 42809 a target that is
+            not a table; 42P01 / 42601 a bad source.
+        AccessDenied: a target or source the caller may not use; a viewer or non-member.
     """
     result = _value(conn, tenant, "ml.score(%s, %s, %s, %s)", (project, source, target, Jsonb(dict(options or {}))))
     assert result is not None
