@@ -47,6 +47,16 @@ def test_every_function_is_wired_in_the_supabase_config() -> None:
         assert (ROOT / "supabase" / wired[name]["import_map"]).resolve() == FUNCTIONS / "deno.json"
 
 
+def test_functions_never_import_the_test_helpers() -> None:
+    # _shared/testing.ts reads the test environment and throws without it: a deployed function
+    # importing it would not start.
+    shipped = [p for name in NAMES for p in (FUNCTIONS / name).glob("*.ts") if not p.name.endswith(".test.ts")]
+    shipped += [p for p in (FUNCTIONS / "_shared").glob("*.ts") if p.name != "testing.ts"]
+    assert shipped
+    for path in shipped:
+        assert "testing.ts" not in path.read_text(encoding="utf-8"), f"{path.relative_to(ROOT)} imports the test helpers"
+
+
 def test_every_function_type_checks(deno: str) -> None:
     run = _deno(deno, "check", *(f"{name}/index.ts" for name in NAMES))
     assert run.returncode == 0, f"deno check exited {run.returncode}:\n{run.stdout}\n{run.stderr}"
