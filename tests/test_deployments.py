@@ -112,6 +112,8 @@ def churn(conn: Conn, tenant: str) -> Project:
 
 
 def within(count: int, total: int, share: float, sigmas: float = 4) -> bool:
+    """Whether `count` of `total` draws is within `sigmas` standard deviations of a binomial share
+    (4: a false alarm once in 16,000 checks; 5 where a test makes several checks)."""
     return abs(count - total * share) <= sigmas * math.sqrt(total * share * (1 - share))
 
 
@@ -152,7 +154,7 @@ def test_without_a_key_arms_are_drawn_at_random_by_weight(churn: Project) -> Non
     shares = churn.shares(20_000, keyed=False)
     assert within(shares["b"], 20_000, 0.3), shares
     # Random, not a fixed point: one key would give one arm every time.
-    assert within(churn.shares(2_000, keyed=False)["a"], 2_000, 0.7)
+    assert within(churn.shares(2_000, keyed=False)["a"], 2_000, 0.7, sigmas=5)
 
 
 def test_an_entity_key_always_gets_the_same_arm(churn: Project) -> None:
@@ -257,7 +259,7 @@ def test_a_canary_weight_follows_its_schedule(churn: Project) -> None:
         assert deployment is not None and deployment["current_step"] == step
         assert churn.weights() == pytest.approx({"base": 1 - weight, "new": weight})
         shares = churn.shares(4_000)
-        assert within(shares.get("new", 0), 4_000, weight), (minutes, shares)
+        assert within(shares.get("new", 0), 4_000, weight, sigmas=5), (minutes, shares)
     assert deployment is not None
     assert deployment["schedule"] == [{"weight": 0.1, "after": "00:00:00"}, {"weight": 0.5, "after": "00:30:00"},
                                       {"weight": 0.9, "after": "01:00:00"}]
@@ -275,7 +277,7 @@ def test_a_rising_canary_weight_only_moves_keys_from_the_baseline_to_the_canary(
         churn.age(canary, minutes)
         on_canary.append(churn.canary_keys(4_000, "new"))
     assert on_canary[0] < on_canary[1] < on_canary[2]
-    assert within(len(on_canary[0]), 4_000, 0.1) and within(len(on_canary[2]), 4_000, 0.9)
+    assert within(len(on_canary[0]), 4_000, 0.1, sigmas=5) and within(len(on_canary[2]), 4_000, 0.9, sigmas=5)
 
 
 def test_the_second_live_arm_is_the_canary_by_default(churn: Project) -> None:
