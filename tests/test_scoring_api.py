@@ -293,7 +293,7 @@ def test_cli_score_waits_showing_progress_until_the_scoring_ends(world: World, c
     single(conn, world)
     env = {k: v for k, v in os.environ.items() if k != "PGMLOPS_TENANT"}
     env["DATABASE_URL"] = world.url
-    worker = subprocess.Popen([sys.executable, "-m", "pgmlops", "worker", "--kinds", "score", "--idle-exit", "4"], env=env,
+    worker = subprocess.Popen([sys.executable, "-m", "pgmlops", "worker", "--kinds", "score", "--idle-exit", "2"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         run = cli(world, "score", "churn", "--source", "select id, x0, x1, x2 from app.customers where id <= 20",

@@ -216,12 +216,16 @@ def _weight(value: Any) -> str:
     return "-" if value is None else f"{float(value):.3g}"
 
 
-def deployment_view(active: dict[str, Any]) -> Table:
-    """The deployment as a table of its arms with their current weights; a canary's steps in
-    the caption."""
-    since = str(active.get("activated_at") or active.get("created_at") or "")[:16]
-    table = Table(title=f"{active.get('project')}: {active.get('strategy')} deployment {str(active.get('id') or '')[:8]} "
-                        f"({active.get('status')} since {since})")
+def deployment_view(active: dict[str, Any]) -> Any:
+    """The deployment: a heading line, then a table of its arms with their current weights, then
+    a canary's steps."""
+    from rich.console import Group
+    from rich.text import Text
+
+    since = str(active.get("activated_at") or active.get("created_at") or "")[:16].replace("T", " ")
+    heading = Text.assemble((f"{active.get('project')}", "bold"), f": {active.get('strategy')} deployment "
+                            f"{str(active.get('id') or '')[:8]}, {active.get('status')} since {since}")
+    table = Table()
     table.add_column("arm", no_wrap=True)
     table.add_column("model", overflow="fold")
     table.add_column("version", justify="right", no_wrap=True)
@@ -230,15 +234,25 @@ def deployment_view(active: dict[str, Any]) -> Table:
     for a in active.get("arms") or []:
         table.add_row(str(a.get("arm")), str(a.get("model")), str(a.get("version")), str(a.get("role")),
                       _weight(a.get("current_weight", a.get("weight"))))
+    parts: list[Any] = [heading, table]
     if active.get("strategy") == "canary" and active.get("schedule"):
         steps = ", ".join(f"{_weight(s.get('weight'))} after {s.get('after')}" for s in active["schedule"])
-        table.caption = f"canary {active.get('canary_arm') or ''}: {steps}"
-    return table
+        parts.append(Text(f"canary arm {active.get('canary_arm')}: {steps}"))
+    return Group(*parts)
+
+
+def _arm_summary(strategy: Any, arm: dict[str, Any], canary_arm: Any) -> str:
+    """``name=model@version``, then ``:weight`` in an A/B test, ``:shadow`` or ``:canary``."""
+    text = f"{arm.get('arm')}={arm.get('model')}@{arm.get('version')}"
+    if arm.get("role") == "shadow":
+        return text + ":shadow"
+    if strategy == "canary" and arm.get("arm") == canary_arm:
+        return text + ":canary"
+    return text + (f":{_weight(arm.get('weight'))}" if strategy == "ab" else "")
 
 
 def history_table(project: str, history: list[dict[str, Any]]) -> Table:
-    """Every deployment, newest first: when, strategy, status, the arms in one folded column
-    (name=model@version:weight, or :shadow)."""
+    """Every deployment, newest first: when, strategy, status, the arms in one folded column."""
     table = Table(title=f"deployments of {project}")
     table.add_column("created", no_wrap=True)
     table.add_column("id", no_wrap=True)
@@ -246,9 +260,7 @@ def history_table(project: str, history: list[dict[str, Any]]) -> Table:
     table.add_column("status", no_wrap=True)
     table.add_column("arms", overflow="fold", ratio=1)
     for d in history:
-        arms = "  ".join(f"{a.get('arm')}={a.get('model')}@{a.get('version')}"
-                         + (":shadow" if a.get("role") == "shadow" else f":{_weight(a.get('weight'))}")
-                         for a in d.get("arms") or [])
-        table.add_row(str(d.get("created_at") or "")[:16], str(d.get("id") or "")[:8], str(d.get("strategy")),
+        arms = "  ".join(_arm_summary(d.get("strategy"), a, d.get("canary_arm")) for a in d.get("arms") or [])
+        table.add_row(str(d.get("created_at") or "")[:16].replace("T", " "), str(d.get("id") or "")[:8], str(d.get("strategy")),
                       str(d.get("status")), arms)
     return table
