@@ -204,38 +204,48 @@ as $$
                                    from unnest(p_keys) with ordinality u (k, i) group by (i - 1) / 40) g) || ')' end
 $$;
 
--- ml_private.batch_score_of(p_result jsonb, p_task text) returns float8
--- One number per scored row, from a compiled result: classification, the positive class's
--- probability (binary: the second class), the largest probability (more classes), or the
+-- ml_private.batch_outputs_sql(p_task text, p_classes jsonb, p_result text) returns jsonb
+-- The SQL of a scored row's score and probabilities from its compiled result (the jsonb
+-- expression p_result, a column): {score, probabilities}. score: classification, the positive
+-- class's probability (binary: the second class), the largest probability (more classes), or the
 -- decision function when there are no probabilities; regression, the prediction; anomaly
--- detection, the anomaly score (-score_samples: higher is more anomalous).
-create or replace function ml_private.batch_score_of(p_result jsonb, p_task text) returns float8
-language sql immutable parallel safe
+-- detection, the anomaly score (-score_samples: higher is more anomalous). probabilities:
+-- {class label as text: probability} (the estimator's class order is the signature's classes
+-- order), the array itself when the classes are unknown, NULL without probabilities. Plain
+-- expressions over the result, written for the model's classes (labels quoted with %L), so a
+-- batch pays no function call per row.
+create or replace function ml_private.batch_outputs_sql(p_task text, p_classes jsonb, p_result text) returns jsonb
+language plpgsql immutable
 set search_path = ''
 as $$
-    select case p_task
-        when 'classification' then case
-            when jsonb_typeof(p_result -> 'probabilities') = 'array' then case
-                when jsonb_array_length(p_result -> 'probabilities') = 2 then (p_result -> 'probabilities' ->> 1)::float8
-                else (select max(e::float8) from jsonb_array_elements_text(p_result -> 'probabilities') e) end
-            when jsonb_typeof(p_result -> 'decision_function') = 'number' then (p_result ->> 'decision_function')::float8 end
-        when 'regression' then (p_result ->> 'prediction')::float8
-        when 'anomaly_detection' then (p_result ->> 'anomaly_score')::float8 end
-$$;
-
--- ml_private.batch_probabilities_of(p_result jsonb, p_classes jsonb) returns jsonb
--- A compiled result's probabilities as {class label as text: probability} (the estimator's class
--- order is the signature's classes order); the array itself without classes; NULL without
--- probabilities.
-create or replace function ml_private.batch_probabilities_of(p_result jsonb, p_classes jsonb) returns jsonb
-language sql immutable parallel safe
-set search_path = ''
-as $$
-    select case when jsonb_typeof(p_result -> 'probabilities') <> 'array' then null
-                when jsonb_typeof(p_classes) <> 'array' then p_result -> 'probabilities'
-                else (select jsonb_object_agg(c.v #>> '{}', p.v order by c.i)
-                      from jsonb_array_elements(p_classes) with ordinality c (v, i)
-                      join jsonb_array_elements(p_result -> 'probabilities') with ordinality p (v, i) on p.i = c.i) end
+declare
+    v_n     int := case when jsonb_typeof(p_classes) = 'array' then jsonb_array_length(p_classes) end;
+    v_p     text := format('(%s -> ''probabilities'')', p_result);
+    v_df    text := format('(case when jsonb_typeof(%1$s -> ''decision_function'') = ''number'' then (%1$s ->> ''decision_function'')::float8 end)', p_result);
+    v_probs text;
+    v_score text;
+begin
+    if p_task = 'regression' then
+        return jsonb_build_object('score', format('(%s ->> ''prediction'')::float8', p_result), 'probabilities', 'null::jsonb');
+    elsif p_task = 'anomaly_detection' then
+        return jsonb_build_object('score', format('(%s ->> ''anomaly_score'')::float8', p_result), 'probabilities', 'null::jsonb');
+    end if;
+    if v_n is null or v_n = 0 then
+        v_probs := format('(case when jsonb_typeof(%1$s) = ''array'' then %1$s end)', v_p);
+        v_score := format('coalesce(case when jsonb_typeof(%1$s) = ''array'' then case when jsonb_array_length(%1$s) = 2 then (%1$s ->> 1)::float8 '
+                          'else (select max(e::float8) from jsonb_array_elements_text(%1$s) e) end end, %2$s)', v_p, v_df);
+    else
+        select format('(case when jsonb_typeof(%s) = ''array'' then (%s) end)', v_p,
+                      string_agg(format('jsonb_build_object(%s)', part), ' || '))
+        into v_probs
+        from (select string_agg(format('%L, %s -> %s', c.v #>> '{}', v_p, c.i - 1), ', ' order by c.i) as part
+              from jsonb_array_elements(p_classes) with ordinality c (v, i) group by (c.i - 1) / 40) g;
+        v_score := case when v_n = 2 then format('coalesce((%s ->> 1)::float8, %s)', v_p, v_df)
+                        else format('coalesce(greatest(%s), %s)',
+                                    (select string_agg(format('(%s ->> %s)::float8', v_p, i), ', ') from generate_series(0, v_n - 1) i), v_df) end;
+    end if;
+    return jsonb_build_object('score', v_score, 'probabilities', v_probs);
+end
 $$;
 
 -- ml_private.batch_model(p_project text, p_options jsonb, p_write boolean) returns jsonb
@@ -365,6 +375,7 @@ declare
     v_tenant  uuid := ml_private.acting_tenant_id(false);
     v_version ml.model_versions;
     v_task    text;
+    v_out     jsonb;
 begin
     select * into v_version from ml.model_versions v where v.id = p_model_version and v.tenant_id = v_tenant;
     if v_version.id is null then
@@ -382,12 +393,12 @@ begin
         raise exception 'rows: must have the columns row_number bigint, key jsonb, num float8[], cat text[]' using errcode = '22023';
     end if;
     select p.task into v_task from ml.models m join ml.projects p on p.id = m.project_id where m.id = v_version.model_id;
+    v_out := ml_private.batch_outputs_sql(v_task, v_version.signature -> 'classes', 's.r');
     return query execute format(
-        'select s.row_number, s.key, s.r -> ''prediction'', ml_private.batch_score_of(s.r, $1), '
-        'ml_private.batch_probabilities_of(s.r, $2), $3 '
+        'select s.row_number, s.key, s.r -> ''prediction'', %s, %s, $1 '
         'from (select t.row_number, t.key, ml_models.%I(t.num, t.cat) as r from only %s t offset 0) s order by s.row_number',
-        ml_private.compiled_model_name(v_version.id), p_rows)
-        using v_task, v_version.signature -> 'classes', v_version.id;
+        v_out ->> 'score', v_out ->> 'probabilities', ml_private.compiled_model_name(v_version.id), p_rows)
+        using v_version.id;
 end
 $$;
 
@@ -742,7 +753,7 @@ begin
     execute format('create table %s as select * from only %s', ml_private.batch_rows_table(v_b.id), p_rows);
     get diagnostics v_n = row_count;
     execute format('alter table %s add primary key (row_number)', ml_private.batch_rows_table(v_b.id));
-    update ml.batch_scorings b set rows_total = v_n, status = 'running', started_at = coalesce(b.started_at, now()), error = null
+    update ml.batch_scorings b set rows_total = v_n, status = 'running', started_at = coalesce(b.started_at, clock_timestamp()), error = null
     where b.id = v_b.id;
     perform ml_private.publish(v_tenant, 'job', 'batch_scoring.started', jsonb_build_object(
         'job_id', v_b.job_id, 'kind', 'score', 'batch_scoring_id', v_b.id, 'rows_total', v_n));
@@ -850,6 +861,7 @@ declare
     v_version ml.model_versions;
     v_task    text;
     v_args    jsonb;
+    v_out     jsonb;
 begin
     select * into v_version from ml.model_versions v where v.id = v_b.model_version_id;
     if ml_private.compiled_function(v_version.id) is null then
@@ -858,15 +870,16 @@ begin
     select p.task into v_task from ml.projects p where p.id = v_b.project_id;
     v_args := ml_private.batch_arguments_sql(ml_private.compiled_model_inputs(v_version.signature, v_version.dataset_id) -> 'arguments',
                                              ml_private.batch_columns(ml_private.batch_rows_table(v_b.id)::regclass), 't');
+    v_out := ml_private.batch_outputs_sql(v_task, v_version.signature -> 'classes', 's.r');
     return query execute format(
-        'select s.row_number, s.key, s.r -> ''prediction'', ml_private.batch_score_of(s.r, $1), '
-        'ml_private.batch_probabilities_of(s.r, $2), $3 '
+        'select s.row_number, s.key, s.r -> ''prediction'', %s, %s, $1 '
         'from (select a.row_number, a.key, ml_models.%I(a.num, a.cat) as r '
         '      from (select t.row_number, %s as key, %s as num, %s as cat from %s t '
-        '            where t.row_number > $4 and t.row_number <= $5 offset 0) a offset 0) s order by s.row_number',
+        '            where t.row_number > $2 and t.row_number <= $3 offset 0) a offset 0) s order by s.row_number',
+        v_out ->> 'score', v_out ->> 'probabilities',
         ml_private.compiled_model_name(v_version.id), ml_private.batch_key_sql(v_b.keys, 't'), v_args ->> 'num', v_args ->> 'cat',
         ml_private.batch_rows_table(v_b.id))
-        using v_task, v_version.signature -> 'classes', v_version.id, p_from, p_to;
+        using v_version.id, p_from, p_to;
 end
 $$;
 
@@ -1010,7 +1023,7 @@ begin
         end if;
         execute format('drop table if exists %s', ml_private.batch_rows_table(v_b.id));
         update ml.batch_scorings b set status = case when error is null then 'succeeded' else 'failed' end,
-                                       error = left(error, 4000), finished_at = now()
+                                       error = left(error, 4000), finished_at = clock_timestamp()
         where b.id = v_b.id returning * into v_b;
         perform ml_private.publish(v_b.tenant_id, 'job', 'batch_scoring.' || v_b.status, jsonb_build_object(
             'job_id', v_b.job_id, 'kind', 'score', 'batch_scoring_id', v_b.id, 'rows_done', v_b.rows_done,
@@ -1068,8 +1081,7 @@ grant execute on function
 to authenticated, service_role;
 grant execute on function
     ml.finish_batch_scoring(uuid, text),
-    ml_private.batch_score_of(jsonb, text),
-    ml_private.batch_probabilities_of(jsonb, jsonb),
+    ml_private.batch_outputs_sql(text, jsonb, text),
     ml_private.batch_check_temp(regclass, text),
     ml_private.batch_rows_table(uuid),
     ml_private.batch_scoring_of(uuid, boolean)
