@@ -370,3 +370,19 @@ def test_a_prediction_served_by_ml_predict_takes_its_outcome(conn: Conn) -> None
         outcome = conn.execute("select prediction, label, model, version, arm, deployment_id::text, entity_key "
                                "from ml.prediction_outcomes where prediction_id = %s", (served[0]["prediction_id"],)).fetchall()
     assert outcome == [(1, 0, "served", 1, "main", served[0]["deployment_id"], "c7")]
+
+
+def test_feedback_on_both_servers_whatever_partitions_the_log(any_db_url: str) -> None:
+    """A hypertable on the full server, native range partitions (and a default one) on the
+    embedded PostgreSQL 18: lookups by random and time-carrying ids find predictions in either."""
+    with psycopg.connect(any_db_url, autocommit=True) as conn:
+        a = Tenant(conn)
+        at = datetime.now(timezone.utc) - timedelta(days=3)
+        timely = a.predict(conn, days_ago=3, id=str(one_id(conn, at)))
+        old = a.predict(conn, days_ago=400)  # before every partition made ahead: the default one, or an old chunk
+        recent = a.predict(conn)
+        record(conn, a, timely, "yes")
+        assert bulk(conn, a, [{"prediction_id": old, "label": "no"}, {"prediction_id": recent, "label": "yes"}]) == 2
+        with refused("P0002"):
+            record(conn, a, str(one_id(conn, at)), "yes")
+        assert sorted(r[0] for r in labels(conn, a)) == sorted([timely, old, recent])
