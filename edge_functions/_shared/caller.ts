@@ -125,7 +125,10 @@ export function requestObject(
   for (const [name, value] of Object.entries(object)) {
     const type = fields[name];
     if (!type) {
-      throw new HttpError(400, `body: unknown field ${JSON.stringify(name)} (known: ${Object.keys(fields).join(", ")})`);
+      throw new HttpError(
+        400,
+        `body: unknown field ${JSON.stringify(name)} (known: ${Object.keys(fields).join(", ")})`,
+      );
     }
     const actual = Array.isArray(value) ? "array" : typeof value;
     if (type !== "any" && value !== null && actual !== type) {

@@ -106,11 +106,17 @@ export async function servedProject(
     }
     return id;
   });
-  await asCaller(owner, user(reviewer, { app_metadata: { tenant_id: tenant } }), (tx) =>
-    tx`select ml.approve(${project}, 1, 'approved', 'edge function tests')`);
+  await asCaller(
+    owner,
+    user(reviewer, { app_metadata: { tenant_id: tenant } }),
+    (tx) => tx`select ml.approve(${project}, 1, 'approved', 'edge function tests')`,
+  );
   if (deploy) {
-    await asService(owner, tenant, (tx) =>
-      tx`select ml.deploy(${project}, 'single', ${tx.json([{ arm: "main", model: project, version: 1 }])})`);
+    await asService(
+      owner,
+      tenant,
+      (tx) => tx`select ml.deploy(${project}, 'single', ${tx.json([{ arm: "main", model: project, version: 1 }])})`,
+    );
   }
   return version;
 }

@@ -15,7 +15,15 @@
  */
 
 import type postgres from "postgres";
-import { asCaller, type FieldType, HttpError, json, postEndpoint, requestObject, type Verifier } from "../_shared/caller.ts";
+import {
+  asCaller,
+  type FieldType,
+  HttpError,
+  json,
+  postEndpoint,
+  requestObject,
+  type Verifier,
+} from "../_shared/caller.ts";
 
 interface EnqueueRequest {
   kind: string;

@@ -29,39 +29,51 @@ Deno.test("feedback", async (t) => {
   const call = (body: unknown, token = tokenA) => post(JSON.stringify(body), token);
   /** A prediction logged by ml.predict for a service caller of `tenant`; returns its id. */
   const predict = async (tenant: string, spend = 10.5): Promise<string> =>
-    (await asService(owner, tenant, (tx) =>
-      tx`select ml.predict('churn', ${tx.json({ spend })}, 'c1') ->> 'prediction_id' as id`))[0].id;
+    (await asService(
+      owner,
+      tenant,
+      (tx) => tx`select ml.predict('churn', ${tx.json({ spend })}, 'c1') ->> 'prediction_id' as id`,
+    ))[0].id;
   const labels = async (tenant: string) =>
     await owner`select prediction_id::text, source, label from ml.feedback where tenant_id = ${tenant}::uuid
                 order by prediction_id, source nulls first` as postgres.Row[];
 
   try {
-    await t.step("predicted through the predict function, recorded through this one, joined for monitoring", async () => {
-      const scored = await predictor.post(JSON.stringify({ project: "churn", features: { spend: 10.5 } }), tokenA);
-      assertEquals(scored.status, 200, await scored.clone().text());
-      const { prediction_id, prediction } = await scored.json();
-      const res = await call({ prediction_id, label: 0, source: "crm" });
-      assertEquals(res.status, 200, await res.clone().text());
-      const { feedback_id } = await res.json();
-      assert(Number.isInteger(feedback_id) && feedback_id > 0, `feedback_id ${feedback_id}`);
-      const [row] = await owner`select tenant_id, prediction_id, label, source, recorded_by from ml.feedback
+    await t.step(
+      "predicted through the predict function, recorded through this one, joined for monitoring",
+      async () => {
+        const scored = await predictor.post(JSON.stringify({ project: "churn", features: { spend: 10.5 } }), tokenA);
+        assertEquals(scored.status, 200, await scored.clone().text());
+        const { prediction_id, prediction } = await scored.json();
+        const res = await call({ prediction_id, label: 0, source: "crm" });
+        assertEquals(res.status, 200, await res.clone().text());
+        const { feedback_id } = await res.json();
+        assert(Number.isInteger(feedback_id) && feedback_id > 0, `feedback_id ${feedback_id}`);
+        const [row] = await owner`select tenant_id, prediction_id, label, source, recorded_by from ml.feedback
                                 where id = ${feedback_id}`;
-      assertEquals([row.tenant_id, row.prediction_id, row.label, row.source, row.recorded_by], [
-        tenantA,
-        prediction_id,
-        0,
-        "crm",
-        userA,
-      ]);
-      // Monitoring reads the pair through RLS, as a viewer of tenant A; tenant B sees nothing.
-      const outcome = (who: string) =>
-        asCaller(sql, user(who), (tx) =>
-          tx`select prediction, label, model, version, arm from ml.prediction_outcomes
+        assertEquals([row.tenant_id, row.prediction_id, row.label, row.source, row.recorded_by], [
+          tenantA,
+          prediction_id,
+          0,
+          "crm",
+          userA,
+        ]);
+        // Monitoring reads the pair through RLS, as a viewer of tenant A; tenant B sees nothing.
+        const outcome = (who: string) =>
+          asCaller(sql, user(who), (tx) =>
+            tx`select prediction, label, model, version, arm from ml.prediction_outcomes
              where prediction_id = ${prediction_id}::uuid`);
-      const [seen] = await outcome(viewerA);
-      assertEquals([seen.prediction, seen.label, seen.model, seen.version, seen.arm], [prediction, 0, "churn", 1, "main"]);
-      assertEquals((await outcome(userB)).length, 0);
-    });
+        const [seen] = await outcome(viewerA);
+        assertEquals([seen.prediction, seen.label, seen.model, seen.version, seen.arm], [
+          prediction,
+          0,
+          "churn",
+          1,
+          "main",
+        ]);
+        assertEquals((await outcome(userB)).length, 0);
+      },
+    );
 
     await t.step("recording again for the same source replaces the label", async () => {
       const prediction = await predict(tenantA);
@@ -99,7 +111,10 @@ Deno.test("feedback", async (t) => {
       const body = await single.json();
       assertEquals(body.code, "P0002");
       assertMatch(body.error, new RegExp(`prediction ${theirs} does not exist`));
-      const many = await call([{ prediction_id: await predict(tenantA), label: 1 }, { prediction_id: theirs, label: 1 }]);
+      const many = await call([{ prediction_id: await predict(tenantA), label: 1 }, {
+        prediction_id: theirs,
+        label: 1,
+      }]);
       assertEquals(many.status, 404);
       assertMatch((await many.json()).error, /^feedback\[1\]\.prediction_id: prediction .* does not exist/);
       assertEquals([await labels(tenantA), await labels(tenantB)], before);
@@ -122,7 +137,9 @@ Deno.test("feedback", async (t) => {
 
     await t.step("more than 10,000 outcomes in one call is too large (413)", async () => {
       const p = await predict(tenantA);
-      const res = await call(Array.from({ length: 10001 }, (_, i) => ({ prediction_id: p, label: 1, source: `s${i}` })));
+      const res = await call(
+        Array.from({ length: 10001 }, (_, i) => ({ prediction_id: p, label: 1, source: `s${i}` })),
+      );
       assertEquals(res.status, 413);
       assertEquals((await res.json()).code, "54000");
     });

@@ -49,7 +49,14 @@ Deno.test("predict", async (t) => {
                                from ml.predictions where id = ${body.prediction_id}::uuid`;
       assertEquals(rows.length, 1);
       assertEquals(
-        [rows[0].tenant_id, rows[0].model_version_id, rows[0].arm, rows[0].entity_key, rows[0].features, rows[0].prediction],
+        [
+          rows[0].tenant_id,
+          rows[0].model_version_id,
+          rows[0].arm,
+          rows[0].entity_key,
+          rows[0].features,
+          rows[0].prediction,
+        ],
         [tenantA, versionA, "main", "c1", { spend: 10.5 }, 1],
       );
       assertEquals(await countPredictions(owner, tenantA), before + 1);
