@@ -419,6 +419,32 @@ def test_compile_jobs_compile_record_a_verdict_and_leave_compiled_or_deleted_ver
         assert second["status"] == "succeeded" and second["result"]["unchanged"] == "the version is already compiled"
 
 
+def test_ml_predict_refuses_a_version_whose_compilation_is_queued_naming_the_job_and_scores_it_once_compiled(
+        env: tuple[Conn, str, dict[str, str]], db_url: str) -> None:
+    from pgmlops.models import artifacts
+
+    conn, tenant, projects = env
+    model = small_model()
+    data, fmt, digest = artifacts.dump(model)
+    run = str(one(conn, "select ml.start_run(%s, null, 'logistic_regression', '{}', '{}', null, '{}')", projects["classification"]))
+    conn.execute("select ml.finish_run(%s, 'succeeded', '{}', 1.0, 100, 0.1)", (run,))
+    registered = one(conn, "select ml.register_model_version(%s, 'queued', %s, %s, %s, %s, null)", run, data, fmt, digest,
+                     Jsonb({"inputs": MIXED_SIGNATURE, "outputs": [], "task": "classification", "classes": [0, 1]}))
+    job = registered["compile_job_id"]
+    with tenant_context(conn, tenant, user=member(conn, tenant, "owner")):
+        conn.execute("select ml.approve('queued', 1, 'approved')")
+    conn.execute("select ml.deploy('classification', 'single', %s)", (Jsonb([{"arm": "a", "model": "queued", "version": 1}]),))
+    row = json_rows(mixed_frame(3, 9, held_out=True).astype({"visits": "Float64"}))[0]
+    with refused("0A000", rf"model queued version 1 \(logistic_regression\) is not compiled yet: its compilation is queued "
+                          rf"\(job {job}\)") as info:
+        conn.execute("select ml.predict('classification', %s)", (Jsonb(row),))
+    assert isinstance(info.value, psycopg.Error) and f"ml.job_result({job})" in (info.value.diag.message_hint or "")
+
+    run_compile_jobs(db_url)
+    assert one(conn, "select ml.job_result(%s) ->> 'status'", job) == "succeeded"
+    assert "prediction" in one(conn, "select ml.predict('classification', %s)", Jsonb(row))
+
+
 # -- registration: a train job queues its compilation -------------------------------------------------------
 
 

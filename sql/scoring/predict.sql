@@ -298,7 +298,8 @@ $$;
 -- "version", "features" (what the model received), "result" (ml_private.prediction_result)}.
 -- The serving function's name is made from the version's id, never read from a table.
 -- Raises 0A000 a version scored by workers (naming model, version and algorithm, pointing to
--- ml.score); P0002 an unknown version; the helpers' errors. Callers: ml.predict.
+-- ml.score), or one whose compile job has not run yet (naming the job); P0002 an unknown
+-- version; the helpers' errors. Callers: ml.predict.
 create or replace function ml_private.score_arm(p_tenant uuid, p_task text, p_version uuid, p_features jsonb,
                                                 p_entity_key text, p_shadow boolean)
 returns jsonb
@@ -313,6 +314,7 @@ declare
     v_num      float8[];
     v_cat      text[];
     v_result   jsonb;
+    v_job      bigint;
 begin
     select v.id, v.version, m.name as model, v.algorithm, v.scoring_path, v.scoring -> 'arguments' as arguments,
            v.signature -> 'classes' as classes, v.dataset_id
@@ -324,6 +326,15 @@ begin
     end if;
     v_label := format('%s version %s', v_version.model, v_version.version);
     if v_version.scoring_path <> 'compiled' or to_regprocedure(format('ml_models.%I(float8[], text[])', v_serve)) is null then
+        -- A version whose compile job has not run yet says so (docs/scoring.md, "Where it happens").
+        select (v.scoring ->> 'compile_job_id')::bigint into v_job from ml.model_versions v
+        where v.id = v_version.id and v.scoring_path = 'worker';
+        if v_job is not null then
+            raise exception 'model % (%) is not compiled yet: its compilation is queued (job %), and ml.predict scores compiled versions only',
+                v_label, v_version.algorithm, v_job
+                using errcode = '0A000',
+                      hint = format('A worker serving job kind compile runs it (pgmlops worker --kinds compile); ml.job_result(%s) tells when it is done.', v_job);
+        end if;
         raise exception 'model % (%) is scored by workers: it has no compiled SQL function, so ml.predict cannot score it',
             v_label, v_version.algorithm
             using errcode = '0A000', hint = 'Score it in batches with ml.score(project, source, target), or deploy a compiled version.';
