@@ -311,3 +311,20 @@ def test_cli_score_with_a_bad_path_is_exit_2_with_its_sqlstate(world: World, con
     run = cli(world, "score", "churn", "--source", "app.customers", "--target", "app.never", "--path", "gpu")
     assert run.returncode == 2
     assert error_lines(run)[0].startswith("error [22023]: options.path: must be sql or worker")
+
+
+def test_cli_predict_by_entity_of_a_model_without_a_training_set_is_a_failure_exit_1(world: World, conn: Conn) -> None:
+    single(conn, world)
+    run = cli(world, "predict", "churn", "--entity", "c1")
+    assert run.returncode == 1
+    error, hint = error_lines(run)
+    assert error.startswith("error [0A000]: ") and "entity key" in error and hint.startswith("hint: Pass the features")
+
+
+def test_cli_feedback_with_a_label_the_model_does_not_know_is_exit_2_and_records_nothing(world: World, conn: Conn) -> None:
+    single(conn, world)
+    prediction = scoring.predict(conn, "churn", FEATURES, tenant=world.tenant)["prediction_id"]
+    run = cli(world, "feedback", str(prediction), '"maybe"')
+    assert run.returncode == 2
+    assert error_lines(run) == ['error [22023]: label: "maybe" is not a class of the model that made the prediction (classes: 0, 1)']
+    assert one(conn, "select count(*) from ml.feedback where prediction_id = %s", prediction) == 0
