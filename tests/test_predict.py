@@ -325,6 +325,9 @@ def test_the_log_row_holds_arm_version_entity_features_result_and_latency(binary
     assert row[6] == GOOD and row[7] == result["prediction"] and row[8] == result["score"]
     assert row[9] == result["probabilities"] and math.isclose(row[10], result["latency_ms"], abs_tol=1e-3)
     assert row[11:] == ("online", None, True)
+    # The id carries the row's time (UUIDv7), so feedback finds the row's chunk.
+    assert one(env.conn, "select abs(extract(epoch from ml_private.prediction_id_time(id) - created_at)) < 0.001 "
+                         "from ml.predictions where id = %s", result["prediction_id"])
 
 
 def test_a_shadow_arm_is_scored_and_logged_against_the_live_row_and_never_returned(env: Env) -> None:

@@ -388,7 +388,7 @@ declare
     v_deployment uuid;
     v_arm        text;
     v_version    uuid;
-    v_id         uuid := gen_random_uuid();
+    v_id         uuid := ml_private.prediction_id();  -- carries its time: feedback finds its chunk (feedback.sql)
     v_latency    float8;
     v_shadow     jsonb;
     v_shadows    jsonb := '[]';
@@ -441,9 +441,9 @@ begin
     values (v_id, v_tenant, v_project, v_deployment, v_arm, v_version, entity_key, v_live -> 'features',
             v_live #> '{result,prediction}', (v_live #>> '{result,score}')::float8, v_live #> '{result,probabilities}', v_latency);
     if jsonb_array_length(v_shadows) > 0 then
-        insert into ml.predictions (tenant_id, project_id, deployment_id, arm, model_version_id, shadow_of, entity_key, features,
+        insert into ml.predictions (id, tenant_id, project_id, deployment_id, arm, model_version_id, shadow_of, entity_key, features,
                                     prediction, score, probabilities, latency_ms, error)
-        select v_tenant, v_project, (s ->> 'deployment_id')::uuid, s ->> 'arm', (s ->> 'model_version_id')::uuid, v_id, entity_key,
+        select ml_private.prediction_id(), v_tenant, v_project, (s ->> 'deployment_id')::uuid, s ->> 'arm', (s ->> 'model_version_id')::uuid, v_id, entity_key,
                coalesce(s -> 'features', features), s #> '{result,prediction}', (s #>> '{result,score}')::float8,
                s #> '{result,probabilities}', (s ->> 'latency_ms')::float8, s ->> 'error'
         from jsonb_array_elements(v_shadows) s;
