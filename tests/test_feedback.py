@@ -245,6 +245,16 @@ def test_viewers_and_anonymous_callers_cannot_record_and_service_callers_can(con
     assert row == ("yes", None)
 
 
+def test_the_table_refuses_a_null_label_or_blank_source_written_directly(conn: Conn, world: tuple[Tenant, Tenant]) -> None:
+    a, _ = world
+    prediction = a.predict(conn)
+    insert = ("insert into ml.feedback (tenant_id, project_id, prediction_id, predicted_at, label, source) "
+              "values (%s, %s, %s, now(), %s, %s)")
+    for label, source, constraint in (("null", None, "feedback_label_present"), ('"yes"', " ", "feedback_source_valid")):
+        with refused("23514", constraint), tenant_context(conn, a.id):  # the service role may write the table
+            conn.execute(insert, (a.id, a.projects["classification"], prediction, label, source))
+
+
 # -- many outcomes -------------------------------------------------------------------------------
 
 

@@ -13,7 +13,12 @@ create table ml.feedback (
     recorded_by   uuid,
     created_at    timestamptz not null default now(),
     updated_at    timestamptz not null default now(),
-    constraint feedback_one_per_source unique nulls not distinct (tenant_id, prediction_id, source)
+    constraint feedback_one_per_source unique nulls not distinct (tenant_id, prediction_id, source),
+    -- What ml.record_feedback checks first (with messages naming the rule), kept here too since
+    -- service_role may write the table directly; the label's fit to the task needs the
+    -- prediction and is checked by the functions only.
+    constraint feedback_label_present check (jsonb_typeof(label) <> 'null'),
+    constraint feedback_source_valid check (source is null or (btrim(source) <> '' and length(source) <= 100))
 );
 create index feedback_project_idx on ml.feedback (tenant_id, project_id, predicted_at desc);
 comment on table ml.feedback is 'Feedback: realized outcomes (labels) of logged predictions, one per prediction and source';
