@@ -38,3 +38,59 @@ def test_the_training_probe_finds_every_function_it_times(tmp_path: Path) -> Non
     # spawned worker, minutes into a benchmark run.
     run = _python("-c", f"from bench.training import _install_probe; _install_probe({str(tmp_path / 'probe')!r})")
     assert run.returncode == 0, run.stderr
+
+
+def test_the_scoring_benchmark_measures_both_sides_of_the_online_and_batch_parts(fresh_db_url: str, tmp_path: Path) -> None:
+    # A tiny run of bench.scoring's online and batch parts on a migrated scratch database: every
+    # side must have really run (calls counted, logged predictions, rows written), the two online
+    # sides must agree on the model's output, and the JSON must carry what the README reads.
+    import json
+
+    import psycopg
+
+    output = tmp_path / "scoring_smoke.json"
+    requests, batch_rows = 30, 3000
+    run = _python("-m", "bench.scoring", "--database-url", fresh_db_url, "--existing-database", "--parts", "online,batch",
+                  "--quick", "--online-models", "gb", "--entities", "400", "--requests", str(requests), "--rounds", "2",
+                  "--clients", "2", "--duration", "0.5", "--service-workers", "1", "--pgbench-seconds", "1",
+                  "--pgbench-clients", "2", "--batch-rows", str(batch_rows), "--output", str(output))
+    assert run.returncode in (0, 1), run.stdout[-3000:] + run.stderr[-3000:]  # 1: a goal missed, still a result
+    body = json.loads(output.read_text())
+    assert body["benchmark"] == "scoring" and body["parameters"]["parts"] == ["online", "batch"]
+    assert {"cpu_count", "server_settings"} <= set(body["machine"])
+    online = body["results"]["online"]
+    assert set(online["models"]) == {"gb"}
+    for key, entry in online["models"].items():
+        assert "pgmlops_error" not in entry, entry.get("pgmlops_error")
+        assert entry["parity"]["labels_off"] == 0 and entry["parity"]["max_abs_diff_probabilities"] <= 1e-9, entry["parity"]
+        for side in ("pgmlops", "fastapi"):
+            lat, thr = entry[side]["latency_ms"], entry[side]["throughput"]
+            assert lat["n"] == requests, (key, side, lat)
+            assert 0 < lat["min"] <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"], (key, side, lat)
+            assert thr["requests"] > 0 and thr["errors"] == 0, (key, side, thr)
+            assert thr["requests_per_s"] == pytest.approx(thr["requests"] / thr["duration_s"], rel=0.02)
+        ratios = entry["ratios"]
+        assert ratios["p50_latency_fastapi_over_pgmlops"] == pytest.approx(
+            entry["fastapi"]["latency_ms"]["p50"] / entry["pgmlops"]["latency_ms"]["p50"], rel=0.02)
+        assert ratios["throughput_pgmlops_over_fastapi"] > 0
+        assert 0 < entry["pgmlops_inside_function_ms"]["p50"] <= entry["pgmlops"]["latency_ms"]["max"]
+    assert {(r["model"], r["mode"]) for r in online["pgbench"]} == {("gb", "service"), ("gb", "postgrest")}
+    for r in online["pgbench"]:
+        assert r["returncode"] == 0 and r["tps"] > 0 and r["transactions"] > 0 and r["failed"] == 0, r
+    batch = body["results"]["batch"]
+    assert batch["rows"] == batch_rows
+    assert [r["path"] for r in batch["runs"]] == ["ml.predict_batch (one statement)", "ml.score, path sql",
+                                                  "ml.score, path worker"]
+    for r in batch["runs"]:
+        assert "error" not in r, r
+        assert r["rows_written"] == batch_rows and r["seconds"] > 0, r
+    assert batch["compared"] == ["ml.score, path sql", "ml.score, path worker"]
+    assert batch["default_should_be"] == ("sql" if batch["worker_over_sql_seconds"] >= 1 else "worker")
+    metrics = [g["metric"] for g in body["goals"]]
+    assert "gb: p50 latency, FastAPI / ml.predict" in metrics and "batch: ml.score worker path time / sql path time" in metrics
+    # The calls reached ml.predict: each one is in the prediction log.
+    with psycopg.connect(fresh_db_url) as conn:
+        logged = conn.execute("select count(*) from ml.predictions").fetchone()
+    pgbench_calls = sum(r["transactions"] for r in online["pgbench"])
+    pgmlops_calls = sum(e["pgmlops"]["throughput"]["requests"] + requests for e in online["models"].values())
+    assert logged is not None and logged[0] >= pgmlops_calls + pgbench_calls
