@@ -156,15 +156,15 @@ def deployment(conn: psycopg.Connection[Any], project: str, *, tenant: TenantId 
 
 
 def deployment_history(conn: psycopg.Connection[Any], project: str, *, tenant: TenantId = None) -> list[dict[str, Any]]:
-    """Every deployment the project has had, newest first (``ml.deployment_history``).
+    """Every deployment the project has had, newest first (``ml.deployment_history``), each as
+    :func:`deployment` shows one plus its status (``active``, ``superseded``, ``rolled_back``,
+    ``aborted``), reason, who made it and when, and who ended it, when and why; ``[]`` when
+    there are none.
 
     Raises:
         NotFound: no such project.
     """
-    result = _value(conn, tenant, "ml.deployment_history(%s)", (project,))
-    if isinstance(result, Mapping):  # {"deployments": [...]} or a list: either way, the list
-        result = result.get("deployments", [])
-    return [dict(d) for d in result or []]
+    return [dict(d) for d in _value(conn, tenant, "ml.deployment_history(%s)", (project,))]
 
 
 def record_feedback(conn: psycopg.Connection[Any], prediction_id: UUID | str, label: Any,
