@@ -233,6 +233,20 @@ def test_cli_deploy_with_arms_then_deployments_and_rollback(world: World, conn: 
     assert "single deployment" in run.stdout
 
 
+def test_cli_deploy_a_canary_with_its_schedule(world: World, conn: Conn) -> None:
+    single(conn, world)
+    run = cli(world, "deploy", "churn", "--strategy", "canary", "--arm", "stable=churn@1", "--arm", "canary=churn@2",
+              "--canary-schedule", "0.2@0m, 0.5@30m, 1@2h", "--abort", '{"metric": "error_rate", "max": 0.3, "window": "1 hour"}')
+    assert run.returncode == 0, run.stderr
+    assert "canary arm canary: 0.2 after 00:00:00, 0.5 after 00:30:00, 1 after 02:00:00" in run.stdout
+    active = scoring.deployment(conn, "churn", tenant=world.tenant)
+    assert active is not None and active["abort"]["max"] == 0.3
+    assert {a["arm"]: a["current_weight"] for a in active["arms"]} == {"stable": 0.8, "canary": 0.2}
+    run = cli(world, "deploy", "churn", "--strategy", "canary", "--arm", "stable=churn@1", "--arm", "canary=churn@2",
+              "--canary-schedule", "0.2 at once")
+    assert run.returncode == 2 and "expected WEIGHT@AFTER" in run.stderr
+
+
 def test_cli_deploy_accepts_arms_as_json(world: World) -> None:
     arms = json.dumps([{"arm": "main", "model": "churn", "version": 2, "weight": 1}])
     run = cli(world, "deploy", "churn", "--strategy", "single", "--arms", arms)
