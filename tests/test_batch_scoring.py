@@ -10,7 +10,10 @@ tenant A acting through pgmlops.db.tenant_context, as PostgREST runs a signed-in
 from __future__ import annotations
 
 import math
+import os
+import signal
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -29,7 +32,7 @@ from pgmlops.db import tenant_context
 from pgmlops.errors import LeaseLost
 from pgmlops.jobs import queue
 from pgmlops.jobs.handlers import JobContext
-from pgmlops.jobs.worker import Worker
+from pgmlops.jobs.worker import Worker, WorkerPool
 from pgmlops.models import artifacts
 from pgmlops.scoring import _batch
 from pgmlops.training._algorithms import build_pipeline
@@ -343,6 +346,31 @@ def test_a_job_that_loses_its_worker_resumes_without_duplicates(env: Env) -> Non
     assert sorted(r[1] for r in rows) == [int(i) for i in mine["id"]]
     by_id = {r[1]: r[2] for r in rows}
     assert [by_id[int(i)] for i in mine["id"]] == [int(v) for v in env.svc.predict(mine)]
+
+
+def test_a_worker_killed_mid_job_leaves_whole_chunks_and_the_next_one_finishes(env: Env) -> None:
+    with as_user(env.conn, env.a, env.user_a):
+        job = int(one(env.conn, "select ml.score('churn', 'select c.*, g from public.customers c cross join generate_series(1, 2) g', "
+                                "'app.killed', %s)", Jsonb({"model": "churn_svc", "chunk_rows": 5, "key": ["id", "g"]})))
+    act_for(env.conn, None)
+    total = 2 * N_A
+    pool = WorkerPool(env.url, ["score"], 1, poll_interval=0.2).start()
+    try:
+        deadline = time.monotonic() + 60
+        while one(env.conn, "select rows_done from ml.batch_scorings where job_id = %s", job) < 20:
+            assert time.monotonic() < deadline, "the worker made no progress"
+            time.sleep(0.01)
+        os.kill(pool.pids()[0], signal.SIGKILL)
+    finally:
+        pool.stop(timeout=5)
+    done = one(env.conn, "select rows_done from ml.batch_scorings where job_id = %s", job)
+    assert 20 <= done < total, done
+    assert one(env.conn, "select count(*) from app.killed") == done   # whole chunks only
+    env.conn.execute("update ml.jobs set lease_expires_at = now() - interval '1 second' where id = %s", (job,))
+    run_worker(env.url)
+    assert scoring_of(env, job)["status"] == "succeeded"
+    assert env.conn.execute("select count(*), count(distinct (id, g)), min(row_number), max(row_number), count(distinct row_number) "
+                            "from app.killed").fetchone() == (total, total, 1, total, total)
 
 
 def test_tenant_b_cannot_score_or_touch_tenant_a(env: Env) -> None:
