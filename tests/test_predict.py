@@ -7,6 +7,7 @@ tenant boundary, signed-in members calling as PostgREST does, the log's retentio
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from pgmlops.training._algorithms import build_pipeline
 
 from .compile_helpers import MIXED_SIGNATURE, Conn, json_rows, mixed_frame, mixed_labels, one, project, register
 from .conftest import act_for, make_tenant
-from .training_data import member, refused
+from .training_data import T0, build, create_group, member, refused, spine_table
 
 TOLERANCE = 1e-9
 
@@ -442,3 +443,46 @@ def test_predict_and_its_log_on_both_servers(any_db_url: str) -> None:
         assert result["prediction"] == int(model.predict(HELD_OUT.iloc[[0]])[0])
         assert close(result["score"], float(model.predict_proba(HELD_OUT.iloc[[0]])[0, 1]))
         assert one(conn, "select count(*) from ml.predictions where id = %s", result["prediction_id"]) == 1
+
+
+# -- inputs the online store cannot give ----------------------------------------------------------------------
+
+
+def test_window_aggregates_must_be_passed_and_the_event_time_defaults_to_the_call_s(env: Env) -> None:
+    """A training set with a window aggregate and a transformation of its event_time: by entity
+    key, 0A000 naming the aggregate; with features, the event time may be left out (now())."""
+    conn = env.conn
+    create_group(conn, "payers", {"amount": {"dtype": "float"}})
+    conn.execute("select ml.ingest('payers', %s)", (Jsonb([{"customer_id": f"c{i}", "event_time": "2026-01-01T00:00:00Z",
+                                                             "amount": float(i)} for i in range(4)]),))
+    events = spine_table(conn, pd.DataFrame({"customer_id": ["c1", "c2"], "paid_at": [T0, T0], "amount": [1.0, 2.0]}),
+                         {"customer_id": "text", "paid_at": "timestamptz", "amount": "float8"}, name="payments")
+    spine = pd.DataFrame({"customer_id": [f"c{i}" for i in range(4)], "event_time": [T0 + pd.Timedelta(hours=h) for h in (1, 2, 3, 4)],
+                          "label": [0, 1, 0, 1]})
+    dataset = build(conn, "paid", spine_table(conn, spine, {"customer_id": "text", "event_time": "timestamptz", "label": "int"}),
+                    ["payers:amount"], "label", [
+                        {"type": "window_aggregate", "source": events, "key": "customer_id", "time": "paid_at", "value": "amount",
+                         "aggregates": ["sum"], "windows": ["1h"], "prefix": "paid"},
+                        {"type": "cyclical", "column": "event_time", "period": "hour"}])
+    inputs = one(conn, "select inputs from ml.datasets where id = %s", dataset)
+    project_id = project(conn, "paid", "classification")
+    run = one(conn, "select ml.start_run(%s, null, 'logistic_regression', '{}', '{}', %s, '{}')", project_id, dataset)
+    conn.execute("select ml.finish_run(%s, 'succeeded', '{}', 1.0, 100, 0.1)", (run,))
+    signature = {"inputs": [{"name": name, "dtype": "float"} for name in inputs], "outputs": [], "task": "classification",
+                 "classes": [0, 1]}
+    version = one(conn, "select ml.register_model_version(%s, 'paid', 'x', 'skops', %s, %s, null, '{}')",
+                  run, hashlib.sha256(b"x").hexdigest(), Jsonb(signature))["model_version_id"]
+    X = np.random.default_rng(5).normal(size=(40, len(inputs)))
+    scoring.install(conn, version, scoring.describe(LogisticRegression().fit(X, (X[:, 0] > 0).astype(int))))
+    arguments = {a["name"] for a in one(conn, "select scoring -> 'arguments' from ml.model_versions where id = %s", version)}
+    assert arguments == {"amount", "paid_sum_1h", "event_time"}
+    env.deploy("paid", [{"arm": "main", "model": "paid", "version": 1}])
+
+    with refused("0A000", r"model paid version 1 takes window aggregate paid_sum_1h, which the online store does not keep"):
+        env.predict("paid", entity_key="c1")
+    result = env.predict("paid", {"amount": 1.5, "paid_sum_1h": 3.0})
+    logged = one(conn, "select features from ml.predictions where id = %s", result["prediction_id"])
+    assert logged["amount"] == 1.5 and "event_time" in logged
+    given = env.predict("paid", {"amount": 1.5, "paid_sum_1h": 3.0, "event_time": "2026-01-01T05:00:00Z"})
+    logged = one(conn, "select features from ml.predictions where id = %s", given["prediction_id"])
+    assert logged["event_time"] == "2026-01-01T05:00:00Z"
