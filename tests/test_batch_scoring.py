@@ -351,7 +351,7 @@ def test_a_job_that_loses_its_worker_resumes_without_duplicates(env: Env) -> Non
 def test_a_worker_killed_mid_job_leaves_whole_chunks_and_the_next_one_finishes(env: Env) -> None:
     with as_user(env.conn, env.a, env.user_a):
         job = int(one(env.conn, "select ml.score('churn', 'select c.*, g from public.customers c cross join generate_series(1, 2) g', "
-                                "'app.killed', %s)", Jsonb({"model": "churn_svc", "chunk_rows": 5, "key": ["id", "g"]})))
+                                "'app.killed', %s)", Jsonb({"model": "churn_svc", "chunk_rows": 10, "key": ["id", "g"]})))
     act_for(env.conn, None)
     total = 2 * N_A
     pool = WorkerPool(env.url, ["score"], 1, poll_interval=0.2).start()
@@ -403,3 +403,24 @@ def test_without_a_model_the_deployed_version_scores(env: Env) -> None:
     run_worker(env.url)
     assert scoring_of(env, job)["status"] == "succeeded"
     assert one(env.conn, "select count(distinct row_number) from app.deployed") == N_A
+
+
+def test_the_default_path_is_the_faster_one(env: Env) -> None:
+    # A large tree ensemble (300 trees x depth 4 > 1,000 tree levels) goes to workers; a compiled
+    # small one to SQL (above); a version scored by workers to workers (above).
+    train = mixed_frame(200, seed=3)
+    big = build_pipeline(MIXED_SIGNATURE, GradientBoostingClassifier(n_estimators=300, max_depth=4, random_state=0))
+    big.fit(train, mixed_labels(train, "binary", seed=3))
+    act_for(env.conn, env.a)
+    version = register(env.conn, env.project, "churn_big", big, "classification", [0, 1])
+    scoring.install(env.conn, version, scoring.describe(big, task="classification"))
+    act_for(env.conn, None)
+    with as_user(env.conn, env.a, env.user_a):
+        job = int(one(env.conn, "select ml.score('churn', 'public.customers', 'app.big', '{\"model\": \"churn_big\"}')"))
+        sql_job = int(one(env.conn, "select ml.score('churn', 'public.customers', 'app.big', %s)",
+                          Jsonb({"model": "churn_big", "path": "sql"})))
+        for j in (job, sql_job):
+            env.conn.execute("select ml.cancel_job(%s)", (j,))
+    act_for(env.conn, None)
+    assert scoring_of(env, job)["path"] == "worker"
+    assert scoring_of(env, sql_job)["path"] == "sql"

@@ -253,8 +253,8 @@ $$;
 -- ({"model": "churn" | "churn@3" | "churn@champion", "version": n, "alias": a}, a model of that
 -- project), else the live arm with the largest weight of the project's active deployment
 -- (ml_private.deployment_primary). Returns {tenant_id, project_id, project, task,
--- deployment_id, arm, model_version_id, model, version, algorithm, scoring_path, reason,
--- arguments (the raw input columns: ml_private.compiled_model_inputs), inputs (the signature's),
+-- deployment_id, arm, model_version_id, model, version, algorithm, scoring_path, reason, trees,
+-- max_depth (a compiled tree ensemble's), arguments (the raw input columns: ml_private.compiled_model_inputs), inputs (the signature's),
 -- classes, transformations (whether its training set transforms its columns)}.
 -- Raises 42501 non-members (p_write: viewers too); P0002 unknown project, model, version or
 -- alias, or no active deployment; 22023 a model of another project, a malformed reference.
@@ -306,6 +306,7 @@ begin
         'deployment_id', v_dep, 'arm', v_arm, 'model_version_id', v_version.id, 'model', v_model.name,
         'version', v_version.version, 'algorithm', (select r.algorithm from ml.runs r where r.id = v_version.run_id),
         'scoring_path', v_version.scoring_path, 'reason', v_version.scoring ->> 'reason',
+        'trees', v_version.scoring -> 'trees', 'max_depth', v_version.scoring -> 'max_depth',
         'arguments', ml_private.compiled_model_inputs(v_version.signature, v_version.dataset_id) -> 'arguments',
         'inputs', v_version.signature -> 'inputs', 'classes', v_version.signature -> 'classes',
         'transformations', coalesce(v_transforms, false));
@@ -589,8 +590,10 @@ $$;
 --   prediction jsonb, score float8, probabilities jsonb, model_version_id uuid
 -- (the meaning of each: ml.predict_batch).
 -- options: path 'sql' (each chunk scored by the compiled function in one statement) or 'worker'
--- (rows COPYed out, predicted by the loaded artifact in Python, COPYed in); default: 'sql' for a
--- compiled version (faster: docs/batch-scoring.md), 'worker' otherwise. chunk_rows (1 to
+-- (rows COPYed out, predicted by the loaded artifact in Python, COPYed in); default: the faster
+-- (docs/batch-scoring.md): 'sql' for a compiled version, unless it is a tree ensemble of more
+-- than 1,000 tree levels (trees x max_depth) and was not trained on transformed columns;
+-- 'worker' for the others. chunk_rows (1 to
 -- 10,000,000; default 50,000); model, version, alias; key (columns carried to the target;
 -- default: every column that is not a model input).
 -- Raises 22023 bad options, missing or mistyped input columns, bad key columns, a target that
@@ -637,7 +640,13 @@ begin
     end if;
 
     v_model := ml_private.batch_model(project, v_options, true);
-    v_path := coalesce(v_options ->> 'path', case when v_model ->> 'scoring_path' = 'compiled' then 'sql' else 'worker' end);
+    -- The faster path (docs/batch-scoring.md): SQL's cost per row grows with the tree levels a row
+    -- walks, the worker's is mostly fixed (COPY and JSON), so large tree ensembles go to workers.
+    v_path := coalesce(v_options ->> 'path', case
+        when v_model ->> 'scoring_path' is distinct from 'compiled' then 'worker'
+        when (v_model ->> 'transformations')::boolean then 'sql'
+        when coalesce((v_model ->> 'trees')::numeric * (v_model ->> 'max_depth')::numeric, 0) > 1000 then 'worker'
+        else 'sql' end);
     if v_path = 'sql' then
         perform ml_private.batch_worker_only(v_model);
     elsif (v_model ->> 'transformations')::boolean then
