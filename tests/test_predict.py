@@ -306,7 +306,7 @@ def test_a_version_scored_by_workers_is_refused_pointing_to_ml_score(env: Env) -
                        classes=[0, 1])
     scoring.compile_registered(env.conn, version, SVC().fit(X, (X[:, 0] > 0).astype(int)), task="classification")
     env.deploy("svm", [{"arm": "main", "model": "svm", "version": 1}])
-    with refused("0A000", r"model svm version 1 \(logistic_regression\) is scored by workers: .*ml.predict cannot score it") as info:
+    with refused("0A000", r"model svm version 1 \(logistic_regression\) is scored by workers: .*ml.predict cannot score it; ml.score can") as info:
         env.predict("svm", {"x0": 1.0, "x1": 2.0, "x2": 3.0})
     assert isinstance(info.value, psycopg.Error) and "ml.score" in (info.value.diag.message_hint or "")
     assert env.logged() == 0

@@ -335,7 +335,7 @@ begin
                 using errcode = '0A000',
                       hint = format('A worker serving job kind compile runs it (pgmlops worker --kinds compile); ml.job_result(%s) tells when it is done.', v_job);
         end if;
-        raise exception 'model % (%) is scored by workers: it has no compiled SQL function, so ml.predict cannot score it',
+        raise exception 'model % (%) is scored by workers: it has no compiled SQL function, so ml.predict cannot score it; ml.score can',
             v_label, v_version.algorithm
             using errcode = '0A000', hint = 'Score it in batches with ml.score(project, source, target), or deploy a compiled version.';
     end if;
