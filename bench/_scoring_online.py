@@ -118,7 +118,7 @@ def load_pipelines(setup: Setup) -> dict[str, Any]:
 def fastapi_service(setup: Setup, pipelines: dict[str, Any], workers: int, pool_size: int) -> Iterator[dict[str, Any]]:
     """Start ``bench._scoring_service`` under uvicorn; yields ``{base_url, pid, workers, start_s}``."""
     import httpx
-    import joblib
+    import joblib  # type: ignore[import-untyped]
 
     port = _free_port()
     models_dir = tempfile.TemporaryDirectory(prefix="pgmlops_bench_models_")
@@ -184,7 +184,7 @@ def model_only(setup: Setup, pipeline: Any, keys: list[str], n: int) -> dict[str
     of the registered pipeline (ms per call, one native thread as in the service)."""
     import pandas as pd
     from psycopg import sql
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    from threadpoolctl import threadpool_limits
 
     schema, table = setup.online_table.split(".", 1)
     with psycopg.connect(setup.url, autocommit=True) as conn:

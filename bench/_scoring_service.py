@@ -42,7 +42,7 @@ _state: dict[str, Any] = {}
 
 def _load_models(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{project: {pipeline, classes, model, version}}: each pipeline from its joblib file."""
-    import joblib
+    import joblib  # type: ignore[import-untyped]
 
     out: dict[str, dict[str, Any]] = {}
     for project, spec in config["models"].items():
