@@ -319,6 +319,10 @@ def pgbench(setup: Setup, project: str, mode: str, clients: int, seconds: int) -
     cmd = [PGBENCH, "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 1)),
            "-T", str(seconds), "-f", path, "-D", f"n={setup.entities}", "-D", f"project={project}",
            "-D", f"claims={claims}", setup.url]
+    if not os.path.exists(PGBENCH):
+        os.unlink(path)
+        return {"mode": mode, "clients": clients, "seconds": seconds, "returncode": None, "tps": None,
+                "error": [f"{PGBENCH} not found (set PGMLOPS_PGBENCH)"]}
     ticks0 = _cpu_ticks()
     try:
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, env=env)
