@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingRegressor, IsolationForest
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from sklearn.svm import SVC
 
 from pgmlops import features as datasets
@@ -117,6 +117,15 @@ def test_a_classifier_s_prediction_probabilities_and_score_equal_scikit_learn_s(
         assert close(result["score"], float(p[1]) if len(classes) == 2 else float(p.max()))
         assert (result["model"], result["version"], result["arm"], result["deployment_id"]) == (name, number, "main", deployment)
         assert result["latency_ms"] >= 0 and uuid.UUID(result["prediction_id"])
+
+
+def test_a_classifier_without_probabilities_scores_with_its_decision_function(env: Env) -> None:
+    model = fitted("classification", RidgeClassifier())
+    _, name, number = env.version("ridge", "classification", model, classes=[0, 1])
+    env.deploy("ridge", [{"arm": "main", "model": name, "version": number}])
+    for row, label, d in zip(json_rows(HELD_OUT), model.predict(HELD_OUT), model.decision_function(HELD_OUT), strict=True):
+        result = env.predict("ridge", row)
+        assert result["prediction"] == int(label) and close(result["score"], float(d)) and "probabilities" not in result
 
 
 def test_a_regressor_s_prediction_equals_scikit_learn_s(env: Env) -> None:
@@ -306,7 +315,7 @@ def test_a_version_scored_by_workers_is_refused_pointing_to_ml_score(env: Env) -
                        classes=[0, 1])
     scoring.compile_registered(env.conn, version, SVC().fit(X, (X[:, 0] > 0).astype(int)), task="classification")
     env.deploy("svm", [{"arm": "main", "model": "svm", "version": 1}])
-    with refused("0A000", r"model svm version 1 \(logistic_regression\) is scored by workers: .*ml.predict cannot score it; ml.score can") as info:
+    with refused("0A000", r"model svm version 1 \(logistic_regression\) is scored by workers: .*; ml.score can") as info:
         env.predict("svm", {"x0": 1.0, "x1": 2.0, "x2": 3.0})
     assert isinstance(info.value, psycopg.Error) and "ml.score" in (info.value.diag.message_hint or "")
     assert env.logged() == 0
