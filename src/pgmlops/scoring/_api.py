@@ -204,8 +204,8 @@ def score(conn: psycopg.Connection[Any], project: str, source: str, target: str,
     prediction, score, probabilities, model_version_id``) with the project's deployed version,
     fixed now; returns the job id (kind ``score``; a worker runs it), whose progress
     :func:`batch_scoring` reads. ``options``: ``{"path": "sql" | "worker", "chunk_rows": n,
-    "model" | "version" | "alias": ..., "key": [columns]}``; without a path, ``sql`` for a
-    compiled version, else ``worker``.
+    "model" | "version" | "alias": ..., "key": [columns]}``; without a path, the faster one for
+    the version (``sql`` for most compiled versions; docs/batch-scoring.md).
 
     Raises:
         InvalidInput: bad options, missing or mistyped input columns, bad key columns.
