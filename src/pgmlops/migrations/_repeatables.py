@@ -41,6 +41,13 @@ FILES: tuple[str, ...] = (
     "scoring/feedback.sql",
     "scoring/batch.sql",
     "tuning/studies.sql",
+    "monitoring/stats.sql",
+    "monitoring/profiles.sql",
+    "monitoring/windows.sql",
+    "monitoring/performance.sql",
+    "monitoring/alerts.sql",
+    "monitoring/reports.sql",
+    "monitoring/schedules.sql",
 )
 
 # Where the applied checksums are kept (made by revision 0005_partition_rls).

@@ -1,0 +1,1 @@
+-- pgmlops: monitoring/alerts.sql (docs/monitoring.md)

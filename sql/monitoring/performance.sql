@@ -1,0 +1,1 @@
+-- pgmlops: monitoring/performance.sql (docs/monitoring.md)

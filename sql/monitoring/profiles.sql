@@ -1,0 +1,1 @@
+-- pgmlops: monitoring/profiles.sql (docs/monitoring.md)

@@ -1,0 +1,1 @@
+-- pgmlops: monitoring/reports.sql (docs/monitoring.md)

@@ -1,0 +1,1 @@
+-- pgmlops: monitoring/schedules.sql (docs/monitoring.md)

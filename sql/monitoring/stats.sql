@@ -1,0 +1,1 @@
+-- pgmlops: monitoring/stats.sql (docs/monitoring.md)

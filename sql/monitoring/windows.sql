@@ -1,0 +1,1 @@
+-- pgmlops: monitoring/windows.sql (docs/monitoring.md)
