@@ -1,12 +1,12 @@
 -- pgmlops 0009: batch scorings (docs/batch-scoring.md)
 --
 -- One row per ml.score call: what is scored (source) into where (target) by which model
--- version, on which path (sql: ml.predict_batch in one statement; worker: a job that COPYs rows
--- out, predicts in Python and COPYs them in, chunk by chunk), and how far it got. A chunk's rows
+-- version, on which path (sql: each chunk scored by the compiled function in one statement;
+-- worker: rows COPYed out, predicted in Python and COPYed in), and how far it got. A chunk's rows
 -- and rows_done are committed together, so a worker that dies mid-run resumes after the last
--- committed chunk and writes no row twice. The source is read once, with the caller's rights, into a
--- snapshot (ml_private.batch_rows_<id as 32 hex>, made and dropped by sql/scoring/batch.sql)
--- whose row_number gives the chunks their order.
+-- committed chunk and writes no row twice. The source is read once, with the caller's rights,
+-- into a snapshot (ml_private.batch_rows_<id as 32 hex>, made and dropped by
+-- sql/scoring/batch.sql) whose row_number gives the chunks their order.
 
 create table ml.batch_scorings (
     id               uuid primary key default gen_random_uuid(),
