@@ -21,6 +21,8 @@ create table ml.alerts (
     acknowledged_at timestamptz,
     resolved_by     uuid,
     resolved_at     timestamptz,
+    -- the lifecycle's comments: [{"action", "by", "at", "comment"}]
+    notes           jsonb not null default '[]',
     constraint alerts_severity_valid check (severity in ('info', 'warning', 'critical')),
     constraint alerts_status_valid check (status in ('open', 'acknowledged', 'resolved')),
     constraint alerts_count_positive check (count >= 1),
@@ -45,6 +47,8 @@ create table ml.monitoring_schedules (
     last_run_at timestamptz,
     next_run_at timestamptz,
     last_report uuid references ml.drift_reports (id) on delete set null,
+    -- the last run's failure (NULL when it made its report)
+    last_error  text,
     created_by  uuid,
     created_at  timestamptz not null default now(),
     constraint monitoring_schedules_backend_valid check (backend in ('pg_cron', 'worker')),
