@@ -443,7 +443,8 @@ begin
     if jsonb_array_length(v_shadows) > 0 then
         insert into ml.predictions (id, tenant_id, project_id, deployment_id, arm, model_version_id, shadow_of, entity_key, features,
                                     prediction, score, probabilities, latency_ms, error)
-        select ml_private.prediction_id(), v_tenant, v_project, (s ->> 'deployment_id')::uuid, s ->> 'arm', (s ->> 'model_version_id')::uuid, v_id, entity_key,
+        select ml_private.prediction_id(), v_tenant, v_project, (s ->> 'deployment_id')::uuid, s ->> 'arm',
+               (s ->> 'model_version_id')::uuid, v_id, entity_key,
                coalesce(s -> 'features', features), s #> '{result,prediction}', (s #>> '{result,score}')::float8,
                s #> '{result,probabilities}', (s ->> 'latency_ms')::float8, s ->> 'error'
         from jsonb_array_elements(v_shadows) s;
