@@ -237,7 +237,8 @@ $$;
 -- with pg_cron where it is installed, otherwise run by workers (`pgmlops worker` calls it under
 -- an advisory lock every few minutes). Returns what it did, per table:
 -- {"<table>": {"created", "dropped", "secured"}, "jobs_purged", "deployments"} (active canaries
--- checked: ml_private.check_deployments), or {"skipped"} when another
+-- checked: ml_private.check_deployments), "monitoring" (due monitoring schedules run:
+-- ml_private.run_due_monitoring), or {"skipped"} when another
 -- session is running it. Security definer, so the role it is granted to can run it.
 -- Callers: service_role (and the owner, from pg_cron or a worker).
 create or replace function ml_private.run_maintenance() returns jsonb
@@ -249,6 +250,7 @@ declare
     v_report jsonb := '{}';
     v_purged int;
     v_deployments jsonb;
+    v_monitoring jsonb;
 begin
     -- One maintainer at a time across cron and workers; others return at once.
     if not pg_try_advisory_xact_lock(hashtext('pgmlops.maintenance')) then
@@ -271,6 +273,11 @@ begin
     if to_regprocedure('ml_private.check_deployments()') is not null then
         execute 'select ml_private.check_deployments()' into v_deployments;
         v_report := v_report || jsonb_build_object('deployments', v_deployments);
+    end if;
+    -- Monitoring schedules of the workers' backend whose tick has come (sql/monitoring/schedules.sql).
+    if to_regprocedure('ml_private.run_due_monitoring()') is not null then
+        execute 'select ml_private.run_due_monitoring()' into v_monitoring;
+        v_report := v_report || jsonb_build_object('monitoring', v_monitoring);
     end if;
     update ml_private.settings set value = to_jsonb(now()), updated_at = now() where key = 'last_maintenance';
     if not found then
