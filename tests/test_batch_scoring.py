@@ -424,3 +424,20 @@ def test_the_default_path_is_the_faster_one(env: Env) -> None:
     act_for(env.conn, None)
     assert scoring_of(env, job)["path"] == "worker"
     assert scoring_of(env, sql_job)["path"] == "sql"
+
+
+def test_a_cancelled_job_fails_its_scoring(env: Env) -> None:
+    with as_user(env.conn, env.a, env.user_a):
+        job = int(one(env.conn, "select ml.score('churn', 'public.customers', 'app.cancelled', %s)",
+                      Jsonb({"model": "churn_svc", "chunk_rows": 50, "key": ["id"]})))
+    act_for(env.conn, None)
+    with psycopg.connect(env.url) as work:
+        [claimed] = queue.claim(work, "w2", ["score"], 1)
+        work.commit()
+        env.conn.execute("select ml.cancel_job(%s)", (job,))
+        with tenant_context(work, claimed.tenant_id), pytest.raises(LeaseLost):
+            _batch.score(JobContext(job=claimed, conn=work, worker_id="w2", lost=threading.Event()))
+    assert scoring_of(env, job) == {"status": "failed", "rows_done": 0, "rows_total": N_A, "path": "worker",
+                                    "error": f"job {job} was cancelled"}
+    assert one(env.conn, "select count(*) from app.cancelled") == 0
+    assert one(env.conn, "select count(*) from pg_tables where tablename like 'batch_rows_%%'") == 0

@@ -17,9 +17,9 @@ privileges and RLS policies). It works on a connection of its own, committing as
 3. ``ml.finish_batch_scoring`` marks the scoring succeeded in the job's own transaction, so the
    job's success and the scoring's land together.
 
-A failure no retry can fix (the source or target refused, SQLSTATE classes 22 and 42, 0A000)
+A failure no retry can fix (the source or target refused, SQLSTATE classes 22, 42, 0A, P0)
 fails the scoring and the job at once; other failures are retried by the queue (the last
-attempt fails the scoring too).
+attempt fails the scoring too), and a cancelled job's scoring fails.
 """
 
 from __future__ import annotations
@@ -109,6 +109,9 @@ def score(ctx: JobContext) -> dict[str, Any]:
                 if written == 0:
                     break
     except DatabaseError as exc:
+        if isinstance(exc, LeaseLost) and _cancelled(ctx):
+            _fail(ctx, scoring_id, f"job {ctx.job.id} was cancelled")
+            raise
         if exc.sqlstate and exc.sqlstate.startswith(_PERMANENT_CLASSES) and not isinstance(exc, LeaseLost):
             _fail(ctx, scoring_id, str(exc))
             raise PermanentError(f"batch scoring {scoring_id}: {exc}") from exc
@@ -116,6 +119,15 @@ def score(ctx: JobContext) -> dict[str, Any]:
             _fail(ctx, scoring_id, str(exc))
         raise
     return dict(call(ctx.conn, "ml.finish_batch_scoring(%s)", (scoring_id,)))
+
+
+def _cancelled(ctx: JobContext) -> bool:
+    """Whether the job was cancelled (then no attempt will finish the scoring: it fails)."""
+    try:
+        with psycopg.connect(_conninfo(ctx.conn)) as conn, tenant_context(conn, ctx.tenant_id):
+            return bool(call(conn, "ml.job_result(%s)", (ctx.job.id,)).get("status") == "cancelled")
+    except (DatabaseError, psycopg.Error):
+        return False
 
 
 def _fail(ctx: JobContext, scoring_id: str, error: str) -> None:
