@@ -130,7 +130,8 @@ def fastapi_service(setup: Setup, pipelines: dict[str, Any], workers: int, pool_
     config = {"url": setup.url, "tenant": setup.tenant, "table": setup.online_table, "columns": FEATURES,
               "models": models, "pool_size": pool_size}
     env = {**os.environ, "PGMLOPS_BENCH_SERVICE": json.dumps(config), "OMP_NUM_THREADS": "1",
-           "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(BENCH_DIR.parent)}
+           "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(BENCH_DIR.parent), os.environ.get("PYTHONPATH")) if p)}
     log = tempfile.NamedTemporaryFile(prefix="pgmlops_bench_service_", suffix=".log", delete=False)  # noqa: SIM115
     cmd = [sys.executable, "-m", "uvicorn", "bench._scoring_service:app", "--host", "127.0.0.1", "--port", str(port),
            "--workers", str(workers), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
