@@ -99,7 +99,8 @@ def test_a_repeat_counts_on_the_open_alert_and_takes_the_larger_severity(conn: C
     # Acknowledged alerts still count repeats; severity goes up, never down.
     conn.execute("select ml.acknowledge_alert(%s)", (first,))
     assert raise_alert(conn, tenant, project, severity="info") == first
-    assert conn.execute("select count, severity, status from ml.alerts where id = %s", (first,)).fetchone() == (3, "critical", "acknowledged")
+    row = conn.execute("select count, severity, status from ml.alerts where id = %s", (first,)).fetchone()
+    assert row == (3, "critical", "acknowledged")
     got = [(e, p["alert_id"], p["count"]) for e, p in events(conn, tenant) if p["alert_id"] == first]
     assert got == [("alert.opened", first, 1), ("alert.repeated", first, 2), ("alert.acknowledged", first, 2),
                    ("alert.repeated", first, 3)]
@@ -180,8 +181,8 @@ def test_a_report_raises_one_alert_per_drifted_feature_and_section(conn: Conn, t
                            (%(t)s, %(r)s, %(a)s, %(b)s, 'roc_auc', true, 0.85, 50, 0.80, 0.90, false)""",
                  {"t": tenant, "r": report, "a": end - timedelta(hours=1), "b": end - timedelta(minutes=30), "c": end})
     assert one(conn, "select ml_private.raise_report_alerts(%s)", report) == 7
-    rows = conn.execute("select kind, feature, severity, report_id, evidence from ml.alerts where project_id = %s order by kind, feature",
-                        (project,)).fetchall()
+    rows = conn.execute("select kind, feature, severity, report_id, evidence from ml.alerts where project_id = %s"
+                        " order by kind, feature", (project,)).fetchall()
     got = {(r[0], r[1]): r[2] for r in rows}
     assert got == {
         ("dataset_drift", None): "warning",           # share 0.667 / 0.5 = 1.33

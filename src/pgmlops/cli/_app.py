@@ -1,7 +1,7 @@
 """The `pgmlops` application: global options, the command groups assembled, and error reporting.
 
 Each command group lives in its own module (``db``, ``migrate``, ``tenants``, ``features``,
-``training``, ``models``, ``scoring``, ``jobs``, ``events``, ``demo``) and is registered here, in one place.
+``training``, ``models``, ``scoring``, ``monitoring``, ``jobs``, ``events``, ``demo``) and is registered here, in one place.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from pgmlops import __version__, migrations
-from pgmlops.cli import db, demo, events, features, jobs, migrate, models, scoring, tenants, training
+from pgmlops.cli import db, demo, events, features, jobs, migrate, models, monitoring, scoring, tenants, training
 from pgmlops.cli._common import DatabaseUrl, console, err_console, state
 from pgmlops.errors import InvalidInput, NotFound, PgmlopsError
 
@@ -52,6 +52,8 @@ app.command()(scoring.rollback)
 app.command()(scoring.predict)
 app.command()(scoring.feedback)
 app.command()(scoring.score)
+app.add_typer(monitoring.app, name="monitor")
+app.command()(monitoring.alerts)
 app.command()(jobs.enqueue)
 app.command()(jobs.jobs)
 app.command()(jobs.worker)
