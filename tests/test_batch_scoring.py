@@ -441,3 +441,54 @@ def test_a_cancelled_job_fails_its_scoring(env: Env) -> None:
                                     "error": f"job {job} was cancelled"}
     assert one(env.conn, "select count(*) from app.cancelled") == 0
     assert one(env.conn, "select count(*) from pg_tables where tablename like 'batch_rows_%%'") == 0
+
+
+def test_versions_trained_on_transformed_columns_score_raw_rows_on_both_paths(env: Env) -> None:
+    """A training set that transforms its columns (standardize, log1p, bucketize): the source gives
+    the raw columns; the sql path applies the transformations in the compiled function, the
+    worker path through ml.apply_transformations, both like the trained pipeline."""
+    from pgmlops import features as datasets
+    from pgmlops import training
+    from pgmlops.models import load_model
+
+    conn = env.conn
+    act_for(conn, env.a)
+    rng = np.random.default_rng(5)
+    conn.execute("select ml.create_feature_group('clients', 'client', %s)", (Jsonb({
+        "amount": {"dtype": "float"}, "visits": {"dtype": "int"}, "tier": {"dtype": "category"}}),))
+    values = [{"client": f"c{i}", "event_time": "2026-01-01T00:00:00Z", "amount": None if i % 13 == 0 else float(rng.gamma(2.0, 30.0)),
+               "visits": int(rng.integers(0, 25)), "tier": str(rng.choice(["gold", "silver", "bronze"]))} for i in range(150)]
+    conn.execute("select ml.ingest('clients', %s)", (Jsonb(values),))
+    spine = pd.DataFrame({"client": [v["client"] for v in values], "event_time": pd.Timestamp("2026-02-01", tz="UTC"),
+                          "churned": [int((v["amount"] or 60) > 55 or v["tier"] == "gold") for v in values]})
+    dataset = datasets.create_training_set(
+        conn, "clients_set", spine, ["clients:amount", "clients:visits", "clients:tier"], label="churned",
+        transformations=[{"type": "standardize", "column": "amount", "keep": True}, {"type": "log1p", "column": "amount"},
+                         {"type": "bucketize", "column": "visits", "boundaries": [5, 10, 15]}])
+    training.create_project(conn, "clients", "classification", "churned")
+    training.train(conn, "clients", dataset, "svm", {}, {"model": "clients-svm"})
+    training.train(conn, "clients", dataset, "logistic_regression", {}, {"model": "clients-lr"})
+    Worker(env.url, kinds=["train", "compile"], idle_exit=0.5, poll_interval=0.2, install_signals=False,
+           maintenance_interval=None).run()
+    models = {name: load_model(conn, f"{name}@1") for name in ("clients-svm", "clients-lr")}
+    raw = pd.DataFrame({"client": [f"n{i}" for i in range(40)],
+                        "amount": [None if i % 7 == 0 else float(v) for i, v in enumerate(rng.gamma(2.0, 30.0, 40))],
+                        "visits": [int(v) for v in rng.integers(0, 25, 40)],
+                        "tier": [["gold", "silver", "bronze", "tin"][i % 4] for i in range(40)]})
+    inputs = datasets.apply_transformations(conn, dataset, raw.drop(columns="client"))
+    act_for(conn, None)
+    conn.execute("create table public.clients_raw (client text, amount float8, visits int, tier text)")
+    with conn.cursor() as cur:
+        cur.executemany("insert into public.clients_raw values (%s, %s, %s, %s)", list(raw.itertuples(index=False)))
+    conn.execute("grant select on public.clients_raw to authenticated")
+    jobs = {}
+    with as_user(conn, env.a, env.user_a):
+        for name in models:
+            jobs[name] = int(one(conn, "select ml.score('clients', 'public.clients_raw', %s, %s)",
+                                 f"app.{name.replace('-', '_')}", Jsonb({"model": name, "key": ["client"]})))
+    run_worker(env.url)
+    assert scoring_of(env, jobs["clients-lr"])["path"] == "sql" and scoring_of(env, jobs["clients-svm"])["path"] == "worker"
+    for name, model in models.items():
+        assert scoring_of(env, jobs[name])["status"] == "succeeded", scoring_of(env, jobs[name])
+        got = dict(conn.execute(f"select client, prediction from app.{name.replace('-', '_')}").fetchall())
+        assert [got[c] for c in raw["client"]] == [int(v) for v in model.predict(inputs)], name

@@ -592,15 +592,15 @@ $$;
 -- options: path 'sql' (each chunk scored by the compiled function in one statement) or 'worker'
 -- (rows COPYed out, predicted by the loaded artifact in Python, COPYed in); default: the faster
 -- (docs/batch-scoring.md): 'sql' for a compiled version, unless it is a tree ensemble of more
--- than 1,000 tree levels (trees x max_depth) and was not trained on transformed columns;
--- 'worker' for the others. chunk_rows (1 to
+-- than 1,000 tree levels (trees x max_depth); 'worker' for the others. chunk_rows (1 to
 -- 10,000,000; default 50,000); model, version, alias; key (columns carried to the target;
--- default: every column that is not a model input).
+-- default: every column that is not a model input). Either path applies the training set's
+-- transformations of a version trained on one: the source gives the raw columns.
 -- Raises 22023 bad options, missing or mistyped input columns, bad key columns, a target that
 -- lacks a column or has another type for it (42703 / 42804), a blank target; 42809 a target that
 -- is not a table; 42501 a target the caller may not insert into or create, a viewer or
 -- non-member; 42P01 / 42601 / 42501 a bad source; 0A000 path sql for a version scored by
--- workers, the worker path for a version trained on transformed columns; P0002 unknown project,
+-- workers; P0002 unknown project,
 -- model or version, no active deployment. Nothing is written on error.
 -- Callers: authenticated (owner, admin, ml_engineer), service_role.
 create or replace function ml.score(project text, source text, target text, options jsonb default '{}') returns bigint
@@ -644,14 +644,10 @@ begin
     -- walks, the worker's is mostly fixed (COPY and JSON), so large tree ensembles go to workers.
     v_path := coalesce(v_options ->> 'path', case
         when v_model ->> 'scoring_path' is distinct from 'compiled' then 'worker'
-        when (v_model ->> 'transformations')::boolean then 'sql'
         when coalesce((v_model ->> 'trees')::numeric * (v_model ->> 'max_depth')::numeric, 0) > 1000 then 'worker'
         else 'sql' end);
     if v_path = 'sql' then
         perform ml_private.batch_worker_only(v_model);
-    elsif (v_model ->> 'transformations')::boolean then
-        raise exception 'model % version % was trained on transformed columns: the worker path cannot score it yet',
-            v_model ->> 'model', v_model ->> 'version' using errcode = '0A000';
     end if;
 
     -- The source, as the caller: its columns, the caller's privileges, the model's inputs.
@@ -895,8 +891,9 @@ $$;
 -- ml.batch_scoring_rows(batch_scoring uuid, from_row bigint, to_row bigint)
 -- returns table (row_number bigint, key jsonb, features jsonb)
 -- The snapshot rows from_row < row_number <= to_row of a running scoring, in order: key, the key
--- columns; features, the model's input columns as JSON (vectors as arrays), which the worker's
--- loaded pipeline takes. Raises like ml_private.batch_scoring_of.
+-- columns; features, the raw input columns as JSON (vectors as arrays): the model's inputs, or,
+-- for a version trained on a training set with transformations, the columns those read
+-- (ml.apply_transformations turns them into the inputs). Raises like ml_private.batch_scoring_of.
 -- Callers: the score job's worker (worker path), acting as the caller of ml.score.
 create or replace function ml.batch_scoring_rows(batch_scoring uuid, from_row bigint, to_row bigint)
 returns table (row_number bigint, key jsonb, features jsonb)
@@ -908,7 +905,8 @@ declare
     v_inputs text[];
     v_cols   jsonb;
 begin
-    select array(select i ->> 'name' from jsonb_array_elements(v.signature -> 'inputs') i) into v_inputs
+    select array(select a ->> 'name' from jsonb_array_elements(ml_private.compiled_model_inputs(v.signature, v.dataset_id) -> 'arguments') a)
+    into v_inputs
     from ml.model_versions v where v.id = v_b.model_version_id;
     v_cols := ml_private.batch_columns(ml_private.batch_rows_table(v_b.id)::regclass);
     return query execute format(

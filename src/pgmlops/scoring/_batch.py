@@ -73,13 +73,14 @@ def score(ctx: JobContext) -> dict[str, Any]:
     scoring_id = str(ctx.payload["batch_scoring_id"])
     with sql_errors():
         row = ctx.conn.execute(
-            """select b.path, b.target, b.keys, b.model_version_id, b.status, m.name, v.version, v.signature
+            """select b.path, b.target, b.keys, b.status, m.name, v.version, v.signature,
+                      case when jsonb_array_length(d.transformations) > 0 then d.id end
                from ml.batch_scorings b join ml.model_versions v on v.id = b.model_version_id
-               join ml.models m on m.id = v.model_id
+               join ml.models m on m.id = v.model_id left join ml.datasets d on d.id = v.dataset_id
                where b.id = %s and b.tenant_id = (select ml.current_tenant())""", (scoring_id,)).fetchone()
     if row is None:
         raise PermanentError(f"batch scoring {scoring_id} does not exist")
-    path, target, keys, version_id, status, model_name, version, signature = row
+    path, target, keys, status, model_name, version, signature, transformed = row
     if status in ("succeeded", "failed"):
         return dict(call(ctx.conn, "ml.finish_batch_scoring(%s)", (scoring_id,)))
     user = ctx.job.created_by
@@ -105,7 +106,7 @@ def score(ctx: JobContext) -> dict[str, Any]:
                             from pgmlops.models import load_model
 
                             model = load_model(conn, f"{model_name}@{version}")
-                        written = _worker_chunk(conn, ctx, scoring_id, model, signature, target, list(keys))
+                        written = _worker_chunk(conn, ctx, scoring_id, model, signature, target, list(keys), transformed)
                 if written == 0:
                     break
     except DatabaseError as exc:
@@ -141,10 +142,12 @@ def _fail(ctx: JobContext, scoring_id: str, error: str) -> None:
 
 
 def _worker_chunk(conn: Conn, ctx: JobContext, scoring_id: str, model: Any, signature: dict[str, Any],
-                  target: str, keys: list[str]) -> int:
-    """One chunk of the worker path, in the caller's open transaction: COPY the rows out, predict,
-    COPY the results into a temporary table, insert them into the target as the caller, and
-    record the progress. Returns the rows written (0: nothing left)."""
+                  target: str, keys: list[str], transformed: UUID | None) -> int:
+    """One chunk of the worker path, in the caller's open transaction: COPY the rows out (the
+    model's inputs, or the raw columns of a training set's transformations, ``transformed`` being
+    its id: they are applied by ``ml.apply_transformations``), predict, COPY the results into a
+    temporary table, insert them into the target as the caller, and record the progress. Returns
+    the rows written (0: nothing left)."""
     import pandas as pd
 
     with sql_errors():
@@ -164,8 +167,12 @@ def _worker_chunk(conn: Conn, ctx: JobContext, scoring_id: str, model: Any, sign
                 numbers.append(number)
                 key_values.append(key)
                 features.append(feats)
-        inputs = [c["name"] for c in signature.get("inputs", [])]
-        frame = pd.DataFrame.from_records(features, columns=inputs)
+        if transformed is None:
+            frame = pd.DataFrame.from_records(features, columns=[c["name"] for c in signature.get("inputs", [])])
+        else:
+            from pgmlops.features import apply_transformations
+
+            frame = apply_transformations(conn, transformed, pd.DataFrame.from_records(features))
         predictions, scores, probabilities = predict_frame(model, frame, str(signature.get("task")), signature.get("classes"))
         conn.execute(sql.SQL(
             "create temp table if not exists {} (batch_scoring_id uuid, row_number bigint, key jsonb, prediction jsonb, "
