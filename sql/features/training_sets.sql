@@ -737,6 +737,8 @@ begin
                              columns, inputs, row_count, content_hash, time_range, source_groups, created_by)
     values (v_id, v_tenant, p_name, v_version, v_table, p_spine_text, p_features, p_label, v_key_cols, v_specs,
             v_columns, v_inputs, v_rows, v_hash, v_range, v_groups, ml_private.caller_user_id());
+    -- The reference profile drift reports compare with (sql/monitoring/profiles.sql).
+    perform ml_private.profile_dataset(v_id);
 
     for v_group in select value from jsonb_array_elements(v_groups) loop
         perform ml_private.record_lineage(v_tenant, 'feature_group', (v_group ->> 'group_id')::uuid, 'dataset', v_id,

@@ -328,6 +328,8 @@ begin
 
     if v_run.dataset_id is not null then
         perform ml_private.record_lineage(v_tenant, 'dataset', v_run.dataset_id, 'model_version', v_id, 'trained_on');
+        -- Its reference profile (sql/monitoring/profiles.sql): the training set's, outputs once compiled.
+        perform ml_private.profile_model_version(v_id);
     end if;
     perform ml_private.record_lineage(v_tenant, 'run', v_run.id, 'model_version', v_id, 'produced');
     perform ml_private.record_lineage(v_tenant, 'project', v_run.project_id, 'model_version', v_id, 'contains');
