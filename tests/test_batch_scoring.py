@@ -188,6 +188,7 @@ def test_a_source_runs_with_the_callers_rights_only(env: Env) -> None:
         env.conn.execute("select * from ml.predict_batch('churn', 'public.customers', '{\"model\": \"churn_gb\"}')")
     rows = predict_batch(env, "public.customers", {"model": "churn_gb", "key": ["tenant_id"]}, user=env.viewer_a)
     assert len(rows) == N_A and {r[1]["tenant_id"] for r in rows} == {env.a}
+    assert len(predict_batch(env, "select * from public.customers -- a trailing comment;", {"model": "churn_gb"})) == N_A
     # A table the caller may not read is refused as the caller's own query would be.
     with refused("42501", "permission denied"):
         predict_batch(env, "public.secrets", {"model": "churn_gb"})

@@ -46,7 +46,7 @@ begin
     end if;
     v_source := pg_catalog.regexp_replace(pg_catalog.btrim(p_source), '[;[:space:]]+$', '');
     if v_source operator(pg_catalog.~*) '^\(*[[:space:]]*(select|with|values|table)[[:space:](]' then
-        return '(' operator(pg_catalog.||) v_source operator(pg_catalog.||) ')';
+        return '(' operator(pg_catalog.||) v_source operator(pg_catalog.||) E'\n)';   -- a trailing -- comment ends at the newline
     end if;
     begin
         v_rel := v_source::pg_catalog.regclass;
