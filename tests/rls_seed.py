@@ -101,9 +101,10 @@ def feature_group_with_values(conn: Conn, tenant: str) -> None:
     ]),))
 
 
-@seeds("ml.datasets", "ml.lineage")
+@seeds("ml.datasets", "ml.lineage", "ml.reference_profiles")
 def training_set(conn: Conn, tenant: str) -> None:
-    """A training set over the group above (registered in ml.datasets, with lineage from the group)."""
+    """A training set over the group above (registered in ml.datasets, with lineage from the group,
+    and its reference profile: ml.create_training_set profiles what it builds)."""
     conn.execute("select ml.create_training_set('rls_training', "
                  "$$select 'c1' as customer, timestamptz '2026-01-02' as event_time$$, array['rls_customer:spend'])")
 
@@ -185,3 +186,10 @@ def batch_scoring(conn: Conn, tenant: str) -> None:
     deployment above, into a table of schema rls_scores (made by the first tenant's call,
     appended to by the next)."""
     conn.execute("select ml.score('rls-project', $$select 'c1' as customer, 10.5::float8 as spend$$, 'rls_scores.scores')")
+
+
+@seeds("ml.monitoring_schedules")
+def monitoring_schedule(conn: Conn, tenant: str) -> None:
+    """A daily drift report of rls-project's last day (ml.schedule_monitoring: the workers'
+    scheduler's, or a pg_cron job where pg_cron is installed)."""
+    conn.execute("select ml.schedule_monitoring('rls-project', '@daily', '1 day')")

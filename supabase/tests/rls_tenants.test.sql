@@ -195,6 +195,8 @@ $$;
 --   ml.deployments, deployment_arms, rls-model version 1 compiled (ml.install_compiled_model),
 --   predictions, feedback           deployed alone, one prediction (ids predictionA/B), its outcome
 --   ml.batch_scorings               a queued ml.score of a one-row query with that deployment
+--   ml.reference_profiles           the training set's profile (made by ml.create_training_set)
+--   ml.monitoring_schedules         ml.schedule_monitoring of rls-project
 --==============================================================================================
 
 do $$
@@ -268,6 +270,9 @@ begin
         -- ml.batch_scorings: a queued batch scoring (its score job joins ml.jobs) of a one-row
         -- query with that deployment, into a table made by A's call and appended to by B's.
         perform ml.score('rls-project', $q$select 'c1' as customer, 10.5::float8 as spend$q$, 'pgmlops_tests.rls_scores');
+
+        -- ml.monitoring_schedules: a daily drift report of rls-project's last day.
+        perform ml.schedule_monitoring('rls-project', '@daily', '1 day');
 
         -- Later tables here.
     end loop;
