@@ -1,1 +1,517 @@
--- pgmlops: monitoring/performance.sql (docs/monitoring.md)
+-- pgmlops: monitoring/performance.sql — realized and estimated performance of a drift report
+-- (docs/performance-monitoring.md)
+--
+-- A report's window of live predictions is cut into time buckets. Per bucket:
+--   * realized performance, from the predictions joined to their feedback: accuracy, precision,
+--     recall, f1, roc_auc (classification, anomaly detection), mae, rmse (regression), each
+--     equal to scikit-learn's metric on the same rows;
+--   * estimated performance (CBPE, NannyML's confidence-based performance estimation) for
+--     binary classifiers with probabilities, from the scores alone: no labels needed;
+--   * an alert band per metric: set by hand in options, or NannyML's rule over a labelled
+--     reference period of the log cut into chunks of the bucket's size (mean +- 3 standard
+--     deviations, clipped to the metric's range).
+-- Rows go to ml.performance_results; ml_private.report_performance returns the summary section
+-- ml.drift_report stores under summary.performance.
+
+------------------------------------------------------------------------------------------------
+-- Options
+------------------------------------------------------------------------------------------------
+
+-- ml_private.performance_metrics(p_task text) returns text[]
+-- The realized metrics of a task, in the order reports list them.
+create or replace function ml_private.performance_metrics(p_task text) returns text[]
+language sql immutable
+set search_path = ''
+as $$
+    select case p_task
+        when 'regression' then array['mae', 'rmse']
+        else array['accuracy', 'precision', 'recall', 'f1', 'roc_auc']
+    end
+$$;
+
+-- ml_private.performance_options(p_options jsonb, p_window_start timestamptz, p_window_end timestamptz)
+-- returns jsonb
+-- Checks the performance part of a report's options and returns it resolved:
+--   {"bucket": interval, "buckets": n, "label_source": text | null,
+--    "reference": {"start", "end"} | null, "bounds": {metric: {"lower", "upper"}}}.
+-- Options read (all optional):
+--   bucket       an interval (days, hours, minutes, seconds; no months or years): the bucket
+--                size; buckets start at window_start, the last one ends at window_end;
+--   buckets      a whole number of equal buckets (1 to 1000), instead of bucket;
+--                default: 10 equal buckets;
+--   performance  {"<metric>": {"lower": x, "upper": y}, ...} bounds by hand (either may be
+--                absent), "reference": {"start": ts, "end": ts} a labelled period of the log
+--                whose chunks set the bounds of the metrics not set by hand, and
+--                "label_source": text, the feedback source to read (default: the latest label
+--                of each prediction, whatever its source).
+-- Raises 22023 naming the field and the rule (at most 1000 buckets). Callers: ml.drift_report,
+-- ml_private.report_performance.
+create or replace function ml_private.performance_options(p_options jsonb, p_window_start timestamptz,
+                                                          p_window_end timestamptz)
+returns jsonb
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+    v_options jsonb := coalesce(p_options, '{}');
+    v_perf    jsonb := coalesce(v_options -> 'performance', '{}');
+    v_bucket  interval;
+    v_count   numeric;
+    v_key     text;
+    v_value   jsonb;
+    v_bounds  jsonb := '{}';
+    v_ref     jsonb;
+    v_start   timestamptz;
+    v_end     timestamptz;
+    v_known   text[] := array['accuracy', 'precision', 'recall', 'f1', 'roc_auc', 'mae', 'rmse'];
+begin
+    if jsonb_typeof(v_options) <> 'object' then
+        raise exception 'options: must be a JSON object' using errcode = '22023';
+    end if;
+    if v_options ? 'bucket' and v_options ? 'buckets' then
+        raise exception 'options.bucket, options.buckets: give one of them (a bucket size or a number of buckets)'
+            using errcode = '22023';
+    end if;
+    if v_options ? 'bucket' then
+        begin
+            v_bucket := (v_options ->> 'bucket')::interval;
+        exception when others then
+            raise exception 'options.bucket: must be an interval such as ''1 hour'', got %', v_options -> 'bucket'
+                using errcode = '22023';
+        end;
+        if jsonb_typeof(v_options -> 'bucket') <> 'string' or v_bucket is null then
+            raise exception 'options.bucket: must be an interval such as ''1 hour'', got %', v_options -> 'bucket'
+                using errcode = '22023';
+        end if;
+        if extract(month from v_bucket) <> 0 or extract(year from v_bucket) <> 0 then
+            raise exception 'options.bucket: must be in days, hours, minutes or seconds (months and years have no fixed length), got %',
+                v_options ->> 'bucket' using errcode = '22023';
+        end if;
+        if v_bucket <= interval '0' then
+            raise exception 'options.bucket: must be positive, got %', v_options ->> 'bucket' using errcode = '22023';
+        end if;
+        v_count := ceil(extract(epoch from p_window_end - p_window_start) / extract(epoch from v_bucket));
+        if v_count > 1000 then
+            raise exception 'options.bucket: % cuts the window into % buckets; at most 1000', v_options ->> 'bucket', v_count
+                using errcode = '22023';
+        end if;
+    else
+        if v_options ? 'buckets' then
+            if jsonb_typeof(v_options -> 'buckets') <> 'number' or (v_options ->> 'buckets')::numeric <> trunc((v_options ->> 'buckets')::numeric)
+               or (v_options ->> 'buckets')::numeric not between 1 and 1000 then
+                raise exception 'options.buckets: must be a whole number from 1 to 1000, got %', v_options -> 'buckets'
+                    using errcode = '22023';
+            end if;
+            v_count := (v_options ->> 'buckets')::numeric;
+        else
+            v_count := 10;
+        end if;
+        -- Whole microseconds, rounded up, so that v_count buckets cover the window.
+        v_bucket := make_interval(secs => ceil(extract(epoch from p_window_end - p_window_start) * 1000000 / v_count) / 1000000);
+        v_count := ceil(extract(epoch from p_window_end - p_window_start) / extract(epoch from v_bucket));
+    end if;
+
+    if jsonb_typeof(v_perf) <> 'object' then
+        raise exception 'options.performance: must be a JSON object of metric bounds ({"accuracy": {"lower": 0.8}}), got %',
+            jsonb_typeof(v_perf) using errcode = '22023';
+    end if;
+    for v_key, v_value in select * from jsonb_each(v_perf) loop
+        if v_key = 'reference' then
+            if jsonb_typeof(v_value) <> 'object' or not (v_value ? 'start' and v_value ? 'end')
+               or exists (select from jsonb_object_keys(v_value) k where k not in ('start', 'end')) then
+                raise exception 'options.performance.reference: must be {"start": timestamp, "end": timestamp}, got %', v_value
+                    using errcode = '22023';
+            end if;
+            begin
+                v_start := (v_value ->> 'start')::timestamptz;
+                v_end := (v_value ->> 'end')::timestamptz;
+            exception when others then
+                raise exception 'options.performance.reference: start and end must be timestamps, got %', v_value
+                    using errcode = '22023';
+            end;
+            if v_start is null or v_end is null or v_start >= v_end then
+                raise exception 'options.performance.reference: start must come before end, got %', v_value using errcode = '22023';
+            end if;
+            v_ref := jsonb_build_object('start', v_start, 'end', v_end);
+        elsif v_key = 'label_source' then
+            if jsonb_typeof(v_value) <> 'string' then
+                raise exception 'options.performance.label_source: must be a feedback source (text), got %', jsonb_typeof(v_value)
+                    using errcode = '22023';
+            end if;
+        elsif v_key = any (v_known) then
+            if jsonb_typeof(v_value) <> 'object'
+               or exists (select from jsonb_object_keys(v_value) k where k not in ('lower', 'upper')) then
+                raise exception 'options.performance.%: must be {"lower": number, "upper": number} (either may be absent), got %',
+                    v_key, v_value using errcode = '22023';
+            end if;
+            if exists (select from jsonb_each(v_value) e where jsonb_typeof(e.value) not in ('number', 'null')) then
+                raise exception 'options.performance.%: lower and upper must be numbers, got %', v_key, v_value using errcode = '22023';
+            end if;
+            if (v_value ->> 'lower')::float8 > (v_value ->> 'upper')::float8 then
+                raise exception 'options.performance.%: lower must not exceed upper, got %', v_key, v_value using errcode = '22023';
+            end if;
+            v_bounds := v_bounds || jsonb_build_object(v_key, jsonb_strip_nulls(v_value));
+        else
+            raise exception 'options.performance.%: unknown metric (metrics: %; also reference, label_source)', v_key,
+                array_to_string(v_known, ', ') using errcode = '22023';
+        end if;
+    end loop;
+    return jsonb_build_object('bucket', v_bucket, 'buckets', v_count, 'label_source', v_perf -> 'label_source',
+                              'reference', v_ref, 'bounds', v_bounds);
+end
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Metrics per bucket
+------------------------------------------------------------------------------------------------
+
+-- ml_private.performance_buckets(p_tenant uuid, p_project uuid, p_version uuid, p_task text,
+--     p_classes jsonb, p_start timestamptz, p_end timestamptz, p_bucket interval,
+--     p_label_source text, p_estimate boolean)
+-- returns table (bucket_start, bucket_end, metric, estimated, value, sample_count)
+-- Performance of the live predictions (no shadow rows, no failed rows) of p_version (any version
+-- of the project when NULL) made in [p_start, p_end), per bucket of p_bucket starting at p_start
+-- (the last one ends at p_end). Every bucket gets a row per metric, empty ones too (value NULL,
+-- sample_count 0).
+-- Realized (estimated false): over the predictions with a label (the p_label_source's, else
+-- each prediction's latest), sample_count = labelled predictions; the same numbers as
+-- scikit-learn on those rows:
+--   classification with two classes (p_classes): positive class p_classes[1] (the second, as
+--     pos_label=1 for 0/1 classes): accuracy_score, precision_score, recall_score, f1_score
+--     (zero_division: 0), roc_auc_score(y == positive, score) (the score is the positive class's
+--     probability or the decision function); roc_auc NULL when the bucket's labels hold one class
+--     only or a score is missing;
+--   more classes (or none listed): average='macro' over the labels present in the bucket's labels
+--     and predictions (scikit-learn's default labels); roc_auc = roc_auc_score(y, probabilities,
+--     multi_class='ovr', average='macro') when every listed class occurs among the labels and
+--     every row has its probabilities, else NULL;
+--   anomaly detection: binary with "anomaly" (label true or -1, prediction -1) positive, scored by
+--     the anomaly score;
+--   regression: mean_absolute_error, root_mean_squared_error.
+-- Estimated (estimated true, p_estimate and two classes only): CBPE over every prediction with
+-- probabilities (sample_count = those), the score being the positive class's probability,
+-- taken as calibrated: NannyML 0.13.1's estimates (see ml_private.cbpe_roc_auc).
+-- Callers: ml_private.report_performance.
+create or replace function ml_private.performance_buckets(p_tenant uuid, p_project uuid, p_version uuid, p_task text,
+                                                          p_classes jsonb, p_start timestamptz, p_end timestamptz,
+                                                          p_bucket interval, p_label_source text, p_estimate boolean)
+returns table (bucket_start timestamptz, bucket_end timestamptz, metric text, estimated boolean, value float8, sample_count bigint)
+language plpgsql volatile
+set search_path = ''
+as $$
+declare
+    v_binary boolean := p_task = 'anomaly_detection'
+                        or (p_task = 'classification' and jsonb_typeof(p_classes) = 'array' and jsonb_array_length(p_classes) = 2);
+    v_classes jsonb := case when jsonb_typeof(p_classes) = 'array' and jsonb_array_length(p_classes) > 0 then p_classes end;
+begin
+    create temp table if not exists pg_temp._pgmlops_performance_rows (
+        bucket_start timestamptz, score float8, probabilities jsonb, prediction jsonb, label jsonb,
+        positive boolean, predicted_positive boolean) on commit drop;
+    truncate pg_temp._pgmlops_performance_rows;
+    insert into pg_temp._pgmlops_performance_rows
+    with labels as (
+        select distinct on (f.prediction_id) f.prediction_id, f.predicted_at, f.label
+        from ml.feedback f
+        where f.tenant_id = p_tenant and f.project_id = p_project and f.predicted_at >= p_start and f.predicted_at < p_end
+          and (p_label_source is null or f.source = p_label_source)
+        order by f.prediction_id, f.updated_at desc, f.id desc
+    )
+    select date_bin(p_bucket, p.created_at, p_start), p.score, p.probabilities, p.prediction, l.label,
+           case when p_task = 'anomaly_detection' then l.label in ('true', '-1')
+                when v_binary then l.label = p_classes -> 1 end,
+           case when p_task = 'anomaly_detection' then p.prediction = '-1'
+                when v_binary then p.prediction = p_classes -> 1 end
+    from ml.predictions p
+    left join labels l on l.prediction_id = p.id and l.predicted_at = p.created_at
+    where p.tenant_id = p_tenant and p.project_id = p_project and (p_version is null or p.model_version_id = p_version)
+      and p.shadow_of is null and p.error is null and p.prediction is not null
+      and p.created_at >= p_start and p.created_at < p_end;
+    analyze pg_temp._pgmlops_performance_rows;
+
+    return query
+    with buckets as (
+        select b as bucket_start, least(b + p_bucket, p_end) as bucket_end
+        from generate_series(p_start, p_end - interval '1 microsecond', p_bucket) b
+    ),
+    labelled as (
+        select * from pg_temp._pgmlops_performance_rows r where r.label is not null
+    ),
+    counts as (
+        select l.bucket_start, count(*) as n,
+               count(*) filter (where l.label = l.prediction) as correct,
+               count(*) filter (where l.positive and l.predicted_positive) as tp,
+               count(*) filter (where l.positive) as true_n,
+               count(*) filter (where l.predicted_positive) as pred_n,
+               count(l.score) as scored,
+               avg(abs((l.label #>> '{}')::float8 - (l.prediction #>> '{}')::float8)) filter (where p_task = 'regression') as mae,
+               sqrt(avg(((l.label #>> '{}')::float8 - (l.prediction #>> '{}')::float8) ^ 2) filter (where p_task = 'regression')) as rmse
+        from labelled l group by l.bucket_start
+    ),
+    -- Macro averages (more than two classes): per class present in the bucket's labels or predictions.
+    per_class as (
+        select c.bucket_start, c.class,
+               count(*) filter (where l.label = c.class and l.prediction = c.class) as tp,
+               count(*) filter (where l.label = c.class) as true_n,
+               count(*) filter (where l.prediction = c.class) as pred_n
+        from (select distinct x.bucket_start, x.class
+              from labelled l2, lateral (values (l2.bucket_start, l2.label), (l2.bucket_start, l2.prediction)) x (bucket_start, class)) c
+        join labelled l on l.bucket_start = c.bucket_start
+        where p_task = 'classification' and not v_binary
+        group by c.bucket_start, c.class
+    ),
+    macro as (
+        select pc.bucket_start,
+               avg(case when pc.pred_n = 0 then 0 else pc.tp::float8 / pc.pred_n end) as precision,
+               avg(case when pc.true_n = 0 then 0 else pc.tp::float8 / pc.true_n end) as recall,
+               avg(case when pc.true_n + pc.pred_n = 0 then 0 else 2 * pc.tp::float8 / (pc.true_n + pc.pred_n) end) as f1
+        from per_class pc group by pc.bucket_start
+    ),
+    -- ROC AUC as the Mann-Whitney statistic with average ranks for ties (what the trapezoid under
+    -- scikit-learn's ROC curve equals): binary on the score, one-vs-rest per class otherwise.
+    auc_input as (
+        select l.bucket_start, 'positive'::text as class, l.positive as is_class, l.score as s
+        from labelled l where v_binary
+        union all
+        select l.bucket_start, c.value #>> '{}', l.label = c.value, (l.probabilities ->> (c.value #>> '{}'))::float8
+        from labelled l, jsonb_array_elements(v_classes) c
+        where p_task = 'classification' and not v_binary
+    ),
+    auc_ranked as (
+        select a.bucket_start, a.class, a.is_class, a.s,
+               rank() over (partition by a.bucket_start, a.class order by a.s)
+               + (count(*) over (partition by a.bucket_start, a.class, a.s) - 1) / 2.0 as r
+        from auc_input a where a.s is not null
+    ),
+    auc_class as (
+        select a.bucket_start, a.class, count(*) filter (where a.is_class) as n1, count(*) filter (where not a.is_class) as n0,
+               sum(a.r) filter (where a.is_class) as rank_sum
+        from auc_ranked a group by a.bucket_start, a.class
+    ),
+    auc as (
+        select a.bucket_start,
+               case when count(*) filter (where a.n1 = 0 or a.n0 = 0) > 0 then null
+                    when v_binary then max(((a.rank_sum - a.n1 * (a.n1 + 1) / 2.0) / nullif(a.n1 * a.n0, 0))::float8)
+                    when count(*) = jsonb_array_length(v_classes)
+                        then avg(((a.rank_sum - a.n1 * (a.n1 + 1) / 2.0) / nullif(a.n1 * a.n0, 0))::float8) end as roc_auc,
+               max(a.n1 + a.n0) as scored
+        from auc_class a group by a.bucket_start
+    ),
+    -- CBPE: each prediction counts as p of a positive and 1 - p of a negative outcome.
+    cbpe_rows as (
+        select r.bucket_start, r.score as p, r.predicted_positive as yp
+        from pg_temp._pgmlops_performance_rows r
+        where p_estimate and v_binary and p_task = 'classification' and r.probabilities is not null and r.score is not null
+    ),
+    cbpe_counts as (
+        select c.bucket_start, count(*) as n,
+               coalesce(sum(c.p) filter (where c.yp), 0) as tp, coalesce(sum(1 - c.p) filter (where c.yp), 0) as fp,
+               coalesce(sum(c.p) filter (where not c.yp), 0) as fn, coalesce(sum(1 - c.p) filter (where not c.yp), 0) as tn
+        from cbpe_rows c group by c.bucket_start
+    ),
+    -- NannyML's estimate_roc_auc: scores in decreasing order, the expected true positives
+    -- (cumulative sum of p) and false positives (rank - that), both rounded to 5 decimals as
+    -- np.round does (round(float8) is rint: half to even), normalized by their totals, and the
+    -- trapezoid from (0, 0). Tied scores have equal p, so their order changes no sum.
+    cbpe_curve as (
+        select c.bucket_start, c.i,
+               round(c.tps * 100000.0) / 100000.0 as tps,
+               round((c.i::float8 - c.tps) * 100000.0) / 100000.0 as fps
+        from (select r.bucket_start, row_number() over w as i, sum(r.p) over w as tps
+              from cbpe_rows r
+              window w as (partition by r.bucket_start order by r.p desc rows between unbounded preceding and current row)) c
+    ),
+    cbpe_steps as (
+        select c.bucket_start, c.i, c.tps, c.fps,
+               lag(c.tps, 1, 0::float8) over w as tps0, lag(c.fps, 1, 0::float8) over w as fps0,
+               last_value(c.tps) over wl as t_total, last_value(c.fps) over wl as f_total
+        from cbpe_curve c
+        window w as (partition by c.bucket_start order by c.i),
+               wl as (partition by c.bucket_start order by c.i rows between unbounded preceding and unbounded following)
+    ),
+    cbpe_auc as (
+        select s.bucket_start,
+               case when max(s.t_total) > 0 and max(s.f_total) > 0 then
+                   sum((s.fps / nullif(s.f_total, 0) - s.fps0 / nullif(s.f_total, 0))
+                       * (s.tps / nullif(s.t_total, 0) + s.tps0 / nullif(s.t_total, 0)) / 2.0) end as roc_auc
+        from cbpe_steps s group by s.bucket_start
+    ),
+    estimated as (
+        select b.bucket_start, b.bucket_end, m.metric, true as estimated,
+               case when coalesce(c.n, 0) = 0 then null else m.value end as value, coalesce(c.n, 0) as sample_count
+        from buckets b
+        left join cbpe_counts c on c.bucket_start = b.bucket_start
+        left join cbpe_auc a on a.bucket_start = b.bucket_start
+        cross join lateral (values
+            ('accuracy', (c.tp + c.tn) / c.n),
+            ('precision', case when c.tp + c.fp <> 0 then c.tp / (c.tp + c.fp) else 0 end),
+            ('recall', case when c.tp + c.fn <> 0 then c.tp / (c.tp + c.fn) else 0 end),
+            ('f1', case when c.tp + 0.5 * (c.fp + c.fn) <> 0 then c.tp / (c.tp + 0.5 * (c.fp + c.fn)) else 0 end),
+            ('roc_auc', a.roc_auc)) m (metric, value)
+        where p_estimate and v_binary and p_task = 'classification'
+    ),
+    realized as (
+        select b.bucket_start, b.bucket_end, m.metric, false as estimated,
+               case when coalesce(c.n, 0) = 0 then null else m.value end as value, coalesce(c.n, 0) as sample_count
+        from buckets b
+        left join counts c on c.bucket_start = b.bucket_start
+        left join macro mc on mc.bucket_start = b.bucket_start
+        left join auc a on a.bucket_start = b.bucket_start
+        cross join lateral (values
+            ('accuracy', c.correct::float8 / nullif(c.n, 0)),
+            ('precision', case when v_binary then case when c.pred_n = 0 then 0 else c.tp::float8 / c.pred_n end else mc.precision end),
+            ('recall', case when v_binary then case when c.true_n = 0 then 0 else c.tp::float8 / c.true_n end else mc.recall end),
+            ('f1', case when v_binary then case when c.true_n + c.pred_n = 0 then 0 else 2 * c.tp::float8 / (c.true_n + c.pred_n) end
+                        else mc.f1 end),
+            ('roc_auc', case when a.scored = c.n then a.roc_auc end),
+            ('mae', c.mae),
+            ('rmse', c.rmse)) m (metric, value)
+        where m.metric = any (ml_private.performance_metrics(p_task))
+    )
+    select * from realized
+    union all
+    select * from estimated;
+end
+$$;
+
+------------------------------------------------------------------------------------------------
+-- The report's performance section
+------------------------------------------------------------------------------------------------
+
+-- ml_private.performance_bounds(p_task text, p_values float8[]) returns jsonb
+-- NannyML's StandardDeviationThreshold over reference chunk values: nanmean -+ 3 x nanstd
+-- (population standard deviation, NULL chunks ignored), a lower bound at or below the metric's
+-- floor (0) set to it, an upper bound at or above its ceiling (1 for the classification metrics,
+-- none for mae and rmse) set to it. {"lower", "upper", "chunks"}, or NULL when no chunk has a value.
+create or replace function ml_private.performance_bounds(p_metric text, p_values float8[]) returns jsonb
+language sql immutable
+set search_path = ''
+as $$
+    select case when count(v) > 0 then jsonb_build_object(
+        'lower', greatest(avg(v) - 3 * coalesce(stddev_pop(v), 0), 0),
+        'upper', case when p_metric in ('mae', 'rmse') then avg(v) + 3 * coalesce(stddev_pop(v), 0)
+                      else least(avg(v) + 3 * coalesce(stddev_pop(v), 0), 1) end,
+        'mean', avg(v), 'std', coalesce(stddev_pop(v), 0), 'chunks', count(v)) end
+    from unnest(p_values) v
+$$;
+
+-- ml_private.report_performance(p_report uuid) returns jsonb
+-- Fills ml.performance_results for drift report p_report (replacing rows an earlier call wrote)
+-- and returns its summary section:
+--   {"buckets": n, "bucket": interval, "predictions": live predictions in the window,
+--    "labels": those with a label, "coverage": labels / predictions (NULL without predictions),
+--    "realized": {metric: {"last", "mean", "alerts", "lower", "upper", "bounds"}},
+--    "estimated": {metric: {...}} (CBPE; binary classifiers with probabilities only),
+--    "reference": {"start", "end"} when options named one}
+-- "last" is the value of the latest bucket that has one, "mean" the mean over buckets that have
+-- one, "alerts" the buckets outside [lower, upper]; "bounds" says where the band came from:
+-- "options" (set by hand), "reference" (mean -+ 3 std over reference chunks) or null (none: no
+-- alert). Estimated metrics take the realized metric's band (NannyML compares estimates with the
+-- realized performance of the reference chunks).
+-- Reads the report's project, model version (any version of the project when NULL), window and
+-- options (ml_private.performance_options). A report whose source is not the prediction log has
+-- no feedback to join: the section says so and no row is written.
+-- Raises P0002 no such report; 22023 bad options (nothing written). Callers: ml.drift_report
+-- (after its results are written), tests; granted to nobody.
+create or replace function ml_private.report_performance(p_report uuid) returns jsonb
+language plpgsql volatile security definer
+set search_path = ''
+set jit = off
+as $$
+declare
+    v_report   ml.drift_reports;
+    v_task     text;
+    v_classes  jsonb;
+    v_options  jsonb;
+    v_bucket   interval;
+    v_source   text;
+    v_ref      jsonb;
+    v_bounds   jsonb;
+    v_metric   text;
+    v_estimate boolean;
+    v_total    bigint;
+    v_labels   bigint;
+    v_section  jsonb;
+begin
+    select * into v_report from ml.drift_reports r where r.id = p_report;
+    if v_report.id is null then
+        raise exception 'drift report % does not exist', coalesce(p_report::text, 'NULL') using errcode = 'P0002';
+    end if;
+    v_options := ml_private.performance_options(v_report.options, v_report.window_start, v_report.window_end);
+    delete from ml.performance_results where report_id = p_report;
+    if v_report.source <> 'ml.predictions' then
+        return jsonb_build_object('skipped', format('the source %s has no feedback: performance is measured on ml.predictions only',
+                                                    v_report.source));
+    end if;
+    select p.task into v_task from ml.projects p where p.id = v_report.project_id;
+    if v_task not in ('classification', 'regression', 'anomaly_detection') then
+        return jsonb_build_object('skipped', format('no performance metrics for task %s', v_task));
+    end if;
+    select v.signature -> 'classes' into v_classes from ml.model_versions v
+    where v.id = coalesce(v_report.model_version_id,
+                          (select p.model_version_id from ml.predictions p
+                           where p.tenant_id = v_report.tenant_id and p.project_id = v_report.project_id
+                             and p.created_at >= v_report.window_start and p.created_at < v_report.window_end
+                           group by p.model_version_id order by count(*) desc, max(p.created_at) desc limit 1));
+    v_bucket := (v_options ->> 'bucket')::interval;
+    v_source := v_options ->> 'label_source';
+    v_estimate := v_task = 'classification' and jsonb_typeof(v_classes) = 'array' and jsonb_array_length(v_classes) = 2;
+
+    -- The band of each metric: by hand, else from the reference period's chunks.
+    v_bounds := '{}';
+    v_ref := v_options -> 'reference';
+    if jsonb_typeof(v_ref) = 'object' then
+        select coalesce(jsonb_object_agg(b.metric, ml_private.performance_bounds(b.metric, b.vals) || '{"bounds": "reference"}')
+                            filter (where ml_private.performance_bounds(b.metric, b.vals) is not null), '{}')
+          into v_bounds
+        from (select r.metric, array_agg(r.value) as vals
+              from ml_private.performance_buckets(v_report.tenant_id, v_report.project_id, v_report.model_version_id, v_task,
+                                                  v_classes, (v_ref ->> 'start')::timestamptz, (v_ref ->> 'end')::timestamptz,
+                                                  v_bucket, v_source, false) r
+              group by r.metric) b;
+    end if;
+    for v_metric in select jsonb_object_keys(v_options -> 'bounds') loop
+        v_bounds := v_bounds || jsonb_build_object(v_metric, (v_options -> 'bounds' -> v_metric) || '{"bounds": "options"}');
+    end loop;
+
+    insert into ml.performance_results (tenant_id, report_id, bucket_start, bucket_end, metric, estimated, value, sample_count,
+                                        lower_bound, upper_bound, alert)
+    select v_report.tenant_id, p_report, r.bucket_start, r.bucket_end, r.metric, r.estimated, r.value, r.sample_count,
+           (v_bounds -> r.metric ->> 'lower')::float8, (v_bounds -> r.metric ->> 'upper')::float8,
+           coalesce(r.value < (v_bounds -> r.metric ->> 'lower')::float8 or r.value > (v_bounds -> r.metric ->> 'upper')::float8, false)
+    from ml_private.performance_buckets(v_report.tenant_id, v_report.project_id, v_report.model_version_id, v_task, v_classes,
+                                        v_report.window_start, v_report.window_end, v_bucket, v_source, v_estimate) r;
+
+    select count(*), count(*) filter (where r.label is not null) into v_total, v_labels from pg_temp._pgmlops_performance_rows r;
+
+    select jsonb_build_object(
+               'buckets', (v_options ->> 'buckets')::int, 'bucket', v_bucket::text,
+               'predictions', v_total, 'labels', v_labels,
+               'coverage', case when v_total > 0 then v_labels::float8 / v_total end,
+               'realized', coalesce(jsonb_object_agg(s.metric, s.doc) filter (where not s.estimated), '{}'),
+               'estimated', coalesce(jsonb_object_agg(s.metric, s.doc) filter (where s.estimated), '{}'))
+           || case when jsonb_typeof(v_ref) = 'object' then jsonb_build_object('reference', v_ref) else '{}' end
+      into v_section
+    from (select pr.metric, pr.estimated,
+                 jsonb_build_object(
+                     'last', (array_agg(pr.value order by pr.bucket_start desc) filter (where pr.value is not null))[1],
+                     'mean', avg(pr.value), 'alerts', count(*) filter (where pr.alert),
+                     'lower', v_bounds -> pr.metric -> 'lower', 'upper', v_bounds -> pr.metric -> 'upper',
+                     'bounds', v_bounds -> pr.metric -> 'bounds') as doc
+          from ml.performance_results pr where pr.report_id = p_report
+          group by pr.metric, pr.estimated) s;
+    return v_section;
+end
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Grants: none. ml.drift_report (security definer, owner) calls these; clients read
+-- ml.performance_results under row-level security.
+------------------------------------------------------------------------------------------------
+
+revoke all on function
+    ml_private.performance_metrics(text),
+    ml_private.performance_options(jsonb, timestamptz, timestamptz),
+    ml_private.performance_buckets(uuid, uuid, uuid, text, jsonb, timestamptz, timestamptz, interval, text, boolean),
+    ml_private.performance_bounds(text, float8[]),
+    ml_private.report_performance(uuid)
+from public;
