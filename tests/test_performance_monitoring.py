@@ -330,8 +330,8 @@ def test_cbpe_estimates_and_bands_equal_nannyml(conn: Conn, world: World) -> Non
         for metric in ("accuracy", "precision", "recall", "f1", "roc_auc"):
             want = chunk[metric]
             value, count, lower, upper, alert, _ = got[(at, metric)]
-            assert close(value, want["value"], 1e-9), (at, metric, value, want)
-            assert close(lower, want["lower"], 1e-9) and close(upper, want["upper"], 1e-9), (metric, lower, upper, want)
+            assert close(value, want["value"], 1e-12), (at, metric, value, want)
+            assert close(lower, want["lower"], 1e-12) and close(upper, want["upper"], 1e-12), (metric, lower, upper, want)
             assert alert == want["alert"], (at, metric)
             alerts += alert
     assert alerts > 0  # the drifting analysis period leaves the band

@@ -190,7 +190,7 @@ $$;
 --   regression: mean_absolute_error, root_mean_squared_error.
 -- Estimated (estimated true, p_estimate and two classes only): CBPE over every prediction with
 -- probabilities (sample_count = those), the score being the positive class's probability,
--- taken as calibrated: NannyML 0.13.1's estimates (see ml_private.cbpe_roc_auc).
+-- taken as calibrated: NannyML 0.13.1's estimates (docs/performance-monitoring.md).
 -- Callers: ml_private.report_performance.
 create or replace function ml_private.performance_buckets(p_tenant uuid, p_project uuid, p_version uuid, p_task text,
                                                           p_classes jsonb, p_start timestamptz, p_end timestamptz,
