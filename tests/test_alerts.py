@@ -172,7 +172,8 @@ def test_a_report_raises_one_alert_per_drifted_feature_and_section(conn: Conn, t
         ("prediction", "prediction", "chi2", 30.0, 1e-6, 0.05, True),  # 4.6: critical
         ("label", "label", "psi", 0.12, None, 0.1, True),             # 1.2: warning
     ], dataset_drift=True, drift_share=2 / 3, options={"drift_share": 0.5},
-        summary={"regime": {"novel": True, "nearest": []}})
+        summary={"regime": {"matched": False, "threshold": 0.05, "similar": [
+            {"report_id": str(uuid.uuid4()), "distance": 0.4, "matched": False}]}})
     end = datetime.now(UTC)
     conn.execute("""insert into ml.performance_results (tenant_id, report_id, bucket_start, bucket_end, metric, estimated, value,
                                                         sample_count, lower_bound, upper_bound, alert)
@@ -191,13 +192,24 @@ def test_a_report_raises_one_alert_per_drifted_feature_and_section(conn: Conn, t
         ("label_drift", "label"): "warning",          # psi 0.12 / 0.1 = 1.2
         ("performance", "accuracy"): "critical",      # 0.10 below a band of half-width 0.05: r = 3
         ("prediction_drift", "prediction"): "critical",  # ln 1e-6 / ln .05 = 4.6
-        ("regime", None): "warning",
+        ("regime", None): "warning",                  # unmatched, with dataset drift
     }
     assert all(str(r[3]) == report for r in rows)
     income = next(r[4] for r in rows if r[1] == "income")
     assert [t["test"] for t in income["tests"]] == ["ks", "wasserstein_normed"]
     accuracy = next(r[4] for r in rows if r[1] == "accuracy")
     assert accuracy["buckets"] == 2 and accuracy["worst"]["value"] == pytest.approx(0.70)
+
+
+def test_a_window_like_a_past_one_or_the_first_one_raises_no_regime_alert(conn: Conn, tenant: str, project: str) -> None:
+    first = make_report(conn, tenant, project, [], summary={"regime": {"matched": False, "similar": [], "threshold": None}})
+    matched = make_report(conn, tenant, project, [], summary={"regime": {"matched": True, "threshold": 0.05, "similar": [
+        {"report_id": first, "distance": 0.01, "matched": True}]}})
+    unmatched = make_report(conn, tenant, project, [], summary={"regime": {"matched": False, "threshold": 0.05, "similar": [
+        {"report_id": first, "distance": 0.3, "matched": False}]}})
+    assert [one(conn, "select ml_private.raise_report_alerts(%s)", r) for r in (first, matched, unmatched)] == [0, 0, 1]
+    row = conn.execute("select kind, severity, message from ml.alerts where project_id = %s", (project,)).fetchone()
+    assert row is not None and row[:2] == ("regime", "info") and "distance 0.3" in row[2]
 
 
 def test_raise_report_alerts_of_an_unknown_report_is_p0002(conn: Conn, tenant: str) -> None:

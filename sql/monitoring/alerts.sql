@@ -7,7 +7,8 @@
 -- Once resolved, the next finding opens a new alert. Kinds:
 --   feature_drift (an input), prediction_drift (the prediction or the score), label_drift,
 --   dataset_drift (the share of drifted inputs), performance (realized, from feedback),
---   estimated_performance (CBPE), multivariate_drift, regime (a window unlike every past one).
+--   estimated_performance (CBPE), multivariate_drift, regime (a window unlike its nearest past
+--   windows).
 --
 -- Severity is the strength of the evidence relative to the threshold that decided it
 -- (ml_private.alert_severity): the ratio r is 1 at the threshold and grows with the evidence:
@@ -205,12 +206,15 @@ $$;
 --     tests of several features at once (mmd, domain_classifier); severity from the strongest
 --     drifted test (header), evidence {role, tests: [{test, statistic, p_value, threshold}]};
 --   * dataset_drift when the report's dataset_drift is true (evidence: drift_share, its
---     threshold options.drift_share (default 0.5), drifted_features, features_tested);
+--     threshold: summary.drift.threshold, else options.drift_share, else 0.5; drifted_features,
+--     features_tested);
 --   * one alert per (metric, estimated) of ml.performance_results with alerting buckets:
 --     performance or estimated_performance, feature = the metric, severity from the bucket
 --     furthest outside its band, evidence {buckets alerted, worst {bucket_start, value, lower,
 --     upper}};
---   * regime when the report's summary.regime says novel = true (M3's section), warning.
+--   * regime when the report's regime section (ml_private.record_window_embedding) has past
+--     windows to compare with and matched none of them: a distribution not seen before; warning
+--     with dataset drift, else info; evidence the section.
 -- Returns the number of alerts raised or repeated. Idempotent per report: raising a report's
 -- alerts again counts no repeat. Raises P0002 no such report.
 -- Callers: ml.drift_report and the worker completing a report (granted to nobody).
@@ -261,7 +265,8 @@ begin
     end loop;
 
     if v_report.dataset_drift then
-        v_share := coalesce(nullif(v_report.options ->> 'drift_share', '')::float8, 0.5);
+        v_share := coalesce((v_report.summary #>> '{drift,threshold}')::float8,
+                            (v_report.options ->> 'drift_share')::float8, 0.5);
         v_ratio := case when v_share > 0 then v_report.drift_share / v_share end;
         perform ml_private.raise_alert(v_report.tenant_id, v_report.project_id, 'dataset_drift', null,
             ml_private.severity_of_ratio(coalesce(v_ratio, 1)),
@@ -311,10 +316,16 @@ begin
         v_n := v_n + 1;
     end loop;
 
+    -- A new regime: past windows to compare with, none of them close enough.
     if jsonb_typeof(v_report.summary -> 'regime') = 'object'
-       and coalesce((v_report.summary #>> '{regime,novel}')::boolean, false) then
-        perform ml_private.raise_alert(v_report.tenant_id, v_report.project_id, 'regime', null, 'warning',
-            'the window is unlike every past window of the project (a new regime)',
+       and (v_report.summary #>> '{regime,matched}') = 'false'
+       and jsonb_array_length(coalesce(v_report.summary #> '{regime,similar}', '[]')) > 0 then
+        perform ml_private.raise_alert(v_report.tenant_id, v_report.project_id, 'regime', null,
+            case when v_report.dataset_drift then 'warning' else 'info' end,
+            format('the window is unlike its %s nearest past windows (nearest at distance %s, threshold %s)',
+                   jsonb_array_length(v_report.summary #> '{regime,similar}'),
+                   coalesce(ml_private.format_number((v_report.summary #>> '{regime,similar,0,distance}')::numeric), '?'),
+                   coalesce(ml_private.format_number((v_report.summary #>> '{regime,threshold}')::numeric), '?')),
             v_report.summary -> 'regime', p_report);
         v_n := v_n + 1;
     end if;
