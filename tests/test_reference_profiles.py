@@ -117,24 +117,19 @@ class Reference:
             self.conn.execute("select ml.deploy(%s, 'single', %s)", (self.name, Jsonb([{"arm": "a", "model": self.name, "version": 1}])))
         return self.version
 
-    def log(self, rows: pd.DataFrame, at: Any, *, version: str | None = None) -> list[str]:
-        """Logs predictions of ``rows`` at time ``at`` as ml.predict logs them (features, the
-        compiled model's prediction and score); returns their ids."""
-        feats = features_of(rows)
-        proba = self.pipeline.predict_proba(rows[[c["name"] for c in SIGNATURE]])[:, 1] if self.pipeline is not None else None
-        ids = []
-        with self.conn.cursor() as cur:
-            for i, f in enumerate(feats):
-                p = None if proba is None else float(proba[i])
-                row = cur.execute(
-                    "insert into ml.predictions (tenant_id, project_id, model_version_id, arm, features, prediction, score, created_at) "
-                    "select %s, m.project_id, %s, 'a', %s, %s, %s, %s from ml.model_versions v join ml.models m on m.id = v.model_id "
-                    "where v.id = %s returning id",
-                    (self.tenant, version or self.version, Jsonb(f), None if p is None else Jsonb(int(p >= 0.5)), p, at,
-                     version or self.version)).fetchone()
-                assert row is not None
-                ids.append(str(row[0]))
-        return ids
+    def log(self, rows: pd.DataFrame, at: Any) -> list[str]:
+        """Logs predictions of ``rows`` at time ``at`` (one statement) as ml.predict logs them: the
+        raw features, the compiled model's prediction and score; returns their ids in order."""
+        inputs = rows[[c["name"] for c in SIGNATURE]]
+        proba = self.pipeline.predict_proba(inputs)[:, 1]
+        logged = [{"features": f, "prediction": int(p >= 0.5), "score": float(p)} for f, p in zip(features_of(rows), proba, strict=True)]
+        cur = self.conn.execute(
+            "insert into ml.predictions (tenant_id, project_id, model_version_id, arm, features, prediction, score, created_at) "
+            "select %s, m.project_id, v.id, 'a', e.value -> 'features', e.value -> 'prediction', (e.value ->> 'score')::float8, %s "
+            "from jsonb_array_elements(%s) with ordinality e, ml.model_versions v join ml.models m on m.id = v.model_id "
+            "where v.id = %s order by e.ordinality returning id",
+            (self.tenant, at, Jsonb(logged), self.version))
+        return [str(r[0]) for r in cur.fetchall()]
 
 
 def profiles(conn: Conn, where: str, owner: str) -> dict[tuple[str, str], dict[str, Any]]:
