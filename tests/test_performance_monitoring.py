@@ -10,6 +10,7 @@ ml.predict, ml.record_feedback and ml.drift_report write.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import pathlib
@@ -22,11 +23,19 @@ import numpy as np
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (accuracy_score, f1_score, mean_absolute_error, precision_score, recall_score,
                              roc_auc_score, root_mean_squared_error)
 
+from pgmlops import scoring
+from pgmlops.training._algorithms import build_pipeline
+from pgmlops.training._training import split
+
 from .compile_helpers import project, register
 from .conftest import act_for, make_tenant
+from .test_reference_profiles import SCHEMA, frame, json_value
+from .test_reference_profiles import SIGNATURE as INPUTS
+from .training_data import build, spine_table
 
 Conn = psycopg.Connection[Any]
 SIGNATURE = [{"name": "x0", "dtype": "float"}]
@@ -365,6 +374,8 @@ def test_bounds_set_by_hand_raise_alerts_and_the_summary_counts_them(conn: Conn,
     assert summary["realized"]["roc_auc"]["alerts"] == sum(v is not None and not 0.5 <= v <= 0.8 for v in auc)
     assert summary["realized"]["accuracy"]["bounds"] == "options"
     assert summary["realized"]["precision"]["bounds"] is None
+    # No reference period, and the version has no training set: no held-out band either.
+    assert summary["reference"] == {"kind": "holdout", "skipped": "the version has no training set with a label"}
     defined = [v for v in accuracy if v is not None]
     assert close(summary["realized"]["accuracy"]["mean"], float(np.mean(defined)), 1e-12)
     assert close(summary["realized"]["accuracy"]["last"], defined[-1])
@@ -449,3 +460,77 @@ def test_an_unknown_report_is_not_found(conn: Conn) -> None:
 def test_clients_cannot_call_it(conn: Conn, world: World) -> None:
     for role in ("authenticated", "service_role", "anon"):
         assert one(conn, "select has_function_privilege(%s, 'ml_private.report_performance(uuid)', 'execute')", role) is False
+
+
+# -- the band from the version's held-out rows ----------------------------------------------------
+
+
+def test_without_a_reference_period_the_band_comes_from_the_held_out_rows(conn: Conn) -> None:
+    """A compiled version trained with a time split: its test rows (the last 30 % by event time,
+    ties in row order) scored in SQL, cut into chunks of the window's labelled predictions per
+    bucket, give mean -+ 3 std of each metric, as scikit-learn computes them on the same rows."""
+    tenant = make_tenant(conn)
+    act_for(conn, tenant)
+    data = frame(600, 41)
+    name = f"held_{uuid.uuid4().hex[:6]}"
+    conn.execute("select ml.create_feature_group(%s, 'customer', %s, join_key => 'customer_id')", (f"{name}_g", Jsonb(SCHEMA)))
+    conn.execute("select ml.ingest(%s, %s)", (f"{name}_g", Jsonb(
+        [{"customer_id": r["customer_id"], "event_time": T0.isoformat(), **{k: json_value(r[k]) for k in SCHEMA}}
+         for r in data.to_dict(orient="records")])))
+    rng = np.random.default_rng(41)
+    times = [T0 + timedelta(days=1, minutes=int(m)) for m in rng.integers(0, 200, len(data))]  # ties
+    spine = spine_table(conn, data.assign(event_time=times)[["customer_id", "event_time", "churned"]],
+                        {"customer_id": "text", "event_time": "timestamptz", "churned": "int"})
+    dataset = build(conn, f"{name}_set", spine, [f"{name}_g:{k}" for k in SCHEMA], "churned")
+    project_id = one(conn, "select ml.create_project(%s, 'classification', 'churned')", name)
+    run = str(one(conn, "select ml.start_run(%s, null, 'logistic_regression', '{}', %s, %s, '{}')",
+                  project_id, Jsonb({"split": "time", "test_size": 0.3}), dataset))
+    conn.execute("select ml.finish_run(%s, 'succeeded', '{}', 1.0, 100, 0.1)", (run,))
+    artifact = f"artifact of {run}".encode()
+    version = str(one(conn, "select ml.register_model_version(%s, %s, %s, 'skops', %s, %s, null, '{}')",
+                      run, name, artifact, hashlib.sha256(artifact).hexdigest(),
+                      Jsonb({"inputs": INPUTS, "outputs": [], "task": "classification", "classes": [0, 1]}))["model_version_id"])
+    pipeline = build_pipeline(INPUTS, LogisticRegression(max_iter=500))
+    pipeline.fit(data[[c["name"] for c in INPUTS]].iloc[:300], data["churned"].iloc[:300])
+    scoring.install(conn, version, scoring.describe(pipeline, task="classification"))
+    act_for(conn, None)
+
+    # The window: 4 buckets of 25 labelled predictions -> chunks of 25 rows.
+    start = T0 + timedelta(days=10)
+    labels = rng.integers(0, 2, 100)
+    conn.execute(
+        "insert into ml.predictions (id, tenant_id, project_id, arm, model_version_id, prediction, score, created_at) "
+        "select gen_random_uuid(), %s, %s, 'a', %s, to_jsonb(g %% 2), 0.5, %s + g * interval '1 minute' from generate_series(0, 99) g",
+        (tenant, project_id, version, start))
+    conn.execute("insert into ml.feedback (tenant_id, project_id, prediction_id, predicted_at, label) "
+                 "select p.tenant_id, p.project_id, p.id, p.created_at, to_jsonb((%s::int[])[row_number() over (order by p.created_at)]) "
+                 "from ml.predictions p where p.model_version_id = %s", ([int(v) for v in labels], version))
+    report = str(one(conn, "insert into ml.drift_reports (tenant_id, project_id, model_version_id, window_start, window_end, mode, "
+                           "source, options) values (%s, %s, %s, %s, %s, 'exact', 'ml.predictions', '{\"buckets\": 4}') returning id",
+                     tenant, project_id, version, start, start + timedelta(minutes=100)))
+    summary = perform(conn, report)
+
+    table = one(conn, "select table_name from ml.datasets where id = %s", dataset)
+    order = [r[0] for r in conn.execute(f"select customer_id from {table} order by row_id")]
+    ordered = data.set_index("customer_id").loc[order].reset_index().assign(
+        event_time=[dict(zip(data["customer_id"], times))[c] for c in order])
+    _, test = split(ordered, "classification", "churned", {"split": "time", "test_size": 0.3}, event_time="event_time")
+    held = ordered.loc[test]
+    assert len(held) == 180
+    proba = pipeline.predict_proba(held[[c["name"] for c in INPUTS]])[:, 1]
+    predicted = pipeline.predict(held[[c["name"] for c in INPUTS]])
+    y = held["churned"].to_numpy()
+    chunks = [slice(0, 25), slice(25, 50), slice(50, 75), slice(75, 100), slice(100, 125), slice(125, 150), slice(150, 180)]
+    per_metric = {
+        "accuracy": [accuracy_score(y[c], predicted[c]) for c in chunks],
+        "f1": [f1_score(y[c], predicted[c], zero_division=0) for c in chunks],
+        "roc_auc": [roc_auc_score(y[c], proba[c]) for c in chunks],
+    }
+    assert summary["reference"] == {"kind": "holdout", "rows": 180, "chunk_rows": 25, "chunks": 7}
+    got = results(conn, report)
+    for metric, values in per_metric.items():
+        lower = max(float(np.mean(values) - 3 * np.std(values)), 0.0)
+        upper = min(float(np.mean(values) + 3 * np.std(values)), 1.0)
+        row = got[(start, metric)]
+        assert close(row[2], lower, 1e-12) and close(row[3], upper, 1e-12), (metric, row, lower, upper)
+        assert summary["realized"][metric]["bounds"] == "reference"

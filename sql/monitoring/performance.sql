@@ -165,6 +165,22 @@ $$;
 -- Metrics per bucket
 ------------------------------------------------------------------------------------------------
 
+-- ml_private.performance_stage() returns void
+-- Creates (once per transaction) or empties pg_temp._pgmlops_performance_rows, the rows the
+-- metrics are computed on: bucket_start, score, probabilities, prediction, label (NULL: none
+-- yet), positive / predicted_positive (two classes: the label / prediction is the positive class).
+create or replace function ml_private.performance_stage() returns void
+language plpgsql volatile
+set search_path = ''
+as $$
+begin
+    create temp table if not exists pg_temp._pgmlops_performance_rows (
+        bucket_start timestamptz, score float8, probabilities jsonb, prediction jsonb, label jsonb,
+        positive boolean, predicted_positive boolean) on commit drop;
+    truncate pg_temp._pgmlops_performance_rows;
+end
+$$;
+
 -- ml_private.performance_buckets(p_tenant uuid, p_project uuid, p_version uuid, p_task text,
 --     p_classes jsonb, p_start timestamptz, p_end timestamptz, p_bucket interval,
 --     p_label_source text, p_estimate boolean)
@@ -202,12 +218,8 @@ as $$
 declare
     v_binary boolean := p_task = 'anomaly_detection'
                         or (p_task = 'classification' and jsonb_typeof(p_classes) = 'array' and jsonb_array_length(p_classes) = 2);
-    v_classes jsonb := case when jsonb_typeof(p_classes) = 'array' and jsonb_array_length(p_classes) > 0 then p_classes end;
 begin
-    create temp table if not exists pg_temp._pgmlops_performance_rows (
-        bucket_start timestamptz, score float8, probabilities jsonb, prediction jsonb, label jsonb,
-        positive boolean, predicted_positive boolean) on commit drop;
-    truncate pg_temp._pgmlops_performance_rows;
+    perform ml_private.performance_stage();
     insert into pg_temp._pgmlops_performance_rows
     with labels as (
         select distinct on (f.prediction_id) f.prediction_id, f.predicted_at, f.label
@@ -227,7 +239,27 @@ begin
       and p.shadow_of is null and p.error is null and p.prediction is not null
       and p.created_at >= p_start and p.created_at < p_end;
     analyze pg_temp._pgmlops_performance_rows;
+    return query select * from ml_private.performance_staged(p_task, p_classes, p_start, p_end, p_bucket, p_estimate);
+end
+$$;
 
+-- ml_private.performance_staged(p_task text, p_classes jsonb, p_start timestamptz, p_end timestamptz,
+--     p_bucket interval, p_estimate boolean)
+-- returns table (bucket_start, bucket_end, metric, estimated, value, sample_count)
+-- The metrics of the rows staged in pg_temp._pgmlops_performance_rows (their bucket_start
+-- computed by the stager), per bucket of p_bucket from p_start to p_end: the computation of
+-- ml_private.performance_buckets, whose header states the definitions.
+create or replace function ml_private.performance_staged(p_task text, p_classes jsonb, p_start timestamptz, p_end timestamptz,
+                                                         p_bucket interval, p_estimate boolean)
+returns table (bucket_start timestamptz, bucket_end timestamptz, metric text, estimated boolean, value float8, sample_count bigint)
+language plpgsql volatile
+set search_path = ''
+as $$
+declare
+    v_binary boolean := p_task = 'anomaly_detection'
+                        or (p_task = 'classification' and jsonb_typeof(p_classes) = 'array' and jsonb_array_length(p_classes) = 2);
+    v_classes jsonb := case when jsonb_typeof(p_classes) = 'array' and jsonb_array_length(p_classes) > 0 then p_classes end;
+begin
     return query
     with buckets as (
         select b as bucket_start, least(b + p_bucket, p_end) as bucket_end
@@ -377,6 +409,90 @@ $$;
 -- The report's performance section
 ------------------------------------------------------------------------------------------------
 
+-- ml_private.performance_holdout(p_version uuid, p_chunk_rows bigint) returns jsonb
+-- The reference chunks of a compiled version trained with a time split: its held-out rows (the
+-- test set the training kept unseen: the training set's rows with a label, in event time order,
+-- ties in row order as the training's stable sort leaves them, the last max(1, ceil(n x
+-- test_size))), scored in SQL by the version's compiled function (JIT off), their realized
+-- metrics per chunk of p_chunk_rows rows in that order (the remainder joins the last chunk, as
+-- NannyML's incomplete='append'). Returns {"kind": "holdout", "rows", "chunk_rows", "chunks",
+-- "values": {metric: [value per chunk]}}, or {"kind": "holdout", "skipped": why} when the version
+-- has no such test set (a random or stratified split, whose rows SQL cannot tell apart, would
+-- give the training rows' optimistic performance: no band is better than a wrong one), is not
+-- compiled, is an anomaly detector (its training labels use another convention), or the test
+-- set makes fewer than 3 chunks (one chunk's standard deviation says nothing).
+-- Callers: ml_private.report_performance.
+create or replace function ml_private.performance_holdout(p_version uuid, p_chunk_rows bigint) returns jsonb
+language plpgsql volatile
+set search_path = ''
+set jit = off
+as $$
+declare
+    v_v       ml.model_versions;
+    v_run     ml.runs;
+    v_ds      ml.datasets;
+    v_task    text;
+    v_time    text;
+    v_args    jsonb;
+    v_out     jsonb;
+    v_size    float8;
+    v_n       bigint;
+    v_test    bigint;
+    v_chunks  bigint;
+    v_values  jsonb;
+begin
+    select * into v_v from ml.model_versions v where v.id = p_version;
+    select * into v_run from ml.runs r where r.id = v_v.run_id;
+    select * into v_ds from ml.datasets d where d.id = v_v.dataset_id;
+    select p.task into v_task from ml.models m join ml.projects p on p.id = m.project_id where m.id = v_v.model_id;
+    select c ->> 'name' into v_time from jsonb_array_elements(v_ds.columns) c where c ->> 'role' = 'event_time' limit 1;
+    if v_v.id is null or v_ds.id is null or v_ds.label is null then
+        return jsonb_build_object('kind', 'holdout', 'skipped', 'the version has no training set with a label');
+    elsif v_task not in ('classification', 'regression') then
+        return jsonb_build_object('kind', 'holdout', 'skipped', format('no held-out performance for task %s', v_task));
+    elsif coalesce(v_run.options ->> 'split', '') <> 'time' or v_time is null then
+        return jsonb_build_object('kind', 'holdout', 'skipped',
+            'the version was not trained with a time split: its test rows cannot be told apart in SQL');
+    elsif ml_private.compiled_function(v_v.id) is null then
+        return jsonb_build_object('kind', 'holdout', 'skipped', 'the version is scored by workers: no compiled function to score its test rows');
+    elsif p_chunk_rows is null or p_chunk_rows < 1 then
+        return jsonb_build_object('kind', 'holdout', 'skipped', 'the window has no predictions to size the chunks');
+    end if;
+    v_size := coalesce((v_run.options ->> 'test_size')::float8, 0.2);
+    execute format('select count(*) from %s t where t.%I is not null', v_ds.table_name, v_ds.label) into v_n;
+    v_test := greatest(1, ceil(v_n * v_size)::bigint);
+    v_chunks := v_test / p_chunk_rows;
+    if v_chunks < 3 then
+        return jsonb_build_object('kind', 'holdout', 'rows', v_test, 'chunk_rows', p_chunk_rows, 'skipped',
+            format('the %s held-out rows make %s chunks of %s rows; a band needs at least 3', v_test, v_chunks, p_chunk_rows));
+    end if;
+    v_args := ml_private.batch_arguments_sql(ml_private.compiled_model_inputs(v_v.signature, v_ds.id) -> 'arguments',
+                                             ml_private.batch_columns(v_ds.table_name::regclass), 't');
+    v_out := ml_private.batch_outputs_sql(v_task, v_v.signature -> 'classes', 's.r');
+    perform ml_private.performance_stage();
+    -- Chunk k (from 0) is staged at second k after the epoch, so the buckets of one second count them.
+    execute format(
+        'insert into pg_temp._pgmlops_performance_rows '
+        'select to_timestamp(least((s.pos - 1 - ($1 - $2)) / $3, $4 - 1)), %1$s, %2$s, s.r -> ''prediction'', s.label, '
+        '       case when jsonb_array_length($5) = 2 then s.label = $5 -> 1 end, '
+        '       case when jsonb_array_length($5) = 2 then s.r -> ''prediction'' = $5 -> 1 end '
+        'from (select ml_models.%3$I(a.num, a.cat) as r, a.label, a.pos '
+        '      from (select %4$s as num, %5$s as cat, to_jsonb(t.%6$I) as label, '
+        '                   row_number() over (order by t.%7$I, t.row_id) as pos '
+        '            from %8$s t where t.%6$I is not null) a '
+        '      where a.pos > $1 - $2 offset 0) s',
+        v_out ->> 'score', v_out ->> 'probabilities', ml_private.compiled_model_name(v_v.id), v_args ->> 'num', v_args ->> 'cat',
+        v_ds.label, v_time, v_ds.table_name)
+        using v_n, v_test, p_chunk_rows, v_chunks, coalesce(v_v.signature -> 'classes', '[]');
+    select jsonb_object_agg(m.metric, m.vals) into v_values
+    from (select r.metric, jsonb_agg(r.value order by r.bucket_start) as vals
+          from ml_private.performance_staged(v_task, v_v.signature -> 'classes', to_timestamp(0), to_timestamp(v_chunks),
+                                             interval '1 second', false) r
+          group by r.metric) m;
+    return jsonb_build_object('kind', 'holdout', 'rows', v_test, 'chunk_rows', p_chunk_rows, 'chunks', v_chunks, 'values', v_values);
+end
+$$;
+
 -- ml_private.performance_bounds(p_task text, p_values float8[]) returns jsonb
 -- NannyML's StandardDeviationThreshold over reference chunk values: nanmean -+ 3 x nanstd
 -- (population standard deviation, NULL chunks ignored), a lower bound at or below the metric's
@@ -401,12 +517,16 @@ $$;
 --    "labels": those with a label, "coverage": labels / predictions (NULL without predictions),
 --    "realized": {metric: {"last", "mean", "alerts", "lower", "upper", "bounds"}},
 --    "estimated": {metric: {...}} (CBPE; binary classifiers with probabilities only),
---    "reference": {"start", "end"} when options named one}
+--    "reference": {"kind": "period", "start", "end"} | {"kind": "holdout", "rows", "chunk_rows",
+--                 "chunks"} | {"kind": "holdout", "skipped": why}}
 -- "last" is the value of the latest bucket that has one, "mean" the mean over buckets that have
 -- one, "alerts" the buckets outside [lower, upper]; "bounds" says where the band came from:
 -- "options" (set by hand), "reference" (mean -+ 3 std over reference chunks) or null (none: no
 -- alert). Estimated metrics take the realized metric's band (NannyML compares estimates with the
--- realized performance of the reference chunks).
+-- realized performance of the reference chunks). The reference: options.performance.reference
+-- (a labelled period of the log, chunks of the bucket's size), else the version's held-out rows
+-- (ml_private.performance_holdout; chunks of the window's mean labelled predictions per bucket,
+-- or predictions per bucket while no label has arrived).
 -- Reads the report's project, model version (any version of the project when NULL), window and
 -- options (ml_private.performance_options). A report whose source is not the prediction log has
 -- no feedback to join: the section says so and no row is written.
@@ -420,16 +540,19 @@ as $$
 declare
     v_report   ml.drift_reports;
     v_task     text;
+    v_version  uuid;
     v_classes  jsonb;
     v_options  jsonb;
     v_bucket   interval;
     v_source   text;
     v_ref      jsonb;
-    v_bounds   jsonb;
+    v_refdoc   jsonb;
+    v_bounds   jsonb := '{}';
     v_metric   text;
     v_estimate boolean;
     v_total    bigint;
     v_labels   bigint;
+    v_chunk    bigint;
     v_section  jsonb;
 begin
     select * into v_report from ml.drift_reports r where r.id = p_report;
@@ -446,50 +569,65 @@ begin
     if v_task not in ('classification', 'regression', 'anomaly_detection') then
         return jsonb_build_object('skipped', format('no performance metrics for task %s', v_task));
     end if;
-    select v.signature -> 'classes' into v_classes from ml.model_versions v
-    where v.id = coalesce(v_report.model_version_id,
+    v_version := coalesce(v_report.model_version_id,
                           (select p.model_version_id from ml.predictions p
                            where p.tenant_id = v_report.tenant_id and p.project_id = v_report.project_id
                              and p.created_at >= v_report.window_start and p.created_at < v_report.window_end
+                             and p.shadow_of is null
                            group by p.model_version_id order by count(*) desc, max(p.created_at) desc limit 1));
+    select v.signature -> 'classes' into v_classes from ml.model_versions v where v.id = v_version;
     v_bucket := (v_options ->> 'bucket')::interval;
     v_source := v_options ->> 'label_source';
     v_estimate := v_task = 'classification' and jsonb_typeof(v_classes) = 'array' and jsonb_array_length(v_classes) = 2;
 
-    -- The band of each metric: by hand, else from the reference period's chunks.
-    v_bounds := '{}';
+    -- The window first (bounds come after: the reference's chunk size depends on it).
+    insert into ml.performance_results (tenant_id, report_id, bucket_start, bucket_end, metric, estimated, value, sample_count)
+    select v_report.tenant_id, p_report, r.bucket_start, r.bucket_end, r.metric, r.estimated, r.value, r.sample_count
+    from ml_private.performance_buckets(v_report.tenant_id, v_report.project_id, v_report.model_version_id, v_task, v_classes,
+                                        v_report.window_start, v_report.window_end, v_bucket, v_source, v_estimate) r;
+    select count(*), count(*) filter (where r.label is not null) into v_total, v_labels from pg_temp._pgmlops_performance_rows r;
+    select round(case when v_labels > 0 then avg(b.labelled) filter (where b.labelled > 0) else avg(b.n) end)
+      into v_chunk
+    from (select r.bucket_start, count(*) as n, count(r.label) as labelled
+          from pg_temp._pgmlops_performance_rows r group by r.bucket_start) b;
+
+    -- The band of each metric: from the reference, then by hand.
     v_ref := v_options -> 'reference';
     if jsonb_typeof(v_ref) = 'object' then
-        select coalesce(jsonb_object_agg(b.metric, ml_private.performance_bounds(b.metric, b.vals) || '{"bounds": "reference"}')
-                            filter (where ml_private.performance_bounds(b.metric, b.vals) is not null), '{}')
+        v_refdoc := jsonb_build_object('kind', 'period') || v_ref;
+        select coalesce(jsonb_object_agg(b.metric, b.doc || '{"bounds": "reference"}') filter (where b.doc is not null), '{}')
           into v_bounds
-        from (select r.metric, array_agg(r.value) as vals
+        from (select r.metric, ml_private.performance_bounds(r.metric, array_agg(r.value)) as doc
               from ml_private.performance_buckets(v_report.tenant_id, v_report.project_id, v_report.model_version_id, v_task,
                                                   v_classes, (v_ref ->> 'start')::timestamptz, (v_ref ->> 'end')::timestamptz,
                                                   v_bucket, v_source, false) r
               group by r.metric) b;
+    elsif v_version is not null then
+        v_refdoc := ml_private.performance_holdout(v_version, v_chunk);
+        select coalesce(jsonb_object_agg(b.metric, b.doc || '{"bounds": "reference"}') filter (where b.doc is not null), '{}')
+          into v_bounds
+        from (select e.key as metric,
+                     ml_private.performance_bounds(e.key, array(select (x #>> '{}')::float8 from jsonb_array_elements(e.value) x)) as doc
+              from jsonb_each(coalesce(v_refdoc -> 'values', '{}')) e) b;
+        v_refdoc := v_refdoc - 'values';
     end if;
     for v_metric in select jsonb_object_keys(v_options -> 'bounds') loop
         v_bounds := v_bounds || jsonb_build_object(v_metric, (v_options -> 'bounds' -> v_metric) || '{"bounds": "options"}');
     end loop;
-
-    insert into ml.performance_results (tenant_id, report_id, bucket_start, bucket_end, metric, estimated, value, sample_count,
-                                        lower_bound, upper_bound, alert)
-    select v_report.tenant_id, p_report, r.bucket_start, r.bucket_end, r.metric, r.estimated, r.value, r.sample_count,
-           (v_bounds -> r.metric ->> 'lower')::float8, (v_bounds -> r.metric ->> 'upper')::float8,
-           coalesce(r.value < (v_bounds -> r.metric ->> 'lower')::float8 or r.value > (v_bounds -> r.metric ->> 'upper')::float8, false)
-    from ml_private.performance_buckets(v_report.tenant_id, v_report.project_id, v_report.model_version_id, v_task, v_classes,
-                                        v_report.window_start, v_report.window_end, v_bucket, v_source, v_estimate) r;
-
-    select count(*), count(*) filter (where r.label is not null) into v_total, v_labels from pg_temp._pgmlops_performance_rows r;
+    update ml.performance_results pr
+       set lower_bound = (v_bounds -> pr.metric ->> 'lower')::float8,
+           upper_bound = (v_bounds -> pr.metric ->> 'upper')::float8,
+           alert = coalesce(pr.value < (v_bounds -> pr.metric ->> 'lower')::float8
+                            or pr.value > (v_bounds -> pr.metric ->> 'upper')::float8, false)
+     where pr.report_id = p_report and v_bounds ? pr.metric;
 
     select jsonb_build_object(
                'buckets', (v_options ->> 'buckets')::int, 'bucket', v_bucket::text,
                'predictions', v_total, 'labels', v_labels,
                'coverage', case when v_total > 0 then v_labels::float8 / v_total end,
                'realized', coalesce(jsonb_object_agg(s.metric, s.doc) filter (where not s.estimated), '{}'),
-               'estimated', coalesce(jsonb_object_agg(s.metric, s.doc) filter (where s.estimated), '{}'))
-           || case when jsonb_typeof(v_ref) = 'object' then jsonb_build_object('reference', v_ref) else '{}' end
+               'estimated', coalesce(jsonb_object_agg(s.metric, s.doc) filter (where s.estimated), '{}'),
+               'reference', v_refdoc)
       into v_section
     from (select pr.metric, pr.estimated,
                  jsonb_build_object(
@@ -513,5 +651,8 @@ revoke all on function
     ml_private.performance_options(jsonb, timestamptz, timestamptz),
     ml_private.performance_buckets(uuid, uuid, uuid, text, jsonb, timestamptz, timestamptz, interval, text, boolean),
     ml_private.performance_bounds(text, float8[]),
+    ml_private.performance_stage(),
+    ml_private.performance_staged(text, jsonb, timestamptz, timestamptz, interval, boolean),
+    ml_private.performance_holdout(uuid, bigint),
     ml_private.report_performance(uuid)
 from public;
