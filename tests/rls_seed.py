@@ -193,3 +193,33 @@ def monitoring_schedule(conn: Conn, tenant: str) -> None:
     """A daily drift report of rls-project's last day (ml.schedule_monitoring: the workers'
     scheduler's, or a pg_cron job where pg_cron is installed)."""
     conn.execute("select ml.schedule_monitoring('rls-project', '@daily', '1 day')")
+
+
+# A per-feature threshold of 0 on a distance test marks the window drifted whatever it holds
+# (drift at distance >= threshold), so the report raises alerts through the SQL API.
+DRIFTED_SPEND = {"features": {"spend": {"test": "wasserstein", "threshold": 0}}}
+
+
+@seeds("ml.drift_reports", "ml.drift_results", "ml.performance_results", "ml.window_embeddings", "ml.alerts",
+       "ml.window_watermarks", "ml.window_counts")
+def drift_reports(conn: Conn, tenant: str) -> None:
+    """Two drift reports (ml.drift_report) of rls-project's last day, which holds the served
+    prediction above and its feedback: an exact one with spend's threshold at 0, so spend
+    drifts (its results, performance buckets, window embedding, and alerts: feature_drift and
+    dataset_drift), then a fast one, which first rolls the prediction log up to the rollup
+    horizon (ml.window_watermarks).
+
+    ml.window_counts is written directly (the service role's grant): the rollup counts only
+    predictions older than its horizon (a minute before the oldest running transaction), and
+    every seed row is written in this one transaction, so no seeded prediction can be rolled up
+    yet. The row is the one the rollup would write for the seed prediction (spend 10.5)."""
+    conn.execute("select ml.drift_report('rls-project', now() - interval '1 day', now() + interval '1 minute', %s)",
+                 (Jsonb(DRIFTED_SPEND),))
+    conn.execute("select ml.drift_report('rls-project', now() - interval '1 day', now() + interval '1 minute', "
+                 "'{\"mode\": \"fast\"}')")
+    conn.execute("""insert into ml.window_counts (tenant_id, project_id, model_version_id, feature, role, bucket, bin, count,
+                                                  total, total_squares)
+                    select p.tenant_id, p.project_id, p.model_version_id, 'spend', 'input', date_trunc('hour', p.created_at),
+                           1, 1, 10.5, 110.25
+                    from ml.predictions p join ml.projects j on j.id = p.project_id
+                    where p.tenant_id = %s and j.name = 'rls-project' limit 1""", (tenant,))

@@ -197,6 +197,12 @@ $$;
 --   ml.batch_scorings               a queued ml.score of a one-row query with that deployment
 --   ml.reference_profiles           the training set's profile (made by ml.create_training_set)
 --   ml.monitoring_schedules         ml.schedule_monitoring of rls-project
+--   ml.drift_reports, drift_results, two ml.drift_report of rls-project's last day (exact, with
+--   performance_results, alerts,    spend's threshold at 0 so it drifts and raises alerts; fast,
+--   window_embeddings,              which rolls the log up to its watermark)
+--   window_watermarks
+--   ml.window_counts                inserted directly: no seeded prediction is older than the
+--                                   rollup horizon within the seed's one transaction
 --==============================================================================================
 
 do $$
@@ -273,6 +279,23 @@ begin
 
         -- ml.monitoring_schedules: a daily drift report of rls-project's last day.
         perform ml.schedule_monitoring('rls-project', '@daily', '1 day');
+
+        -- ml.drift_reports, drift_results, performance_results, window_embeddings, alerts,
+        -- window_watermarks: two drift reports of rls-project's last day (the prediction above and
+        -- its feedback): an exact one with spend's threshold at 0, so spend drifts (a distance
+        -- drifts at >= its threshold) and alerts are raised, then a fast one, which first rolls the
+        -- prediction log up to the rollup horizon (its watermark).
+        perform ml.drift_report('rls-project', now() - interval '1 day', now() + interval '1 minute',
+                                '{"features": {"spend": {"test": "wasserstein", "threshold": 0}}}');
+        perform ml.drift_report('rls-project', now() - interval '1 day', now() + interval '1 minute', '{"mode": "fast"}');
+        -- ml.window_counts, directly: the rollup counts only predictions older than its horizon (a
+        -- minute before the oldest running transaction), and this whole seed is one transaction,
+        -- so no seeded prediction can be rolled up yet. The row the rollup would write for it.
+        insert into ml.window_counts (tenant_id, project_id, model_version_id, feature, role, bucket, bin, count, total, total_squares)
+        select p.tenant_id, p.project_id, p.model_version_id, 'spend', 'input', date_trunc('hour', p.created_at), 1, 1, 10.5, 110.25
+        from ml.predictions p join ml.projects j on j.id = p.project_id
+        where p.tenant_id = pgmlops_tests.id(v_tenant)::uuid and j.name = 'rls-project'
+        limit 1;
 
         -- Later tables here.
     end loop;
