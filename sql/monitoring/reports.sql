@@ -577,6 +577,7 @@ begin
             using errcode = '22023';
     end if;
     v_opts := ml_private.drift_options(p_options);
+    v_opts := v_opts || jsonb_strip_nulls(jsonb_build_object('multivariate', p_options -> 'multivariate'));
     v_mode := v_opts ->> 'mode';
     v_project := ml_private.find_project(v_tenant, p_project);
     if to_regprocedure('ml_private.performance_options(jsonb, timestamptz, timestamptz)') is not null then
@@ -673,6 +674,10 @@ begin
         get diagnostics v_rows = row_count;
     else
         -- Fast: binned counts on the reference edges (whole rolled-up hours from ml.window_counts).
+        if to_regprocedure('ml_private.window_counts_between(uuid, uuid, timestamptz, timestamptz)') is null then
+            raise exception 'options.mode: fast needs the window counts of sql/monitoring/windows.sql, which this database lacks'
+                using errcode = '0A000', hint = 'Run pgmlops migrate, or use the exact mode.';
+        end if;
         perform ml_private.rollup_window_counts(v_project.id);
         create temp table _pgmlops_drift_counts on commit drop as
             select c.role, c.feature, c.bin, c.category, c.count
@@ -824,7 +829,19 @@ begin
         v_alerts := ml_private.raise_report_alerts(v_id);
         update ml.drift_reports r set summary = r.summary || jsonb_build_object('alerts_raised', v_alerts) where r.id = v_id;
     end if;
-    update ml.drift_reports r set finished_at = clock_timestamp() where r.id = v_id;
+    -- Multivariate drift (domain classifier, PCA reconstruction) is a worker's `monitor` job that
+    -- completes the report: asked for by options.multivariate, by default when the window has at
+    -- least 100 rows and the job kind is installed.
+    if coalesce((v_opts ->> 'multivariate')::boolean, v_rows >= 100)
+       and exists (select 1 from ml.job_kinds k where k.kind = 'monitor') then
+        update ml.drift_reports r set status = 'pending',
+                                      job_id = ml_private.enqueue_job('monitor', jsonb_build_object('report_id', v_id), 5, now(), null)
+        where r.id = v_id;
+    elsif (v_opts ->> 'multivariate')::boolean then
+        update ml.drift_reports r set summary = r.summary || jsonb_build_object('multivariate', jsonb_build_object(
+            'reason', 'the monitor job kind is not installed: multivariate drift is not computed')) where r.id = v_id;
+    end if;
+    update ml.drift_reports r set finished_at = case when r.status = 'complete' then clock_timestamp() end where r.id = v_id;
     perform ml_private.publish(v_tenant, 'monitoring', 'report.finished', jsonb_build_object(
         'report_id', v_id, 'project', v_project.name, 'project_id', v_project.id, 'model_version_id', v_version.id,
         'mode', v_mode, 'window_start', p_start, 'window_end', p_end, 'rows', v_rows, 'features_tested', v_tested,
