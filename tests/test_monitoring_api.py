@@ -155,3 +155,46 @@ def test_cli_alerts_list_ack_resolve_and_schedule(conn: Conn, db_url: str, tenan
     bad = pgmlops("monitor", "schedule", project, "--cron", "0 */6 * *", "--window", "6 hours", "--tenant", tenant, url=db_url)
     assert bad.returncode != 0 and "expected 5" in bad.stderr
     assert "schedule removed" in cli("monitor", "unschedule", project).stdout
+
+
+# -- reports, end to end -------------------------------------------------------------------------
+
+
+def test_drift_report_document_profile_and_similar_windows_then_the_cli_report(conn: Conn, db_url: str) -> None:
+    from pgmlops.db import tenant_context
+
+    from .test_monitoring_schedules import owned_tenant, served_project
+
+    tenant = owned_tenant(conn)
+    served_project(conn, tenant)
+    with tenant_context(conn, tenant):  # a second prediction, after the first one's transaction
+        middle = one(conn, "select now()")
+        conn.execute("select ml.predict('rls-project', '{\"spend\": 11.5}', 'c2')")
+    end = middle + timedelta(minutes=1)
+    profile = monitoring.reference_profile(conn, "rls-model", 1, tenant=tenant)
+    assert profile["version"] == 1 and "spend" in {f["feature"] for f in profile["features"]}
+    first = monitoring.drift_report(conn, "rls-project", end - timedelta(days=1), middle, tenant=tenant)
+    second = monitoring.drift_report(conn, "rls-project", middle, end,
+                                     {"features": {"spend": {"test": "wasserstein", "threshold": 0}}}, tenant=tenant)
+    document = monitoring.drift_report_document(conn, second, tenant=tenant)
+    assert document["id"] == str(second) and document["project"] == "rls-project"
+    spend = next(r for r in document["results"] if r["feature"] == "spend" and r["role"] == "input")
+    assert spend["test"] == "wasserstein" and spend["drifted"] is True
+    assert {(a["kind"], a["feature"]) for a in document["alerts"]} >= {("feature_drift", "spend")}
+    assert [a["kind"] for a in monitoring.alerts(conn, "rls-project", "open", tenant=tenant)].count("feature_drift") == 1
+    similar = monitoring.similar_windows(conn, "rls-project", second, 3, tenant=tenant)
+    assert str(first) in {str(w["report_id"]) for w in similar}
+    with pytest.raises(NotFound):
+        monitoring.drift_report_document(conn, uuid.uuid4(), tenant=tenant)
+    with pytest.raises(InvalidInput):
+        monitoring.drift_report(conn, "rls-project", end, end - timedelta(days=1), tenant=tenant)
+
+    run = pgmlops("monitor", "report", "rls-project", "--start", (end - timedelta(days=1)).isoformat(), "--end", "now",
+                  "--options", '{"features": {"spend": {"test": "psi", "threshold": 0}}}', "--tenant", tenant, url=db_url,
+                  env={"COLUMNS": "80"})
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    spend_row = next(line for line in lines if "│ spend" in line)
+    assert "psi" in spend_row and "yes" in spend_row
+    assert "1 of 1 features drifted" in " ".join(run.stdout.split())
