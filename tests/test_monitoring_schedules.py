@@ -20,9 +20,6 @@ from .conftest import Server, act_for
 
 Conn = psycopg.Connection[Any]
 
-DRIFT_REPORT = "ml.drift_report(text,timestamptz,timestamptz,jsonb)"
-
-
 def one(conn: Conn, query: str, *args: Any) -> Any:
     row = conn.execute(query, args).fetchone()
     assert row is not None
@@ -146,23 +143,34 @@ def test_the_workers_scheduler_runs_due_schedules(any_db_url: str) -> None:
         assert row is not None
         last_run, next_run, last_report, last_error = row
         assert last_run >= before and next_run > last_run and next_run.minute % 10 == 0
-        if one(conn, "select to_regprocedure(%s) is not null", DRIFT_REPORT):
-            assert last_error is None and last_report is not None
-            report = conn.execute("select window_start, window_end, mode, project_id from ml.drift_reports where id = %s",
-                                  (last_report,)).fetchone()
-            assert report is not None
-            assert report[1] - report[0] == timedelta(hours=2) and report[1].second == 0 and report[2] == "exact"
-            assert maintenance["monitoring"]["reports"] == [str(last_report)]
-        else:  # until ml.drift_report exists, each run records why it made nothing
-            assert last_report is None and last_error == "0A000: ml.drift_report is not installed"
-            failed = one(conn, "select payload from ml.events where tenant_id = %s and event = 'schedule.failed'", tenant)
-            assert failed["schedule_id"] == schedule and failed["sqlstate"] == "0A000"
+        assert last_error is None and last_report is not None
+        report = conn.execute("select window_start, window_end, mode, project_id from ml.drift_reports where id = %s",
+                              (last_report,)).fetchone()
+        assert report is not None
+        assert report[1] - report[0] == timedelta(hours=2) and report[1].second == 0 and report[2] == "exact"
+        assert report[1] == last_run.replace(second=0, microsecond=0)
+        assert maintenance["monitoring"]["reports"] == [str(last_report)]
         # Run again at once: not due.
         assert one(conn, "select ml_private.run_due_monitoring()")["ran"] == 0
 
         assert one(conn, "select ml.unschedule_monitoring('rls-project')") is True
         assert one(conn, "select ml.unschedule_monitoring('rls-project')") is False
         assert one(conn, "select ml.monitoring_schedule('rls-project')") is None
+
+
+def test_a_failing_run_is_recorded_published_and_the_schedule_goes_on(conn: Conn, tenant: str) -> None:
+    # A project with nothing deployed: ml.drift_report finds no reference to compare with.
+    conn.execute("select ml.create_project('failing', 'regression', 'y')")
+    schedule = str(one(conn, "select ml.schedule_monitoring('failing', '@hourly', '1 hour')"))
+    conn.execute("update ml.monitoring_schedules set next_run_at = now() - interval '1 minute' where id = %s", (schedule,))
+    assert one(conn, "select ml_private.run_due_monitoring()") == {"ran": 1, "reports": [], "failed": [schedule]}
+    row = conn.execute("select last_error, last_report, last_run_at is not null, next_run_at > now() from ml.monitoring_schedules"
+                       " where id = %s", (schedule,)).fetchone()
+    assert row is not None and row[0].startswith("P0002: ") and row[1:] == (None, True, True)
+    failed = one(conn, "select payload from ml.events where tenant_id = %s and event = 'schedule.failed'", tenant)
+    assert failed["schedule_id"] == schedule and failed["sqlstate"] == "P0002"
+    # The caller's own tenant setting is back after the run.
+    assert one(conn, "select current_setting('pgmlops.tenant_id')") == tenant
 
 
 def test_scheduling_again_replaces_the_schedule(conn: Conn, tenant: str) -> None:
@@ -186,6 +194,7 @@ def test_bad_schedules_are_refused_and_write_nothing(conn: Conn, tenant: str) ->
         (("refused", "0 * * * *", "400 days", "{}"), "22023", "window"),
         (("refused", "0 * * * *", "1 hour", "[]"), "22023", "options"),
         (("refused", "0 * * * *", "1 hour", '{"mode": "quick"}'), "22023", "options.mode"),
+        (("refused", "0 * * * *", "1 hour", '{"drift_share": 5}'), "22023", "options.drift_share"),
         (("no-such-project", "0 * * * *", "1 hour", "{}"), "P0002", "no-such-project"),
     ]
     for args, state, names in cases:
@@ -253,11 +262,8 @@ def test_with_pg_cron_a_schedule_is_a_cron_job_running_as_the_tenant(cron_db: Co
     row = conn.execute("select last_run_at, last_report, last_error, next_run_at > now() from ml.monitoring_schedules where id = %s",
                        (schedule,)).fetchone()
     assert row is not None and row[0] is not None and row[3] is True
-    if one(conn, "select to_regprocedure(%s) is not null", DRIFT_REPORT):
-        assert report is not None and row[1] == report and row[2] is None
-        assert one(conn, "select tenant_id from ml.drift_reports where id = %s", report) == uuid.UUID(tenant)
-    else:
-        assert report is None and row[2] == "0A000: ml.drift_report is not installed"
+    assert report is not None and row[1] == report and row[2] is None
+    assert one(conn, "select tenant_id from ml.drift_reports where id = %s", report) == uuid.UUID(tenant)
 
     # Replacing the schedule replaces its job; unscheduling (or deleting the project) removes it.
     again = one(conn, "select ml.schedule_monitoring('rls-project', '0 3 * * *', '1 day')")

@@ -341,7 +341,8 @@ $$;
 -- scheduling again replaces it (its cron job too). Publishes schedule.set on topic 'monitoring'.
 -- Returns the schedule's id.
 -- Raises: 22023 a malformed or unsupported cron expression (naming the field), a window that is
--- not positive or over 366 days, options not an object or a mode other than exact / fast;
+-- not positive or over 366 days, options not an object or options ml.drift_report refuses
+-- (ml_private.drift_options: the message names the field);
 -- P0002 no such project; 42501 a viewer.
 -- Callers: members who may write; service_role.
 create or replace function ml.schedule_monitoring(project text, cron text, "window" interval, options jsonb default '{}')
@@ -371,6 +372,10 @@ begin
     end if;
     if options ? 'mode' and coalesce(options ->> 'mode', '') not in ('exact', 'fast') then
         raise exception 'options.mode: % is not exact or fast', options -> 'mode' using errcode = '22023';
+    end if;
+    -- The report's own checks of its options, now rather than at every run.
+    if to_regprocedure('ml_private.drift_options(jsonb)') is not null then
+        execute 'select ml_private.drift_options($1)' using coalesce(options, '{}'::jsonb);
     end if;
     v_project := ml_private.find_project(v_tenant, project);
 
