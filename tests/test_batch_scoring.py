@@ -385,7 +385,9 @@ def test_tenant_b_cannot_score_or_touch_tenant_a(env: Env) -> None:
             with refused("P0002"), env.conn.transaction():
                 env.conn.execute(f"select {call}", (a_scoring,))
         with refused("P0002"), env.conn.transaction():
-            env.conn.execute("select * from ml.batch_scoring_rows(%s, 0, 10)", (a_scoring,))
+            env.conn.execute("select ml.batch_scoring_inputs(%s, 0, 10)", (a_scoring,))
+        with refused("P0002"), env.conn.transaction():
+            env.conn.execute("select * from ml.batch_scoring_keys(%s, 0, 10)", (a_scoring,))
 
 
 def test_without_a_model_the_deployed_version_scores(env: Env) -> None:

@@ -888,15 +888,15 @@ begin
 end
 $$;
 
--- ml.batch_scoring_rows(batch_scoring uuid, from_row bigint, to_row bigint)
--- returns table (row_number bigint, key jsonb, features jsonb)
--- The snapshot rows from_row < row_number <= to_row of a running scoring, in order: key, the key
--- columns; features, the raw input columns as JSON (vectors as arrays): the model's inputs, or,
--- for a version trained on a training set with transformations, the columns those read
--- (ml.apply_transformations turns them into the inputs). Raises like ml_private.batch_scoring_of.
+-- ml.batch_scoring_inputs(batch_scoring uuid, from_row bigint, to_row bigint) returns jsonb
+-- The inputs of the snapshot rows from_row < row_number <= to_row of a running scoring, as one
+-- document: {"columns": [name, ...], "rows": [[value, ...], ...]} in row_number order (one row per
+-- row_number: the rows are numbered without gaps), vectors as arrays of numbers. The columns are
+-- the model's inputs, or, for a version trained on a training set with transformations, the raw
+-- columns those read (ml.apply_transformations turns them into the inputs). One document per
+-- chunk: the worker parses it in one call. Raises like ml_private.batch_scoring_of.
 -- Callers: the score job's worker (worker path), acting as the caller of ml.score.
-create or replace function ml.batch_scoring_rows(batch_scoring uuid, from_row bigint, to_row bigint)
-returns table (row_number bigint, key jsonb, features jsonb)
+create or replace function ml.batch_scoring_inputs(batch_scoring uuid, from_row bigint, to_row bigint) returns jsonb
 language plpgsql volatile security definer
 set search_path = ''
 as $$
@@ -904,19 +904,41 @@ declare
     v_b      ml.batch_scorings := ml_private.batch_scoring_of(batch_scoring, true);
     v_inputs text[];
     v_cols   jsonb;
+    v_rows   jsonb;
 begin
     select array(select a ->> 'name' from jsonb_array_elements(ml_private.compiled_model_inputs(v.signature, v.dataset_id) -> 'arguments') a)
     into v_inputs
     from ml.model_versions v where v.id = v_b.model_version_id;
     v_cols := ml_private.batch_columns(ml_private.batch_rows_table(v_b.id)::regclass);
-    return query execute format(
-        'select t.row_number, %s, %s from %s t where t.row_number > $1 and t.row_number <= $2 order by t.row_number',
-        ml_private.batch_key_sql(v_b.keys, 't'),
-        coalesce((select '(' || string_agg(format('jsonb_build_object(%s)', part), ' || ') || ')'
-                  from (select string_agg(format('%L, %s', k, case when v_cols -> k ->> 'typname' = 'vector'
-                                                                   then format('((t.%I)::real[])::float8[]', k) else format('t.%I', k) end), ', ' order by i) as part
-                        from unnest(v_inputs) with ordinality u (k, i) where v_cols ? k group by (i - 1) / 40) g), '''{}''::jsonb'),
+    execute format(
+        'select coalesce(jsonb_agg(jsonb_build_array(%s) order by t.row_number), ''[]'') from %s t '
+        'where t.row_number > $1 and t.row_number <= $2',
+        (select string_agg(case when v_cols -> k ->> 'typname' = 'vector' then format('((t.%I)::real[])::float8[]', k)
+                                else format('t.%I', k) end, ', ' order by i)
+         from unnest(v_inputs) with ordinality u (k, i)),
         ml_private.batch_rows_table(v_b.id))
+        into v_rows using from_row, to_row;
+    return jsonb_build_object('columns', to_jsonb(v_inputs), 'rows', v_rows);
+end
+$$;
+
+-- ml.batch_scoring_keys(batch_scoring uuid, from_row bigint, to_row bigint)
+-- returns table (row_number bigint, key jsonb)
+-- The key columns (options.key of ml.score) of the snapshot rows from_row < row_number <= to_row
+-- of a running scoring, as JSON objects, in order. Raises like ml_private.batch_scoring_of.
+-- Callers: the score job's worker (worker path: joined to the results it inserts), acting as the
+-- caller of ml.score.
+create or replace function ml.batch_scoring_keys(batch_scoring uuid, from_row bigint, to_row bigint)
+returns table (row_number bigint, key jsonb)
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+declare
+    v_b ml.batch_scorings := ml_private.batch_scoring_of(batch_scoring, true);
+begin
+    return query execute format(
+        'select t.row_number, %s from %s t where t.row_number > $1 and t.row_number <= $2 order by t.row_number',
+        ml_private.batch_key_sql(v_b.keys, 't'), ml_private.batch_rows_table(v_b.id))
         using from_row, to_row;
 end
 $$;
@@ -1070,7 +1092,8 @@ grant execute on function
     ml.predict_batch(text, text, jsonb),
     ml.score(text, text, text, jsonb),
     ml.stage_batch_scoring(uuid),
-    ml.batch_scoring_rows(uuid, bigint, bigint),
+    ml.batch_scoring_inputs(uuid, bigint, bigint),
+    ml.batch_scoring_keys(uuid, bigint, bigint),
     ml.batch_scoring_progress(uuid, bigint, text, bigint, bigint),
     ml.score_chunk(uuid, bigint, text),
     ml_private.batch_source(text),

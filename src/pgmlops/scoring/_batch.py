@@ -11,7 +11,7 @@ privileges and RLS policies). It works on a connection of its own, committing as
    chunk's rows into the target and moves ``rows_done`` (``ml.batch_scoring_progress``, which
    also checks that this worker still holds the job's lease and that no other attempt wrote the
    chunk). The ``sql`` path is one call, ``ml.score_chunk`` (the compiled function, in SQL); the
-   ``worker`` path COPYs the rows out (``ml.batch_scoring_rows``), predicts with the version's
+   ``worker`` path COPYs the rows out (``ml.batch_scoring_inputs``), predicts with the version's
    artifact (any model: SVMs, k-nearest neighbours, ...) and COPYs the results in. A worker
    killed mid-run leaves whole chunks behind it; the next attempt resumes after the last one.
 3. ``ml.finish_batch_scoring`` marks the scoring succeeded in the job's own transaction, so the
@@ -163,20 +163,18 @@ def _worker_chunk(conn: Conn, ctx: JobContext, scoring_id: str, model: Any, sign
         if done >= total:
             return 0
         upto = min(done + chunk, total)
-        with conn.cursor() as cur, cur.copy(
-                "copy (select coalesce(jsonb_agg(features order by row_number), '[]') from ml.batch_scoring_rows(%s, %s, %s)) "
-                "to stdout", (scoring_id, done, upto)) as copy:
+        with conn.cursor() as cur, cur.copy("copy (select ml.batch_scoring_inputs(%s, %s, %s)) to stdout",
+                                            (scoring_id, done, upto)) as copy:
             copy.set_types(["text"])
             [(document,)] = list(copy.rows())
-        features = json.loads(document)
-        if len(features) != upto - done:
-            raise RuntimeError(f"batch scoring {scoring_id}: rows {done + 1}..{upto} gave {len(features)} rows")
-        if transformed is None:
-            frame = pd.DataFrame.from_records(features, columns=[c["name"] for c in signature.get("inputs", [])])
-        else:
+        inputs = json.loads(document)
+        if len(inputs["rows"]) != upto - done:
+            raise RuntimeError(f"batch scoring {scoring_id}: rows {done + 1}..{upto} gave {len(inputs['rows'])} rows")
+        frame = pd.DataFrame(inputs["rows"], columns=inputs["columns"])
+        if transformed is not None:
             from pgmlops.features import apply_transformations
 
-            frame = apply_transformations(conn, transformed, pd.DataFrame.from_records(features))
+            frame = apply_transformations(conn, transformed, frame)
         predictions, scores, probabilities = predict_frame(model, frame, str(signature.get("task")), signature.get("classes"))
         results = json.dumps([{"row_number": done + 1 + i, "prediction": predictions[i], "score": _finite(scores[i]),
                                "probabilities": None if probabilities is None else probabilities[i]}
@@ -192,7 +190,7 @@ def _worker_chunk(conn: Conn, ctx: JobContext, scoring_id: str, model: Any, sign
         table = sql.Identifier(rel[0], rel[1])
         key_columns = sql.SQL("").join(sql.SQL("{}, ").format(sql.Identifier(k)) for k in keys)
         key_values = sql.SQL("").join(sql.SQL("k.{}, ").format(sql.Identifier(k)) for k in keys)
-        lateral = (sql.SQL("join ml.batch_scoring_rows(%(id)s, %(from)s, %(to)s) s on s.row_number = r.row_number "
+        lateral = (sql.SQL("join ml.batch_scoring_keys(%(id)s, %(from)s, %(to)s) s on s.row_number = r.row_number "
                            "cross join lateral jsonb_populate_record(null::{}, s.key) k").format(table) if keys else sql.SQL(""))
         conn.execute(sql.SQL(
             "insert into {table} (batch_scoring_id, row_number, {keys}prediction, score, probabilities, model_version_id) "
