@@ -70,7 +70,8 @@ def evidently_psi(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
 
 
 def evidently_hellinger(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
-    total = sum(math.sqrt(float(p) * float(q)) for p, q in zip(ref_counts / ref_counts.sum(), cur_counts / cur_counts.sum(), strict=True))
+    shares = zip(ref_counts / ref_counts.sum(), cur_counts / cur_counts.sum(), strict=True)
+    total = sum(math.sqrt(float(p) * float(q)) for p, q in shares)
     return math.sqrt(1 - float(np.clip(total, 0, 1)))
 
 
