@@ -33,7 +33,7 @@ from pgmlops.training._training import split
 
 from .compile_helpers import project, register
 from .conftest import act_for, make_tenant
-from .test_reference_profiles import SCHEMA, frame, json_value
+from .test_reference_profiles import SCHEMA, Reference, frame, json_value
 from .test_reference_profiles import SIGNATURE as INPUTS
 from .training_data import build, spine_table
 
@@ -534,3 +534,49 @@ def test_without_a_reference_period_the_band_comes_from_the_held_out_rows(conn: 
         row = got[(start, metric)]
         assert close(row[2], lower, 1e-12) and close(row[3], upper, 1e-12), (metric, row, lower, upper)
         assert summary["realized"][metric]["bounds"] == "reference"
+
+
+# -- end to end: ml.drift_report -------------------------------------------------------------------
+
+
+def test_drift_report_stores_the_performance_section_rows_and_alerts(conn: Conn) -> None:
+    """Through ml.drift_report: the predictions ml.predict would log (a compiled, deployed version
+    trained on a training set), labels for two thirds of them, hourly buckets, a band by hand."""
+    ref = Reference(conn, f"perf_{uuid.uuid4().hex[:6]}", frame(400, 51))
+    ref.model()
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=6)
+    rng = np.random.default_rng(52)
+    truth: list[tuple[datetime, int, float, int | None]] = []
+    for hour in range(3):
+        rows = frame(150, 52 + hour, shift=0.5 * hour)
+        at = start + timedelta(hours=hour, minutes=20)
+        ids = ref.log(rows, at)
+        proba = ref.pipeline.predict_proba(rows[[c["name"] for c in INPUTS]])[:, 1]
+        labelled = rng.random(len(ids)) < 2 / 3
+        conn.execute("insert into ml.feedback (tenant_id, project_id, prediction_id, predicted_at, label) "
+                     "select p.tenant_id, p.project_id, p.id, p.created_at, to_jsonb(u.label) "
+                     "from unnest(%s::uuid[], %s::int[]) u (id, label) join ml.predictions p on p.id = u.id and p.created_at = %s",
+                     ([i for i, keep in zip(ids, labelled) if keep],
+                      [int(v) for v, keep in zip(rows["churned"], labelled) if keep], at))
+        truth += [(at, int(p >= 0.5), float(p), int(y) if keep else None) for p, y, keep in zip(proba, rows["churned"], labelled)]
+    report_id = one(conn, "select ml.drift_report(%s, %s, %s, %s)", ref.name, start, start + timedelta(hours=3),
+                    Jsonb({"bucket": "1 hour", "multivariate": False, "performance": {"accuracy": {"lower": 0.99}}}))
+    doc = one(conn, "select ml.drift_report_document(%s)", report_id)
+    section = doc["summary"]["performance"]
+    rows_by_key = {(r["metric"], r["estimated"], r["bucket_start"]): r for r in doc["performance"]}
+    assert len(doc["performance"]) == 3 * 5 * 2
+    for hour in range(3):
+        at = start + timedelta(hours=hour)
+        sub = [t for t in truth if at <= t[0] < at + timedelta(hours=1) and t[3] is not None]
+        y, p, s = [t[3] for t in sub], [t[1] for t in sub], [t[2] for t in sub]
+        key = at.isoformat()
+        got = {m: r for (m, e, b), r in rows_by_key.items() if not e and datetime.fromisoformat(b) == at}
+        assert close(got["accuracy"]["value"], float(accuracy_score(y, p)))
+        assert close(got["f1"]["value"], float(f1_score(y, p)))
+        assert close(got["roc_auc"]["value"], float(roc_auc_score(y, s)), 1e-9), key  # the compiled scores, not numpy's
+        assert got["accuracy"]["alert"] == (accuracy_score(y, p) < 0.99)
+    assert section["labels"] == sum(t[3] is not None for t in truth) and section["predictions"] == len(truth)
+    assert section["realized"]["accuracy"]["alerts"] == 3
+    assert set(section["estimated"]) == {"accuracy", "precision", "recall", "f1", "roc_auc"}
+    alerts = [a for a in doc["alerts"] if a["kind"] == "performance"]
+    assert [a["feature"] for a in alerts] == ["accuracy"]
