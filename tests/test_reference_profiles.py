@@ -162,6 +162,8 @@ def assert_numeric(profile: dict[str, Any], values: np.ndarray[Any, Any], nulls:
     assert profile["distinct_count"] == expected["distinct"]
     assert np.allclose(profile["edges"], expected["edges"], rtol=1e-12, atol=0)
     assert profile["counts"] == expected["counts"]
+    sums, _ = np.histogram(values[~np.isnan(values)], expected["edges"], weights=values[~np.isnan(values)])
+    assert np.allclose(profile["summary"]["bin_sums"], [0, *sums, 0], rtol=1e-12, atol=0)
     summary = profile["summary"]
     for key in ("mean", "std", "min", "max"):
         assert math.isclose(summary[key], expected[key], rel_tol=1e-9), key

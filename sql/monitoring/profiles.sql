@@ -23,7 +23,8 @@
 --               [e_k, e_k+1), the last one closed. A reference has nothing under or over its own
 --               edges; current windows binned on them may.
 --               summary: mean, std (ddof 1), min, max, quantiles {p01, p05, p25, p50, p75, p95,
---               p99} (linear interpolation).
+--               p99} (linear interpolation), bin_sums (the sum of the values in each of the n + 2
+--               cells of counts: fast mode's Wasserstein distance is exact within bins with them).
 --   categorical frequencies {value: count} of every value; values keyed by
 --   binary      ml_private.profile_category (strings as they are, booleans 'true' / 'false',
 --               numbers by their float8 text: 1 and 1.0 are '1').
@@ -166,6 +167,9 @@ declare
     v_summary  jsonb;
     v_distinct bigint;
     v_binned   jsonb := '{}';
+    v_sums     text[] := '{}';
+    v_bsum     jsonb;
+    v_bin_sums float8[];
 begin
     if v_n = 0 then
         return '[]';
@@ -206,21 +210,30 @@ begin
             if coalesce((v_s ->> 'distinct')::bigint > ml_private.profile_discrete_limit(), cardinality(v_e) = v_bins + 1) then
                 v_binned := v_binned || jsonb_build_object(v_i::text, true);
                 v_keys := v_keys || format('ml_private.histogram_bin(%L::float8[], %s)', v_e, v_c ->> 'num');
+                v_sums := v_sums || (v_c ->> 'num');
             else
                 v_keys := v_keys || (v_c ->> 'num');
+                v_sums := v_sums || null::text;
             end if;
         else
             v_keys := v_keys || (v_c ->> 'cat');
+            v_sums := v_sums || null::text;
         end if;
         v_slots := v_slots || v_i;
     end loop;
     if cardinality(v_keys) > 0 then
-        execute format('select %s from (select %s, count(*) as n from %s group by grouping sets (%s)) x',
+        -- A binned column's bins also sum its values (what fast mode's Wasserstein distance needs).
+        execute format('select %s from (select %s, count(*) as n%s from %s group by grouping sets (%s)) x',
                        (select string_agg(format('jsonb_build_object(%s)', part), ' || ')
                         from (select string_agg(format('%L, coalesce(jsonb_object_agg(x.k%s, x.n) filter (where x.k%s is not null), ''{}'')',
-                                                       v_slots[j], j, j), ', ' order by j) as part
-                              from generate_series(1, cardinality(v_keys)) j group by (j - 1) / 40) g),
+                                                       v_slots[j], j, j)
+                                                || case when v_sums[j] is null then ''
+                                                        else format(', %L, coalesce(jsonb_object_agg(x.k%s, x.s%s) filter (where x.k%s is not null), ''{}'')',
+                                                                    's' || v_slots[j], j, j, j) end, ', ' order by j) as part
+                              from generate_series(1, cardinality(v_keys)) j group by (j - 1) / 20) g),
                        (select string_agg(format('%s as k%s', v_keys[j], j), ', ' order by j) from generate_series(1, cardinality(v_keys)) j),
+                       coalesce((select string_agg(format(', sum(%s) as s%s', v_sums[j], j), '' order by j)
+                                 from generate_series(1, cardinality(v_keys)) j where v_sums[j] is not null), ''),
                        p_from,
                        (select string_agg(format('(%s)', j), ', ' order by j) from generate_series(1, cardinality(v_keys)) j))
             into v_counts;
@@ -231,6 +244,7 @@ begin
         v_s := v_stats -> v_i;
         v_e := null;
         v_cnt := null;
+        v_bin_sums := null;
         v_freq := null;
         v_summary := '{}';
         v_distinct := 0;
@@ -245,6 +259,8 @@ begin
             if v_binned ? v_i::text then
                 v_distinct := (v_s ->> 'distinct')::bigint;
                 v_cnt := array(select coalesce((v_freq ->> b::text)::bigint, 0) from generate_series(0, cardinality(v_e)) b order by b);
+                v_bsum := v_counts -> ('s' || v_i);
+                v_bin_sums := array(select coalesce((v_bsum ->> b::text)::float8, 0) from generate_series(0, cardinality(v_e)) b order by b);
                 v_freq := null;
             else
                 v_k := array(select k::float8 from jsonb_object_keys(v_freq) k order by k::float8);
@@ -257,6 +273,9 @@ begin
                     v_cnt := array[0::bigint]
                              || array(select (v_freq ->> (u.k::text))::bigint from unnest(v_k) with ordinality u (k, j) order by u.j)
                              || 0::bigint;
+                    v_bin_sums := array[0::float8]
+                                  || array(select u.k * (v_freq ->> (u.k::text))::float8 from unnest(v_k) with ordinality u (k, j) order by u.j)
+                                  || 0::float8;
                 else
                     -- Many values, tied quantile edges: the value counts summed into the bins.
                     v_cnt := array(select coalesce(sum(c.n), 0)::bigint
@@ -264,10 +283,16 @@ begin
                                    left join (select ml_private.histogram_bin(v_e, f.k::float8) as bin, f.v::bigint as n
                                               from jsonb_each_text(v_freq) f (k, v)) c on c.bin = b
                                    group by b order by b);
+                    v_bin_sums := array(select coalesce(sum(c.x), 0)::float8
+                                        from generate_series(0, cardinality(v_e)) b
+                                        left join (select ml_private.histogram_bin(v_e, f.k::float8) as bin, f.k::float8 * f.v::float8 as x
+                                                   from jsonb_each_text(v_freq) f (k, v)) c on c.bin = b
+                                        group by b order by b);
                     v_freq := null;
                 end if;
             end if;
             v_kind := case when v_distinct = 2 then 'binary' else 'numeric' end;
+            v_summary := v_summary || jsonb_build_object('bin_sums', to_jsonb(v_bin_sums));
         elsif v_c ? 'num' then
             v_kind := 'numeric';
         elsif v_c ? 'cat' then

@@ -265,235 +265,76 @@ $$;
 -- in its summary).
 create or replace function ml_private.drift_fast_approximation() returns text
 language sql immutable
-return 'numeric features are compared on the reference''s quantile bins (ks and wasserstein from the binned counts, each value '
-       'at its bin''s middle, the under- and overflow bins at the reference''s min and max); categories and numbers of at most 20 '
-       'reference values are counted exactly; labels are read from the feedback exactly';
-
-------------------------------------------------------------------------------------------------
--- Statistics as the report applies them (Evidently's definitions, on scipy's formulas)
-------------------------------------------------------------------------------------------------
-
--- ml_private.drift_ks(p_ref float8[], p_cur float8[], out statistic float8, out p_value float8)
--- Two-sample Kolmogorov-Smirnov: D = max |F_ref - F_cur| over the pooled values
--- (scipy.stats.ks_2samp's statistic) and its asymptotic two-sided p-value, kstwo.sf(D,
--- round(n m / (n + m))) (scipy's method 'asymp'; ml_private.kstwo_sf). NULL and NaN dropped.
-create or replace function ml_private.drift_ks(p_ref float8[], p_cur float8[], out statistic float8, out p_value float8)
-language sql immutable
-set search_path = ''
-as $$
-    with a as (
-        select x, 1 as s from unnest(p_ref) x where x is not null and x <> 'NaN'::float8
-        union all
-        select x, 2 from unnest(p_cur) x where x is not null and x <> 'NaN'::float8
-    ), n as (
-        select count(*) filter (where s = 1)::float8 as n1, count(*) filter (where s = 2)::float8 as n2 from a
-    ), g as (
-        select x, count(*) filter (where s = 1) as c1, count(*) filter (where s = 2) as c2 from a group by x
-    ), d as (
-        select max(abs(c.f1 - c.f2)) as d
-        from (select sum(g.c1) over w / n.n1 as f1, sum(g.c2) over w / n.n2 as f2 from g, n window w as (order by g.x)) c
-    )
-    select d.d, ml_private.kstwo_sf(d.d, round(n.n1 * n.n2 / (n.n1 + n.n2))::bigint) from d, n
-$$;
-
--- ml_private.drift_wasserstein(p_ref float8[], p_cur float8[]) returns float8
--- Wasserstein-1 distance of the two samples: the integral of |F_ref - F_cur| over the pooled
--- values (scipy.stats.wasserstein_distance). NULL and NaN dropped.
-create or replace function ml_private.drift_wasserstein(p_ref float8[], p_cur float8[]) returns float8
-language sql immutable
-set search_path = ''
-as $$
-    with a as (
-        select x, 1 as s from unnest(p_ref) x where x is not null and x <> 'NaN'::float8
-        union all
-        select x, 2 from unnest(p_cur) x where x is not null and x <> 'NaN'::float8
-    ), n as (
-        select count(*) filter (where s = 1)::float8 as n1, count(*) filter (where s = 2)::float8 as n2 from a
-    ), g as (
-        select x, count(*) filter (where s = 1) as c1, count(*) filter (where s = 2) as c2 from a group by x
-    )
-    select coalesce(sum(abs(c.f1 - c.f2) * (c.next - c.x)), 0)
-    from (select g.x, lead(g.x) over w as next, sum(g.c1) over w / n.n1 as f1, sum(g.c2) over w / n.n2 as f2
-          from g, n window w as (order by g.x)) c
-    where c.next is not null
-$$;
-
--- ml_private.drift_binned_points(p_edges float8[]) returns float8[]
--- Where fast mode places the values of each bin of the profile layout (n + 2 bins on n + 1
--- edges): the underflow at the first edge, each bin at its middle, the overflow at the last edge.
-create or replace function ml_private.drift_binned_points(p_edges float8[]) returns float8[]
-language sql immutable
-set search_path = ''
-as $$
-    select array[p_edges[1]] || array(select (p_edges[k] + p_edges[k + 1]) / 2 from generate_series(1, cardinality(p_edges) - 1) k order by k)
-           || p_edges[cardinality(p_edges)]
-$$;
-
--- ml_private.drift_ks_binned(p_edges float8[], p_ref float8[], p_cur float8[], out statistic float8, out p_value float8)
--- Kolmogorov-Smirnov from counts on the bins of p_edges (profile layout): D = the largest gap
--- between the two cumulative shares at the bins' ends (at most the exact D), and its asymptotic
--- p-value as ml_private.drift_ks.
-create or replace function ml_private.drift_ks_binned(p_edges float8[], p_ref float8[], p_cur float8[], out statistic float8, out p_value float8)
-language sql immutable
-set search_path = ''
-as $$
-    with n as (select (select sum(x) from unnest(p_ref) x) as n1, (select sum(x) from unnest(p_cur) x) as n2),
-    d as (
-        select max(abs(c.f1 - c.f2)) as d
-        from (select sum(u.r) over w / n.n1 as f1, sum(u.c) over w / n.n2 as f2
-              from unnest(p_ref, p_cur) with ordinality u (r, c, k), n window w as (order by u.k)) c
-    )
-    select d.d, ml_private.kstwo_sf(d.d, round(n.n1 * n.n2 / (n.n1 + n.n2))::bigint) from d, n
-$$;
-
--- ml_private.drift_wasserstein_binned(p_edges float8[], p_ref float8[], p_cur float8[]) returns float8
--- Wasserstein-1 distance of two histograms on the bins of p_edges (profile layout), each bin's
--- mass at its point (ml_private.drift_binned_points).
-create or replace function ml_private.drift_wasserstein_binned(p_edges float8[], p_ref float8[], p_cur float8[]) returns float8
-language sql immutable
-set search_path = ''
-as $$
-    with n as (select (select sum(x) from unnest(p_ref) x) as n1, (select sum(x) from unnest(p_cur) x) as n2),
-    pts as (select ml_private.drift_binned_points(p_edges) as p)
-    select coalesce(sum(abs(c.f1 - c.f2) * (c.next - c.x)), 0)
-    from (select pts.p[u.k] as x, lead(pts.p[u.k]) over w as next, sum(u.r) over w / n.n1 as f1, sum(u.c) over w / n.n2 as f2
-          from unnest(p_ref, p_cur) with ordinality u (r, c, k), n, pts window w as (order by u.k)) c
-    where c.next is not null
-$$;
-
--- ml_private.drift_chi2(p_ref float8[], p_cur float8[], out statistic float8, out p_value float8, out dof int)
--- Evidently's chi-square test (chisquare_stattest.py): a goodness-of-fit test of the current
--- counts against the reference's scaled to the current total, over the keys present in either
--- (scipy.stats.chisquare(f_obs, f_exp)): statistic sum((o - e)^2 / e), p-value chi2.sf(statistic,
--- keys - 1) (ml_private.chi2_sf). A key absent from the reference makes the statistic infinite
--- and the p-value 0; a single key, NaN (no verdict), as scipy.
-create or replace function ml_private.drift_chi2(p_ref float8[], p_cur float8[], out statistic float8, out p_value float8, out dof int)
-language sql immutable
-set search_path = ''
-as $$
-    with u as (select r, c from unnest(p_ref, p_cur) u (r, c) where r > 0 or c > 0),
-    n as (select sum(r) as n1, sum(c) as n2, count(*)::int as k from u),
-    s as (select sum(case when u.r = 0 then 'Infinity'::float8 else (u.c - u.r * n.n2 / n.n1) ^ 2 / (u.r * n.n2 / n.n1) end) as x from u, n)
-    select s.x,
-           case when n.k < 2 then 'NaN'::float8 when s.x = 'Infinity'::float8 then 0 else ml_private.chi2_sf(s.x, n.k - 1) end,
-           n.k - 1
-    from s, n
-$$;
-
--- ml_private.drift_z(p_ref float8[], p_cur float8[], out statistic float8, out p_value float8)
--- Evidently's two-proportion Z-test (z_stattest.py) on counts over sorted keys: the share of
--- values other than the first key in each sample, z = (p1 - p2) / sqrt(P (1 - P) (1/n1 + 1/n2))
--- with P the pooled share, p-value 2 (1 - Phi(|z|)) (2 ml_private.normal_sf(|z|)); 1 when both
--- samples hold one and the same value; NaN when z is undefined.
-create or replace function ml_private.drift_z(p_ref float8[], p_cur float8[], out statistic float8, out p_value float8)
-language sql immutable
-set search_path = ''
-as $$
-    with u as (select r, c, k from unnest(p_ref, p_cur) with ordinality u (r, c, k) where r > 0 or c > 0),
-    f as (select (select u.r from u order by u.k limit 1) as r0, (select u.c from u order by u.k limit 1) as c0,
-                 sum(u.r) as n1, sum(u.c) as n2, count(*) filter (where u.r > 0) as kr, count(*) filter (where u.c > 0) as kc,
-                 bool_or(u.r > 0 and u.c > 0) as shared from u),
-    z as (select f.*, (f.n1 - f.r0) / f.n1 as p1, (f.n2 - f.c0) / f.n2 as p2, ((f.n1 - f.r0) + (f.n2 - f.c0)) / (f.n1 + f.n2) as pp from f)
-    select case when z.kr = 1 and z.kc = 1 and z.shared then 0
-                when z.pp <= 0 or z.pp >= 1 then 'NaN'::float8
-                else (z.p1 - z.p2) / sqrt(z.pp * (1 - z.pp) * (1 / z.n1 + 1 / z.n2)) end,
-           case when z.kr = 1 and z.kc = 1 and z.shared then 1
-                when z.pp <= 0 or z.pp >= 1 then 'NaN'::float8
-                else 2 * ml_private.normal_sf(abs((z.p1 - z.p2) / sqrt(z.pp * (1 - z.pp) * (1 / z.n1 + 1 / z.n2)))) end
-    from z
-$$;
-
--- ml_private.drift_jensen_shannon(p_ref float8[], p_cur float8[]) returns float8
--- Jensen-Shannon distance of the two count vectors as shares (scipy.spatial.distance.jensenshannon,
--- natural logarithm; Evidently's jensenshannon test, no zero replacement).
-create or replace function ml_private.drift_jensen_shannon(p_ref float8[], p_cur float8[]) returns float8
-language sql immutable
-set search_path = ''
-as $$
-    with n as (select (select sum(x) from unnest(p_ref) x) as n1, (select sum(x) from unnest(p_cur) x) as n2),
-    s as (select u.r / n.n1 as p, u.c / n.n2 as q from unnest(p_ref, p_cur) u (r, c), n)
-    select sqrt(greatest(sum(case when s.p > 0 then s.p * ln(s.p / ((s.p + s.q) / 2)) else 0 end
-                         + case when s.q > 0 then s.q * ln(s.q / ((s.p + s.q) / 2)) else 0 end) / 2, 0))
-    from s
-$$;
-
--- ml_private.drift_psi(p_ref float8[], p_cur float8[]) returns float8
--- Population stability index of the two count vectors as shares, Evidently's (psi.py): a zero
--- share becomes the smallest nonzero share of its side / 1e6 when that is at most 0.0001, else
--- 0.0001; psi = sum((r - c) ln(r / c)).
-create or replace function ml_private.drift_psi(p_ref float8[], p_cur float8[]) returns float8
-language sql immutable
-set search_path = ''
-as $$
-    with n as (select (select sum(x) from unnest(p_ref) x) as n1, (select sum(x) from unnest(p_cur) x) as n2),
-    s as (select u.r / n.n1 as r, u.c / n.n2 as c from unnest(p_ref, p_cur) u (r, c), n),
-    m as (select min(s.r) filter (where s.r > 0) as mr, min(s.c) filter (where s.c > 0) as mc from s),
-    f as (select case when s.r > 0 then s.r when m.mr <= 0.0001 then m.mr / 1e6 else 0.0001 end as r,
-                 case when s.c > 0 then s.c when m.mc <= 0.0001 then m.mc / 1e6 else 0.0001 end as c from s, m)
-    select sum((f.r - f.c) * ln(f.r / f.c)) from f
-$$;
-
--- ml_private.drift_hellinger(p_ref float8[], p_cur float8[]) returns float8
--- Hellinger distance of the two count vectors as shares, Evidently's (hellinger_distance.py,
--- categorical): sqrt(1 - min(1, sum(sqrt(r c)))).
-create or replace function ml_private.drift_hellinger(p_ref float8[], p_cur float8[]) returns float8
-language sql immutable
-set search_path = ''
-as $$
-    with n as (select (select sum(x) from unnest(p_ref) x) as n1, (select sum(x) from unnest(p_cur) x) as n2)
-    select sqrt(1 - least(greatest(sum(sqrt((u.r / n.n1) * (u.c / n.n2))), 0), 1)) from unnest(p_ref, p_cur) u (r, c), n
-$$;
+return 'numeric features are compared on the reference''s quantile bins: ks from the binned counts (the largest gap at the bins'' '
+       'ends, never above the exact statistic), wasserstein from the binned counts and the sums of the values in each bin (exact '
+       'within a bin where the two distributions do not cross); categories and numbers of at most 20 reference values are counted '
+       'exactly; labels are read from the feedback exactly';
 
 -- ml_private.drift_statistic(p_test text, p_mode text, p_ref float8[], p_cur float8[], p_ref_counts float8[],
---                            p_cur_counts float8[], p_edges float8[], p_ref_std float8, p_ref_rows bigint) returns jsonb
--- One test's result {statistic, p_value, details}: from the samples p_ref and p_cur (exact
--- mode: ks, wasserstein, wasserstein_normed), or from counts aligned on the same keys
--- (p_ref_counts, p_cur_counts: values, or the bins of p_edges in the profile layout, under- and
--- overflow first and last). wasserstein_normed divides by max(the reference's population
--- standard deviation, 0.001) as Evidently does (exact: from the samples; fast: from the
--- profile's std (ddof 1) and p_ref_rows). Fast mode computes ks and wasserstein from the
--- binned counts (ml_private.drift_binned_samples).
+--                            p_cur_counts float8[], p_edges float8[], p_ref_std float8, p_ref_rows bigint,
+--                            p_ref_sums float8[], p_cur_sums float8[]) returns jsonb
+-- One test's result {statistic, p_value, details}, computed by the statistic functions of
+-- sql/monitoring/stats.sql (docs/drift-statistics.md): from the samples p_ref and p_cur (exact
+-- mode: ks = ml_private.ks_2samp, wasserstein = wasserstein_distance, wasserstein_normed =
+-- wasserstein_distance_normed), or from counts aligned on the same keys (p_ref_counts,
+-- p_cur_counts: values, or the bins of p_edges in the profile layout): chi2 =
+-- chisquare_goodness_of_fit (Evidently's chi-square), z = proportions_z_test (the first key
+-- against the others, as Evidently), psi, jensen_shannon = jensenshannon, hellinger; fast mode's
+-- ks = ks_binned and wasserstein = wasserstein_binned (with the values' sums per bin when both
+-- sides have them: p_ref_sums, p_cur_sums), normed by the reference's population standard
+-- deviation from the profile (std ddof 1 and p_ref_rows), at least 0.001, as Evidently.
 create or replace function ml_private.drift_statistic(p_test text, p_mode text, p_ref float8[], p_cur float8[], p_ref_counts float8[],
-                                                      p_cur_counts float8[], p_edges float8[], p_ref_std float8, p_ref_rows bigint)
+                                                      p_cur_counts float8[], p_edges float8[], p_ref_std float8, p_ref_rows bigint,
+                                                      p_ref_sums float8[], p_cur_sums float8[])
 returns jsonb
 language plpgsql immutable
 set search_path = ''
 as $$
 declare
-    v_r     record;
-    v_std   float8;
+    v_r    record;
+    v_std  float8;
+    v_w    float8;
+    v_keep int[];
 begin
     if p_test in ('ks', 'wasserstein', 'wasserstein_normed') then
         if p_mode = 'exact' then
             if p_test = 'ks' then
-                select * into v_r from ml_private.drift_ks(p_ref, p_cur) k;
-                return jsonb_build_object('statistic', v_r.statistic, 'p_value', v_r.p_value);
+                select * into v_r from ml_private.ks_2samp(p_ref, p_cur) k;
+                return jsonb_build_object('statistic', v_r.statistic, 'p_value', v_r.pvalue);
             end if;
-            v_std := (select stddev_pop(x) from unnest(p_ref) x);
-            return jsonb_build_object('statistic', case when p_test = 'wasserstein' then ml_private.drift_wasserstein(p_ref, p_cur)
-                                                        else ml_private.drift_wasserstein(p_ref, p_cur) / greatest(coalesce(v_std, 0), 0.001) end,
-                                      'details', jsonb_build_object('reference_std', v_std));
+            return jsonb_build_object('statistic', case when p_test = 'wasserstein' then ml_private.wasserstein_distance(p_ref, p_cur)
+                                                        else ml_private.wasserstein_distance_normed(p_ref, p_cur) end);
         end if;
         if p_test = 'ks' then
-            select * into v_r from ml_private.drift_ks_binned(p_edges, p_ref_counts, p_cur_counts) k;
-            return jsonb_build_object('statistic', v_r.statistic, 'p_value', v_r.p_value, 'details', jsonb_build_object('binned', true));
+            select * into v_r from ml_private.ks_binned(p_ref_counts, p_cur_counts) k;
+            return jsonb_build_object('statistic', v_r.statistic, 'p_value', v_r.pvalue, 'details', jsonb_build_object('binned', true));
         end if;
-        v_std := p_ref_std * sqrt((p_ref_rows - 1)::float8 / p_ref_rows);
-        return jsonb_build_object('statistic', ml_private.drift_wasserstein_binned(p_edges, p_ref_counts, p_cur_counts)
-                                               / case when p_test = 'wasserstein' then 1 else greatest(coalesce(v_std, 0), 0.001) end,
-                                  'details', jsonb_build_object('binned', true, 'reference_std', v_std));
+        v_w := case when p_ref_sums is not null and p_cur_sums is not null
+                    then ml_private.wasserstein_binned(p_edges, p_ref_counts, p_cur_counts, p_ref_sums, p_cur_sums)
+                    else ml_private.wasserstein_binned(p_edges, p_ref_counts, p_cur_counts) end;
+        v_std := coalesce(p_ref_std * sqrt((p_ref_rows - 1)::float8 / p_ref_rows), 0);
+        return jsonb_build_object('statistic', case when p_test = 'wasserstein' then v_w else v_w / greatest(v_std, 0.001) end,
+                                  'details', jsonb_build_object('binned', true, 'reference_std', v_std,
+                                                                'bin_sums', p_ref_sums is not null and p_cur_sums is not null));
     elsif p_test = 'chi2' then
-        select * into v_r from ml_private.drift_chi2(p_ref_counts, p_cur_counts) c;
-        return jsonb_build_object('statistic', v_r.statistic, 'p_value', v_r.p_value, 'details', jsonb_build_object('dof', v_r.dof));
+        select * into v_r from ml_private.chisquare_goodness_of_fit(p_ref_counts, p_cur_counts) c;
+        return jsonb_build_object('statistic', v_r.statistic, 'p_value', v_r.pvalue, 'details', jsonb_build_object(
+            'dof', (select count(*) - 1 from unnest(p_ref_counts, p_cur_counts) u (r, c) where u.r > 0 or u.c > 0)));
     elsif p_test = 'z' then
-        select * into v_r from ml_private.drift_z(p_ref_counts, p_cur_counts) z;
-        return jsonb_build_object('statistic', v_r.statistic, 'p_value', v_r.p_value);
+        -- Evidently's Z-test: the first value (in sorted order) against all the others.
+        v_keep := array(select k::int from unnest(p_ref_counts, p_cur_counts) with ordinality u (r, c, k) where u.r > 0 or u.c > 0 order by k);
+        select * into v_r from ml_private.proportions_z_test(
+            case when cardinality(v_keep) = 1 then array[p_ref_counts[v_keep[1]]]
+                 else array[p_ref_counts[v_keep[1]], (select sum(p_ref_counts[k]) from unnest(v_keep[2:]) k)] end,
+            case when cardinality(v_keep) = 1 then array[p_cur_counts[v_keep[1]]]
+                 else array[p_cur_counts[v_keep[1]], (select sum(p_cur_counts[k]) from unnest(v_keep[2:]) k)] end) z;
+        return jsonb_build_object('statistic', v_r.statistic, 'p_value', v_r.pvalue);
     elsif p_test = 'psi' then
-        return jsonb_build_object('statistic', ml_private.drift_psi(p_ref_counts, p_cur_counts));
+        return jsonb_build_object('statistic', ml_private.psi(p_ref_counts, p_cur_counts));
     elsif p_test = 'jensen_shannon' then
-        return jsonb_build_object('statistic', ml_private.drift_jensen_shannon(p_ref_counts, p_cur_counts));
+        return jsonb_build_object('statistic', ml_private.jensenshannon(p_ref_counts, p_cur_counts));
     else
-        return jsonb_build_object('statistic', ml_private.drift_hellinger(p_ref_counts, p_cur_counts));
+        return jsonb_build_object('statistic', ml_private.hellinger(p_ref_counts, p_cur_counts));
     end if;
 end
 $$;
@@ -571,6 +412,8 @@ declare
     v_ref_outputs boolean := false;
     v_pred_num boolean;
     v_nedges   int;
+    v_cur_s    jsonb;
+    v_cur_b    jsonb;
 begin
     if p_start is null or p_end is null or p_start >= p_end then
         raise exception 'window_start (%) must be before window_end (%)', coalesce(p_start::text, 'NULL'), coalesce(p_end::text, 'NULL')
@@ -680,7 +523,7 @@ begin
         end if;
         perform ml_private.rollup_window_counts(v_project.id);
         create temp table _pgmlops_drift_counts on commit drop as
-            select c.role, c.feature, c.bin, c.category, c.count
+            select c.role, c.feature, c.bin, c.category, c.count, c.total
             from ml_private.window_counts_between(v_tenant, v_project.id, p_start, p_end) c
             where c.model_version_id = v_version.id;
         select coalesce(max(s), 0) into v_rows from (select sum(c.count) as s from pg_temp._pgmlops_drift_counts c group by c.role, c.feature) x;
@@ -708,6 +551,8 @@ begin
 
     for v_f in select value from jsonb_array_elements(v_feats) order by (value ->> 'i')::int loop
         v_numeric := (v_f ->> 'numerical')::boolean;
+        v_cur_s := null;
+        v_cur_b := null;
         v_nedges := case when jsonb_typeof(v_f -> 'edges') = 'array' then jsonb_array_length(v_f -> 'edges') else 0 end;
         v_n_ref := (v_f ->> 'row_count')::bigint - (v_f ->> 'nulls')::bigint;
         -- Counts by value (categorical columns, and numbers of at most 20 values in the
@@ -730,12 +575,14 @@ begin
         else
             select coalesce(sum(c.count) filter (where c.bin is not null or c.category is not null), 0),
                    coalesce(sum(c.count) filter (where c.bin is null and c.category is null), 0),
+                   jsonb_object_agg(c.bin, coalesce(c.total, 0)) filter (where c.bin is not null),
+                   jsonb_object_agg(c.bin, c.count) filter (where c.bin is not null),
                    coalesce(jsonb_object_agg(coalesce(c.category, case when not v_values then c.bin::text
                                                                        when c.bin = 0 then '-Infinity' when c.bin > v_nedges - 1 then 'Infinity'
                                                                        else (select k from jsonb_object_keys(v_f -> 'frequencies') k order by k::float8 offset c.bin - 1 limit 1) end),
                                              c.count) filter (where c.bin is not null or c.category is not null), '{}')
-            into v_n_cur, v_nulls, v_cur_c
-            from (select c.bin, c.category, sum(c.count)::bigint as count from pg_temp._pgmlops_drift_counts c
+            into v_n_cur, v_nulls, v_cur_s, v_cur_b, v_cur_c
+            from (select c.bin, c.category, sum(c.count)::bigint as count, sum(c.total) as total from pg_temp._pgmlops_drift_counts c
                   where c.role = v_f ->> 'role' and c.feature = v_f ->> 'feature' group by 1, 2) c;
         end if;
         if v_n_cur = 0 or v_n_ref = 0 then
@@ -772,11 +619,30 @@ begin
                 execute format('select array_agg(v%s) from pg_temp._pgmlops_drift_current where v%s is not null', v_f ->> 'i', v_f ->> 'i') into v_cur_x;
             end if;
         end if;
-        v_res := ml_private.drift_statistic(v_test, v_mode, v_ref_x, v_cur_x,
-                     array(select coalesce((v_ref_c ->> k)::float8, 0) from unnest(v_keys) with ordinality u (k, o) order by o),
-                     array(select coalesce((v_cur_c ->> k)::float8, 0) from unnest(v_keys) with ordinality u (k, o) order by o),
-                     case when not v_values then array(select e::float8 from jsonb_array_elements_text(v_f -> 'edges') e) end,
-                     (v_f #>> '{summary,std}')::float8, v_n_ref);
+        if v_test in ('ks', 'wasserstein', 'wasserstein_normed') and v_mode = 'fast' then
+            -- Fast sample tests: the counts (and sums) of the n + 2 cells of the reference's bins.
+            if v_cur_b is null then
+                -- A column counted by category (binary): its values are its bins, in order.
+                v_cur_b := coalesce((select jsonb_object_agg(u.j, (v_cur_c ->> u.k)::bigint)
+                                     from jsonb_object_keys(v_f -> 'frequencies') with ordinality u (k, j0)
+                                     cross join lateral (select (select count(*) from jsonb_object_keys(v_f -> 'frequencies') k2
+                                                                 where k2::float8 <= u.k::float8) as j) x), '{}');
+            end if;
+            v_res := ml_private.drift_statistic(v_test, v_mode, null, null,
+                         array(select e::float8 from jsonb_array_elements_text(v_f -> 'counts') e),
+                         array(select coalesce((v_cur_b ->> b::text)::float8, 0) from generate_series(0, v_nedges) b order by b),
+                         array(select e::float8 from jsonb_array_elements_text(v_f -> 'edges') e),
+                         (v_f #>> '{summary,std}')::float8, v_n_ref,
+                         case when jsonb_typeof(v_f #> '{summary,bin_sums}') = 'array' and v_cur_s is not null
+                              then array(select e::float8 from jsonb_array_elements_text(v_f #> '{summary,bin_sums}') e) end,
+                         case when jsonb_typeof(v_f #> '{summary,bin_sums}') = 'array' and v_cur_s is not null
+                              then array(select coalesce((v_cur_s ->> b::text)::float8, 0) from generate_series(0, v_nedges) b order by b) end);
+        else
+            v_res := ml_private.drift_statistic(v_test, v_mode, v_ref_x, v_cur_x,
+                         array(select coalesce((v_ref_c ->> k)::float8, 0) from unnest(v_keys) with ordinality u (k, o) order by o),
+                         array(select coalesce((v_cur_c ->> k)::float8, 0) from unnest(v_keys) with ordinality u (k, o) order by o),
+                         null, null, null, null, null);
+        end if;
         insert into ml.drift_results (tenant_id, report_id, feature, role, kind, test, statistic, p_value, threshold, drifted, row_count, nulls, details)
         values (v_tenant, v_id, v_f ->> 'feature', v_f ->> 'role', v_f ->> 'kind', v_test, (v_res ->> 'statistic')::float8,
                 (v_res ->> 'p_value')::float8, v_thr,
