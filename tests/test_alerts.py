@@ -212,6 +212,23 @@ def test_a_window_like_a_past_one_or_the_first_one_raises_no_regime_alert(conn: 
     assert row is not None and row[:2] == ("regime", "info") and "distance 0.3" in row[2]
 
 
+def test_drift_reports_raise_and_repeat_alerts_end_to_end(conn: Conn) -> None:
+    from .test_monitoring_schedules import owned_tenant, served_project
+
+    tenant = owned_tenant(conn)
+    served_project(conn, tenant)
+    act_for(conn, tenant)
+    drifted = Jsonb({"features": {"spend": {"test": "psi", "threshold": 0}}})
+    reports = [one(conn, "select ml.drift_report('rls-project', now() - interval '1 day', now() + interval '1 minute', %s)",
+                   drifted) for _ in range(2)]
+    rows = conn.execute("select kind, feature, count, report_id from ml.alerts where tenant_id = %s order by kind",
+                        (tenant,)).fetchall()
+    assert [(r[0], r[1], r[2]) for r in rows] == [("dataset_drift", None, 2), ("feature_drift", "spend", 2)]
+    assert all(r[3] == reports[1] for r in rows)
+    got = [e for e, _ in events(conn, tenant) if e.startswith(("alert.", "report."))]
+    assert got == ["alert.opened", "alert.opened", "report.finished", "alert.repeated", "alert.repeated", "report.finished"]
+
+
 def test_raise_report_alerts_of_an_unknown_report_is_p0002(conn: Conn, tenant: str) -> None:
     assert sqlstate_of(conn, "select ml_private.raise_report_alerts(%s)", str(uuid.uuid4())) == "P0002"
 

@@ -158,6 +158,23 @@ def test_the_workers_scheduler_runs_due_schedules(any_db_url: str) -> None:
         assert one(conn, "select ml.monitoring_schedule('rls-project')") is None
 
 
+def test_a_worker_without_pg_cron_runs_a_due_schedule(fresh_db_url: str) -> None:
+    """`pgmlops worker`'s maintenance loop (where pg_cron is absent) is what runs schedules."""
+    from pgmlops.jobs.worker import Worker
+
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        tenant = owned_tenant(conn)
+        served_project(conn, tenant)
+        act_for(conn, tenant)
+        schedule = str(one(conn, "select ml.schedule_monitoring('rls-project', '* * * * *', '1 hour')"))
+        conn.execute("update ml.monitoring_schedules set next_run_at = now() - interval '1 minute' where id = %s", (schedule,))
+    Worker(fresh_db_url, kinds=["echo"], idle_exit=0.5, poll_interval=0.2, install_signals=False, maintenance_interval=0.1).run()
+    with psycopg.connect(fresh_db_url, autocommit=True) as conn:
+        row = conn.execute("select last_report, last_error from ml.monitoring_schedules where id = %s", (schedule,)).fetchone()
+        assert row is not None and row[0] is not None and row[1] is None
+        assert one(conn, "select count(*) from ml.drift_reports where id = %s and tenant_id = %s", row[0], tenant) == 1
+
+
 def test_a_failing_run_is_recorded_published_and_the_schedule_goes_on(conn: Conn, tenant: str) -> None:
     # A project with nothing deployed: ml.drift_report finds no reference to compare with.
     conn.execute("select ml.create_project('failing', 'regression', 'y')")
