@@ -59,7 +59,9 @@ comment on table ml.drift_results is 'Per-feature drift tests of a report: test,
 select ml_private.enable_tenant_rls('ml.drift_results');
 
 -- Performance per time bucket: realized (predictions joined to feedback) or estimated (CBPE),
--- with the alert band from the reference chunks (mean +- 3 std) or set by hand.
+-- with the alert band from the reference chunks (mean +- 3 std) or set by hand. Written by
+-- ml_private.report_performance (sql/monitoring/performance.sql, docs/performance-monitoring.md);
+-- value NULL: undefined on the bucket's rows (no rows, ROC AUC of one class).
 create table ml.performance_results (
     tenant_id    uuid not null references ml.tenants (id) on delete cascade,
     report_id    uuid not null references ml.drift_reports (id) on delete cascade,
@@ -72,7 +74,16 @@ create table ml.performance_results (
     lower_bound  float8,
     upper_bound  float8,
     alert        boolean not null default false,
-    primary key (report_id, metric, estimated, bucket_start)
+    primary key (report_id, metric, estimated, bucket_start),
+    constraint performance_results_metric_valid
+        check (metric in ('accuracy', 'precision', 'recall', 'f1', 'roc_auc', 'mae', 'rmse')),
+    -- CBPE estimates binary classification metrics only
+    constraint performance_results_estimated_metric check (not estimated or metric not in ('mae', 'rmse')),
+    constraint performance_results_bucket check (bucket_start < bucket_end),
+    constraint performance_results_sample_count check (sample_count >= 0),
+    -- an empty bucket has no value; a value outside the band is what alerts
+    constraint performance_results_empty check (sample_count > 0 or value is null),
+    constraint performance_results_bounds check (lower_bound is null or upper_bound is null or lower_bound <= upper_bound)
 );
 create index performance_results_tenant_idx on ml.performance_results (tenant_id, report_id);
 comment on table ml.performance_results is 'Realized and estimated (CBPE) performance of a report per time bucket, with alert bounds';
