@@ -377,8 +377,11 @@ def test_a_worker_killed_mid_job_leaves_whole_chunks_and_the_next_one_finishes(e
 def test_tenant_b_cannot_score_or_touch_tenant_a(env: Env) -> None:
     with refused("P0002", "project 'churn' does not exist"), as_user(env.conn, env.b, env.user_b):
         env.conn.execute("select ml.score('churn', 'public.customers', 'app.b_scores', '{\"model\": \"churn_gb\"}')")
+    with as_user(env.conn, env.a, env.user_a):
+        job = one(env.conn, "select ml.score('churn', 'public.customers', 'app.a_scores', '{\"model\": \"churn_gb\"}')")
+        env.conn.execute("select ml.cancel_job(%s)", (job,))
     act_for(env.conn, None)
-    a_scoring = one(env.conn, "select id from ml.batch_scorings limit 1")
+    a_scoring = one(env.conn, "select id from ml.batch_scorings where job_id = %s", job)
     with as_user(env.conn, env.b, env.user_b):
         assert env.conn.execute("select count(*) from ml.batch_scorings").fetchone() == (0,)
         for call in ("ml.stage_batch_scoring(%s)", "ml.score_chunk(%s, 1, 'w')"):
@@ -388,6 +391,15 @@ def test_tenant_b_cannot_score_or_touch_tenant_a(env: Env) -> None:
             env.conn.execute("select ml.batch_scoring_inputs(%s, 0, 10)", (a_scoring,))
         with refused("P0002"), env.conn.transaction():
             env.conn.execute("select * from ml.batch_scoring_keys(%s, 0, 10)", (a_scoring,))
+        with refused("P0002"), env.conn.transaction():
+            env.conn.execute("select ml.batch_scoring_progress(%s, 1, 'w', 0, 1)", (a_scoring,))
+        with refused("42501", "permission denied for function finish_batch_scoring"), env.conn.transaction():
+            env.conn.execute("select ml.finish_batch_scoring(%s)", (a_scoring,))
+    # Even A's own members cannot finish a scoring (workers do); anonymous callers reach nothing.
+    with refused("42501", "permission denied for function finish_batch_scoring"), as_user(env.conn, env.a, env.user_a):
+        env.conn.execute("select ml.finish_batch_scoring(%s)", (a_scoring,))
+    with refused("42501", "permission denied for function predict_batch"), tenant_context(env.conn, role="anon"):
+        env.conn.execute("select * from ml.predict_batch('churn', 'public.customers')")
 
 
 def test_without_a_model_the_deployed_version_scores(env: Env) -> None:
