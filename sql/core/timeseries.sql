@@ -237,7 +237,8 @@ $$;
 -- with pg_cron where it is installed, otherwise run by workers (`pgmlops worker` calls it under
 -- an advisory lock every few minutes). Returns what it did, per table:
 -- {"<table>": {"created", "dropped", "secured"}, "jobs_purged", "deployments"} (active canaries
--- checked: ml_private.check_deployments), "monitoring" (due monitoring schedules run:
+-- checked: ml_private.check_deployments), "window_counts" (predictions rolled up for fast-mode
+-- drift: ml_private.rollup_window_counts), "monitoring" (due monitoring schedules run:
 -- ml_private.run_due_monitoring), or {"skipped"} when another
 -- session is running it. Security definer, so the role it is granted to can run it.
 -- Callers: service_role (and the owner, from pg_cron or a worker).
@@ -251,6 +252,7 @@ declare
     v_purged int;
     v_deployments jsonb;
     v_monitoring jsonb;
+    v_rolled_up bigint;
 begin
     -- One maintainer at a time across cron and workers; others return at once.
     if not pg_try_advisory_xact_lock(hashtext('pgmlops.maintenance')) then
@@ -273,6 +275,12 @@ begin
     if to_regprocedure('ml_private.check_deployments()') is not null then
         execute 'select ml_private.check_deployments()' into v_deployments;
         v_report := v_report || jsonb_build_object('deployments', v_deployments);
+    end if;
+    -- Fast-mode drift counts: the predictions logged since each project's watermark binned into
+    -- ml.window_counts (sql/monitoring/windows.sql), before any schedule's report reads them.
+    if to_regprocedure('ml_private.rollup_window_counts(uuid)') is not null then
+        execute 'select ml_private.rollup_window_counts(null)' into v_rolled_up;
+        v_report := v_report || jsonb_build_object('window_counts', v_rolled_up);
     end if;
     -- Monitoring schedules of the workers' backend whose tick has come (sql/monitoring/schedules.sql).
     if to_regprocedure('ml_private.run_due_monitoring()') is not null then

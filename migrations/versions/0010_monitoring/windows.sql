@@ -35,7 +35,10 @@ select ml_private.enable_tenant_rls('ml.window_watermarks');
 
 -- Each report's window as a fixed-length embedding (its binned distributions, normalized): the
 -- closest past windows tell whether a distribution was seen before. A pgvector column with an
--- HNSW index when pgvector is installed, float8[] (searched exhaustively) otherwise.
+-- HNSW index when pgvector is installed, float8[] (searched exhaustively) otherwise. The window,
+-- its version, its row count and its mean number of occupied bins per feature are kept beside the
+-- embedding: the search filters on them and the match threshold depends on them (the sampling
+-- noise of two windows' distance shrinks with their sizes).
 do $$
 begin
     if exists (select 1 from pg_extension where extname = 'vector') then
@@ -43,6 +46,11 @@ begin
             tenant_id  uuid not null references ml.tenants (id) on delete cascade,
             project_id uuid not null references ml.projects (id) on delete cascade,
             report_id  uuid primary key references ml.drift_reports (id) on delete cascade,
+            model_version_id uuid references ml.model_versions (id) on delete set null,
+            window_start timestamptz not null,
+            window_end   timestamptz not null,
+            row_count  bigint not null,
+            bins       float8 not null,
             embedding  %s.vector(256) not null,
             created_at timestamptz not null default now())',
             (select n.nspname from pg_extension e join pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector'));
@@ -53,12 +61,17 @@ begin
             tenant_id  uuid not null references ml.tenants (id) on delete cascade,
             project_id uuid not null references ml.projects (id) on delete cascade,
             report_id  uuid primary key references ml.drift_reports (id) on delete cascade,
+            model_version_id uuid references ml.model_versions (id) on delete set null,
+            window_start timestamptz not null,
+            window_end   timestamptz not null,
+            row_count  bigint not null,
+            bins       float8 not null,
             embedding  float8[] not null,
             created_at timestamptz not null default now(),
             constraint window_embeddings_dim check (cardinality(embedding) = 256));
     end if;
 end
 $$;
-create index window_embeddings_project_idx on ml.window_embeddings (tenant_id, project_id, created_at desc);
+create index window_embeddings_project_idx on ml.window_embeddings (tenant_id, project_id, window_end);
 comment on table ml.window_embeddings is 'Monitoring windows as 256-dimension embeddings of their binned distributions (ml.similar_windows)';
 select ml_private.enable_tenant_rls('ml.window_embeddings');
