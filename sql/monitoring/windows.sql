@@ -13,29 +13,13 @@
 -- Binning predictions on the reference edges
 ------------------------------------------------------------------------------------------------
 
--- ml_private.window_number(p_value jsonb, p_dtype text) returns float8
--- The number a logged value is binned as, the way reference profiles bin it: a JSON number as
--- is, a boolean as 1 / 0, a timestamp (an ISO 8601 string) as epoch seconds, a vector (an array)
--- as its L2 norm; NULL for JSON null, a missing key, or a string of another dtype.
-create or replace function ml_private.window_number(p_value jsonb, p_dtype text) returns float8
-language sql stable parallel safe
-as $$
-    select case pg_catalog.jsonb_typeof(p_value)
-        when 'number' then (p_value)::float8
-        when 'boolean' then case when (p_value)::boolean then 1.0::float8 else 0.0::float8 end
-        when 'string' then case when p_dtype = 'timestamp'
-                                then pg_catalog.date_part('epoch', (p_value #>> '{}')::timestamptz) end
-        when 'array' then (select pg_catalog.sqrt(pg_catalog.sum((e)::float8 * (e)::float8))
-                           from pg_catalog.jsonb_array_elements_text(p_value) e)
-    end
-$$;
-
 -- ml_private.window_profiles(p_project uuid)
 -- returns table (model_version_id uuid, role text, feature text, kind text, dtype text, edges float8[])
 -- What each version of p_project's models is binned on: its own reference profiles (roles
 -- input, prediction, score), and for an input the version has no row of, its training set's.
--- Numeric and vector profiles count on their edges (a profile without edges is skipped);
--- categorical and binary ones count by value (edges NULL); text is not counted.
+-- A profile with edges (numeric; a discrete or binary number has one bin per value) counts on
+-- them; a categorical or binary one without edges (text, category, bool) counts by value (edges
+-- NULL); vector and text profiles are not counted.
 create or replace function ml_private.window_profiles(p_project uuid)
 returns table (model_version_id uuid, role text, feature text, kind text, dtype text, edges float8[])
 language sql stable
@@ -43,7 +27,7 @@ set search_path = ''
 as $$
     select distinct on (x.model_version_id, x.role, x.feature)
            x.model_version_id, x.role, x.feature, x.kind, x.dtype,
-           case when x.kind in ('numeric', 'vector') then x.edges end
+           case when cardinality(x.edges) >= 2 then x.edges end
     from (
         select mv.id as model_version_id, rp.role, rp.feature, rp.kind, rp.dtype, rp.edges, 0 as preference
         from ml.models m
@@ -57,7 +41,7 @@ as $$
         join ml.reference_profiles rp on rp.dataset_id = mv.dataset_id
         where m.project_id = p_project and rp.role = 'input'
     ) x
-    where (x.kind in ('numeric', 'vector') and cardinality(x.edges) >= 2) or x.kind in ('categorical', 'binary')
+    where x.kind in ('numeric', 'categorical', 'binary') and (cardinality(x.edges) >= 2 or x.kind <> 'numeric')
     order by x.model_version_id, x.role, x.feature, x.preference
 $$;
 
@@ -65,12 +49,14 @@ $$;
 -- returns table (model_version_id uuid, role text, feature text, bucket timestamptz, bin int,
 --                category text, count bigint, total float8, total_squares float8)
 -- The live predictions (shadow_of NULL) of p_project logged in [p_from, p_to), binned per version,
--- role, feature and UTC hour on the version's profiles (ml_private.window_profiles): numeric
--- values by ml_private.histogram_bin on the stored edges (0 underflow, n + 1 overflow), with the
--- sum and sum of squares of the values in each bin; categories by value (JSON text); a missing
--- value is the row with bin and category both NULL. Inputs are read from the logged features,
--- the prediction from prediction, the score from score. The one binning of the rollup and of
--- the raw edges of a window (ml_private.window_counts_between).
+-- role, feature and UTC hour on the version's profiles (ml_private.window_profiles): numbers
+-- (ml_private.profile_number, the profiles' coercion) by ml_private.histogram_bin on the stored
+-- edges (0 underflow, n + 1 overflow), with the sum and sum of squares of the values in each
+-- bin; categories by value (ml_private.profile_category, the profiles' keys); a missing value is
+-- the row with bin and category both NULL. Inputs are read from the logged features, the
+-- prediction from prediction, the score from score. The one binning of the rollup and of the
+-- raw edges of a window (ml_private.window_counts_between). Its callers set timezone UTC, as
+-- the profiles are made (a timestamp without an offset is UTC).
 create or replace function ml_private.bin_predictions(p_tenant uuid, p_project uuid, p_from timestamptz, p_to timestamptz)
 returns table (model_version_id uuid, role text, feature text, bucket timestamptz, bin int, category text,
                count bigint, total float8, total_squares float8)
@@ -87,8 +73,8 @@ as $$
           and p.created_at >= p_from and p.created_at < p_to and p.shadow_of is null
     ), vals as (
         select l.model_version_id, f.role, f.feature, l.bucket, f.edges,
-               case when f.edges is not null then ml_private.window_number(v.value, f.dtype) end as x,
-               case when f.edges is null then v.value #>> '{}' end as category
+               case when f.edges is not null then ml_private.profile_number(v.value, f.dtype) end as x,
+               case when f.edges is null then ml_private.profile_category(v.value) end as category
         from live l
         join profiles f on f.model_version_id = l.model_version_id
         cross join lateral (
@@ -153,6 +139,8 @@ $$;
 create or replace function ml_private.rollup_window_counts(p_project uuid default null) returns bigint
 language plpgsql volatile security definer
 set search_path = ''
+set timezone = 'UTC'
+set extra_float_digits = 1
 as $$
 declare
     v_p     record;
@@ -217,6 +205,8 @@ returns table (model_version_id uuid, role text, feature text, bin int, category
                count bigint, total float8, total_squares float8)
 language plpgsql stable
 set search_path = ''
+set timezone = 'UTC'
+set extra_float_digits = 1
 as $$
 declare
     v_mark  timestamptz := coalesce((select w.rolled_up_to from ml.window_watermarks w where w.project_id = p_project),
@@ -370,6 +360,8 @@ $$;
 create or replace function ml_private.record_window_embedding(p_report uuid) returns jsonb
 language plpgsql volatile security definer
 set search_path = ''
+set timezone = 'UTC'
+set extra_float_digits = 1
 as $$
 declare
     v_report    ml.drift_reports;
