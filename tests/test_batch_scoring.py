@@ -421,8 +421,8 @@ def test_without_a_model_the_deployed_version_scores(env: Env) -> None:
 
 
 def test_the_default_path_is_the_faster_one(env: Env) -> None:
-    # A large tree ensemble (300 trees x depth 4 > 1,000 tree levels) goes to workers; a compiled
-    # small one to SQL (above); a version scored by workers to workers (above).
+    # A large tree ensemble (300 trees x depth 4 > 250 tree levels) goes to workers; a compiled
+    # small one (20 x 3) and a linear model to SQL (above); a version scored by workers to workers.
     train = mixed_frame(200, seed=3)
     big = build_pipeline(MIXED_SIGNATURE, GradientBoostingClassifier(n_estimators=300, max_depth=4, random_state=0))
     big.fit(train, mixed_labels(train, "binary", seed=3))

@@ -592,7 +592,7 @@ $$;
 -- options: path 'sql' (each chunk scored by the compiled function in one statement) or 'worker'
 -- (rows COPYed out, predicted by the loaded artifact in Python, COPYed in); default: the faster
 -- (docs/batch-scoring.md): 'sql' for a compiled version, unless it is a tree ensemble of more
--- than 1,000 tree levels (trees x max_depth); 'worker' for the others. chunk_rows (1 to
+-- than 250 tree levels (trees x max_depth); 'worker' for the others. chunk_rows (1 to
 -- 10,000,000; default 50,000); model, version, alias; key (columns carried to the target;
 -- default: every column that is not a model input). Either path applies the training set's
 -- transformations of a version trained on one: the source gives the raw columns.
@@ -644,7 +644,7 @@ begin
     -- walks, the worker's is mostly fixed (COPY and JSON), so large tree ensembles go to workers.
     v_path := coalesce(v_options ->> 'path', case
         when v_model ->> 'scoring_path' is distinct from 'compiled' then 'worker'
-        when coalesce((v_model ->> 'trees')::numeric * (v_model ->> 'max_depth')::numeric, 0) > 1000 then 'worker'
+        when coalesce((v_model ->> 'trees')::numeric * (v_model ->> 'max_depth')::numeric, 0) > 250 then 'worker'
         else 'sql' end);
     if v_path = 'sql' then
         perform ml_private.batch_worker_only(v_model);
