@@ -167,16 +167,20 @@ $$;
 
 -- ml_private.performance_stage() returns void
 -- Creates (once per transaction) or empties pg_temp._pgmlops_performance_rows, the rows the
--- metrics are computed on: bucket_start, score, probabilities, prediction, label (NULL: none
--- yet), positive / predicted_positive (two classes: the label / prediction is the positive class).
+-- metrics are computed on: bucket_start, score, has_probabilities, labelled (a label has
+-- arrived), correct (label = prediction, as JSON), positive / predicted_positive (two classes:
+-- the label / prediction is the positive class), y / yhat (regression: label and prediction),
+-- and, for more than two classes only, probabilities, prediction and label (a million binary
+-- predictions are staged without copying their JSON: 2x faster).
 create or replace function ml_private.performance_stage() returns void
 language plpgsql volatile
 set search_path = ''
 as $$
 begin
     create temp table if not exists pg_temp._pgmlops_performance_rows (
-        bucket_start timestamptz, score float8, probabilities jsonb, prediction jsonb, label jsonb,
-        positive boolean, predicted_positive boolean) on commit drop;
+        bucket_start timestamptz, score float8, has_probabilities boolean, labelled boolean, correct boolean,
+        positive boolean, predicted_positive boolean, y float8, yhat float8,
+        probabilities jsonb, prediction jsonb, label jsonb) on commit drop;
     truncate pg_temp._pgmlops_performance_rows;
 end
 $$;
@@ -220,7 +224,8 @@ declare
                         or (p_task = 'classification' and jsonb_typeof(p_classes) = 'array' and jsonb_array_length(p_classes) = 2);
 begin
     perform ml_private.performance_stage();
-    insert into pg_temp._pgmlops_performance_rows
+    insert into pg_temp._pgmlops_performance_rows (bucket_start, score, has_probabilities, labelled, correct, positive,
+                                                   predicted_positive, y, yhat, probabilities, prediction, label)
     with labels as (
         select distinct on (f.prediction_id) f.prediction_id, f.predicted_at, f.label
         from ml.feedback f
@@ -228,17 +233,22 @@ begin
           and (p_label_source is null or f.source = p_label_source)
         order by f.prediction_id, f.updated_at desc, f.id desc
     )
-    select date_bin(p_bucket, p.created_at, p_start), p.score, p.probabilities, p.prediction, l.label,
+    select date_bin(p_bucket, p.created_at, p_start), p.score, p.probabilities is not null, l.label is not null,
+           l.label = p.prediction,
            case when p_task = 'anomaly_detection' then l.label in ('true', '-1')
                 when v_binary then l.label = p_classes -> 1 end,
            case when p_task = 'anomaly_detection' then p.prediction = '-1'
-                when v_binary then p.prediction = p_classes -> 1 end
+                when v_binary then p.prediction = p_classes -> 1 end,
+           case when p_task = 'regression' then (l.label #>> '{}')::float8 end,
+           case when p_task = 'regression' then (p.prediction #>> '{}')::float8 end,
+           case when p_task = 'classification' and not v_binary then p.probabilities end,
+           case when p_task = 'classification' and not v_binary then p.prediction end,
+           case when p_task = 'classification' and not v_binary then l.label end
     from ml.predictions p
     left join labels l on l.prediction_id = p.id and l.predicted_at = p.created_at
     where p.tenant_id = p_tenant and p.project_id = p_project and (p_version is null or p.model_version_id = p_version)
       and p.shadow_of is null and p.error is null and p.prediction is not null
       and p.created_at >= p_start and p.created_at < p_end;
-    analyze pg_temp._pgmlops_performance_rows;
     return query select * from ml_private.performance_staged(p_task, p_classes, p_start, p_end, p_bucket, p_estimate);
 end
 $$;
@@ -266,17 +276,17 @@ begin
         from generate_series(p_start, p_end - interval '1 microsecond', p_bucket) b
     ),
     labelled as (
-        select * from pg_temp._pgmlops_performance_rows r where r.label is not null
+        select * from pg_temp._pgmlops_performance_rows r where r.labelled
     ),
     counts as (
         select l.bucket_start, count(*) as n,
-               count(*) filter (where l.label = l.prediction) as correct,
+               count(*) filter (where l.correct) as correct,
                count(*) filter (where l.positive and l.predicted_positive) as tp,
                count(*) filter (where l.positive) as true_n,
                count(*) filter (where l.predicted_positive) as pred_n,
                count(l.score) as scored,
-               avg(abs((l.label #>> '{}')::float8 - (l.prediction #>> '{}')::float8)) filter (where p_task = 'regression') as mae,
-               sqrt(avg(((l.label #>> '{}')::float8 - (l.prediction #>> '{}')::float8) ^ 2) filter (where p_task = 'regression')) as rmse
+               avg(abs(l.y - l.yhat)) filter (where p_task = 'regression') as mae,
+               sqrt(avg((l.y - l.yhat) ^ 2) filter (where p_task = 'regression')) as rmse
         from labelled l group by l.bucket_start
     ),
     -- Macro averages (more than two classes): per class present in the bucket's labels or predictions.
@@ -308,15 +318,21 @@ begin
         from labelled l, jsonb_array_elements(v_classes) c
         where p_task = 'classification' and not v_binary
     ),
-    auc_ranked as (
-        select a.bucket_start, a.class, a.is_class, a.s,
-               rank() over (partition by a.bucket_start, a.class order by a.s)
-               + (count(*) over (partition by a.bucket_start, a.class, a.s) - 1) / 2.0 as r
+    -- Grouped by score first: a tie group's average rank is the rows before it plus (count + 1) / 2.
+    auc_groups as (
+        select a.bucket_start, a.class, a.s, count(*) filter (where a.is_class) as pos, count(*) as cnt
         from auc_input a where a.s is not null
+        group by a.bucket_start, a.class, a.s
+    ),
+    auc_ranked as (
+        select g.bucket_start, g.class, g.pos, g.cnt,
+               coalesce(sum(g.cnt) over (partition by g.bucket_start, g.class order by g.s
+                                         rows between unbounded preceding and 1 preceding), 0) as before
+        from auc_groups g
     ),
     auc_class as (
-        select a.bucket_start, a.class, count(*) filter (where a.is_class) as n1, count(*) filter (where not a.is_class) as n0,
-               sum(a.r) filter (where a.is_class) as rank_sum
+        select a.bucket_start, a.class, sum(a.pos) as n1, sum(a.cnt - a.pos) as n0,
+               sum(a.pos * (a.before + (a.cnt + 1) / 2.0)) as rank_sum
         from auc_ranked a group by a.bucket_start, a.class
     ),
     auc as (
@@ -332,7 +348,7 @@ begin
     cbpe_rows as (
         select r.bucket_start, r.score as p, r.predicted_positive as yp
         from pg_temp._pgmlops_performance_rows r
-        where p_estimate and v_binary and p_task = 'classification' and r.probabilities is not null and r.score is not null
+        where p_estimate and v_binary and p_task = 'classification' and r.has_probabilities and r.score is not null
     ),
     cbpe_counts as (
         select c.bucket_start, count(*) as n,
@@ -470,10 +486,14 @@ begin
     perform ml_private.performance_stage();
     -- Chunk k (from 0) is staged at second k after the epoch, so the buckets of one second count them.
     execute format(
-        'insert into pg_temp._pgmlops_performance_rows '
-        'select to_timestamp(least((s.pos - 1 - ($1 - $2)) / $3, $4 - 1)), %1$s, %2$s, s.r -> ''prediction'', s.label, '
+        'insert into pg_temp._pgmlops_performance_rows (bucket_start, score, has_probabilities, labelled, correct, positive, '
+        '                                               predicted_positive, y, yhat, probabilities, prediction, label) '
+        'select to_timestamp(least((s.pos - 1 - ($1 - $2)) / $3, $4 - 1)), %1$s, %2$s is not null, true, '
+        '       s.label = s.r -> ''prediction'', '
         '       case when jsonb_array_length($5) = 2 then s.label = $5 -> 1 end, '
-        '       case when jsonb_array_length($5) = 2 then s.r -> ''prediction'' = $5 -> 1 end '
+        '       case when jsonb_array_length($5) = 2 then s.r -> ''prediction'' = $5 -> 1 end, '
+        '       case when $6 = ''regression'' then (s.label #>> ''{}'')::float8 end, '
+        '       case when $6 = ''regression'' then (s.r ->> ''prediction'')::float8 end, %2$s, s.r -> ''prediction'', s.label '
         'from (select ml_models.%3$I(a.num, a.cat) as r, a.label, a.pos '
         '      from (select %4$s as num, %5$s as cat, to_jsonb(t.%6$I) as label, '
         '                   row_number() over (order by t.%7$I, t.row_id) as pos '
@@ -481,7 +501,7 @@ begin
         '      where a.pos > $1 - $2 offset 0) s',
         v_out ->> 'score', v_out ->> 'probabilities', ml_private.compiled_model_name(v_v.id), v_args ->> 'num', v_args ->> 'cat',
         v_ds.label, v_time, v_ds.table_name)
-        using v_n, v_test, p_chunk_rows, v_chunks, coalesce(v_v.signature -> 'classes', '[]');
+        using v_n, v_test, p_chunk_rows, v_chunks, coalesce(v_v.signature -> 'classes', '[]'), v_task;
     select jsonb_object_agg(m.metric, m.vals) into v_values
     from (select r.metric, jsonb_agg(r.value order by r.bucket_start) as vals
           from ml_private.performance_staged(v_task, v_v.signature -> 'classes', to_timestamp(0), to_timestamp(v_chunks),
@@ -586,10 +606,10 @@ begin
     select v_report.tenant_id, p_report, r.bucket_start, r.bucket_end, r.metric, r.estimated, r.value, r.sample_count
     from ml_private.performance_buckets(v_report.tenant_id, v_report.project_id, v_report.model_version_id, v_task, v_classes,
                                         v_report.window_start, v_report.window_end, v_bucket, v_source, v_estimate) r;
-    select count(*), count(*) filter (where r.label is not null) into v_total, v_labels from pg_temp._pgmlops_performance_rows r;
+    select count(*), count(*) filter (where r.labelled) into v_total, v_labels from pg_temp._pgmlops_performance_rows r;
     select round(case when v_labels > 0 then avg(b.labelled) filter (where b.labelled > 0) else avg(b.n) end)
       into v_chunk
-    from (select r.bucket_start, count(*) as n, count(r.label) as labelled
+    from (select r.bucket_start, count(*) as n, count(*) filter (where r.labelled) as labelled
           from pg_temp._pgmlops_performance_rows r group by r.bucket_start) b;
 
     -- The band of each metric: from the reference, then by hand.
