@@ -409,6 +409,22 @@ def test_a_regression_band_from_the_reference_has_no_ceiling(conn: Conn, world: 
     assert alert == (value > upper or value < lower)
 
 
+def test_a_fast_report_reads_the_labelled_predictions_only(conn: Conn, world: World) -> None:
+    rng = np.random.default_rng(23)
+    start, size = T0 + timedelta(days=75), timedelta(minutes=6)
+    rows = binary_rows(rng, start, size, 10)
+    world.log(conn, "binary", rows)
+    exact = world.report(conn, "binary", start, start + timedelta(hours=1))
+    fast = world.report(conn, "binary", start, start + timedelta(hours=1))
+    conn.execute("update ml.drift_reports set mode = 'fast', row_count = %s where id = %s", (len(rows), fast))
+    exact_summary, fast_summary = perform(conn, exact), perform(conn, fast)
+    assert results(conn, fast) == results(conn, exact)
+    assert results(conn, fast, estimated=True) == {} and fast_summary["estimated"] == {}
+    assert "CBPE needs every score" in fast_summary["estimated_skipped"]
+    assert {k: fast_summary[k] for k in ("predictions", "labels", "coverage", "realized")} == \
+        {k: exact_summary[k] for k in ("predictions", "labels", "coverage", "realized")}
+
+
 def test_a_report_over_another_source_has_no_performance_section(conn: Conn, world: World) -> None:
     report = world.report(conn, "binary", T0, T0 + timedelta(hours=1), source="public.transactions")
     assert "skipped" in perform(conn, report)

@@ -211,10 +211,14 @@ $$;
 -- Estimated (estimated true, p_estimate and two classes only): CBPE over every prediction with
 -- probabilities (sample_count = those), the score being the positive class's probability,
 -- taken as calibrated: NannyML 0.13.1's estimates (docs/performance-monitoring.md).
+-- p_labelled_only stages the labelled predictions only (fast reports: the cost follows the labels,
+-- not the log; no estimate then).
 -- Callers: ml_private.report_performance.
+drop function if exists ml_private.performance_buckets(uuid, uuid, uuid, text, jsonb, timestamptz, timestamptz, interval, text, boolean);
 create or replace function ml_private.performance_buckets(p_tenant uuid, p_project uuid, p_version uuid, p_task text,
                                                           p_classes jsonb, p_start timestamptz, p_end timestamptz,
-                                                          p_bucket interval, p_label_source text, p_estimate boolean)
+                                                          p_bucket interval, p_label_source text, p_estimate boolean,
+                                                          p_labelled_only boolean default false)
 returns table (bucket_start timestamptz, bucket_end timestamptz, metric text, estimated boolean, value float8, sample_count bigint)
 language plpgsql volatile
 set search_path = ''
@@ -248,7 +252,8 @@ begin
     left join labels l on l.prediction_id = p.id and l.predicted_at = p.created_at
     where p.tenant_id = p_tenant and p.project_id = p_project and (p_version is null or p.model_version_id = p_version)
       and p.shadow_of is null and p.error is null and p.prediction is not null
-      and p.created_at >= p_start and p.created_at < p_end;
+      and p.created_at >= p_start and p.created_at < p_end
+      and (not p_labelled_only or l.prediction_id is not null);
     return query select * from ml_private.performance_staged(p_task, p_classes, p_start, p_end, p_bucket, p_estimate);
 end
 $$;
@@ -574,6 +579,7 @@ declare
     v_total    bigint;
     v_labels   bigint;
     v_chunk    bigint;
+    v_fast     boolean;
     v_section  jsonb;
 begin
     select * into v_report from ml.drift_reports r where r.id = p_report;
@@ -600,14 +606,23 @@ begin
     v_bucket := (v_options ->> 'bucket')::interval;
     v_source := v_options ->> 'label_source';
     v_estimate := v_task = 'classification' and jsonb_typeof(v_classes) = 'array' and jsonb_array_length(v_classes) = 2;
+    v_fast := v_report.mode = 'fast';
 
-    -- The window first (bounds come after: the reference's chunk size depends on it).
+    -- The window first (bounds come after: the reference's chunk size depends on it). A fast
+    -- report reads the labelled predictions only, so its cost follows the labels, not the log:
+    -- no CBPE (it needs every score), and the predictions are the report's row_count.
     insert into ml.performance_results (tenant_id, report_id, bucket_start, bucket_end, metric, estimated, value, sample_count)
     select v_report.tenant_id, p_report, r.bucket_start, r.bucket_end, r.metric, r.estimated, r.value, r.sample_count
     from ml_private.performance_buckets(v_report.tenant_id, v_report.project_id, v_report.model_version_id, v_task, v_classes,
-                                        v_report.window_start, v_report.window_end, v_bucket, v_source, v_estimate) r;
+                                        v_report.window_start, v_report.window_end, v_bucket, v_source,
+                                        v_estimate and not v_fast, v_fast) r;
     select count(*), count(*) filter (where r.labelled) into v_total, v_labels from pg_temp._pgmlops_performance_rows r;
-    select round(case when v_labels > 0 then avg(b.labelled) filter (where b.labelled > 0) else avg(b.n) end)
+    if v_fast then
+        v_total := greatest(v_report.row_count, v_labels);
+    end if;
+    select round(case when v_labels > 0 then avg(b.labelled) filter (where b.labelled > 0)
+                      when v_fast then v_total::numeric / (v_options ->> 'buckets')::int
+                      else avg(b.n) end)
       into v_chunk
     from (select r.bucket_start, count(*) as n, count(*) filter (where r.labelled) as labelled
           from pg_temp._pgmlops_performance_rows r group by r.bucket_start) b;
@@ -621,7 +636,7 @@ begin
         from (select r.metric, ml_private.performance_bounds(r.metric, array_agg(r.value)) as doc
               from ml_private.performance_buckets(v_report.tenant_id, v_report.project_id, v_report.model_version_id, v_task,
                                                   v_classes, (v_ref ->> 'start')::timestamptz, (v_ref ->> 'end')::timestamptz,
-                                                  v_bucket, v_source, false) r
+                                                  v_bucket, v_source, false, true) r
               group by r.metric) b;
     elsif v_version is not null then
         v_refdoc := ml_private.performance_holdout(v_version, v_chunk);
@@ -649,6 +664,8 @@ begin
                'realized', coalesce(jsonb_object_agg(s.metric, s.doc) filter (where not s.estimated), '{}'),
                'estimated', coalesce(jsonb_object_agg(s.metric, s.doc) filter (where s.estimated), '{}'),
                'reference', v_refdoc)
+           || case when v_fast and v_estimate then jsonb_build_object('estimated_skipped',
+                  'fast mode reads the labelled predictions only; CBPE needs every score: run an exact report') else '{}' end
       into v_section
     from (select pr.metric, pr.estimated,
                  jsonb_build_object(
@@ -670,7 +687,7 @@ $$;
 revoke all on function
     ml_private.performance_metrics(text),
     ml_private.performance_options(jsonb, timestamptz, timestamptz),
-    ml_private.performance_buckets(uuid, uuid, uuid, text, jsonb, timestamptz, timestamptz, interval, text, boolean),
+    ml_private.performance_buckets(uuid, uuid, uuid, text, jsonb, timestamptz, timestamptz, interval, text, boolean, boolean),
     ml_private.performance_bounds(text, float8[]),
     ml_private.performance_stage(),
     ml_private.performance_staged(text, jsonb, timestamptz, timestamptz, interval, boolean),
