@@ -236,19 +236,18 @@ def test_ks_and_wasserstein_on_100k_values(conn: Conn) -> None:
 
 
 KS_OVER_A_TABLE = """
-    with cells as (            -- one row per distinct value: how often in each sample
-        select x, count(*) filter (where not is_current)::int as r, count(*) filter (where is_current)::int as c
+    with sizes as (            -- the sample sizes (NULL, NaN and infinities dropped)
+        select (select count(*) from drift_values where not is_current and x > '-Infinity'::float8 and x < 'Infinity'::float8) as nr,
+               (select count(*) from drift_values where is_current and x > '-Infinity'::float8 and x < 'Infinity'::float8) as nc
+    ), cdf as (                -- one sort of both samples: cumulative counts, and the next value
+        select x, lead(x) over w as next_x, sum(case when is_current then 0 else 1 end) over w as cr, count(*) over w as ca
         from drift_values where x > '-Infinity'::float8 and x < 'Infinity'::float8
-        group by x
-    ), cdf as (                -- the two empirical CDFs at every value, and the sample sizes
-        select x, lead(x) over w as next_x, sum(r) over w as cr, sum(c) over w as cc,
-               sum(r) over () as nr, sum(c) over () as nc
-        from cells window w as (order by x rows between unbounded preceding and current row)
-    )
-    select max(abs(cr::float8 / nr - cc::float8 / nc)) as ks_statistic,
-           sum(abs(cr::float8 / nr - cc::float8 / nc) * (next_x - x)) as wasserstein,
-           min(nr) as nr, min(nc) as nc
-    from cdf
+        window w as (order by x rows between unbounded preceding and current row)
+    )                          -- the CDFs at the last row of each run of equal values
+    select max(abs(cdf.cr::float8 / s.nr - (cdf.ca - cdf.cr)::float8 / s.nc)) as ks_statistic,
+           sum(abs(cdf.cr::float8 / s.nr - (cdf.ca - cdf.cr)::float8 / s.nc) * (cdf.next_x - cdf.x)) as wasserstein,
+           min(s.nr) as nr, min(s.nc) as nc
+    from cdf, sizes s where cdf.next_x is distinct from cdf.x
 """
 
 

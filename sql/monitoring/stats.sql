@@ -248,7 +248,8 @@ $$;
 -- The one-sided one-sample Smirnov survival function P(D+_n >= x) (scipy.special.smirnov) for
 -- 1/n < x < 1 - 1/n (the cases ml_private.kstwo_sf calls it in). n <= 10000: the Smirnov /
 -- Birnbaum-Tingey sum x * sum_{v=0}^{n - floor(n x) - 1} C(n,v) (x + v/n)^(v-1) (1 - x - v/n)^(n-v)
--- (positive terms, each through logs; exact to ~1e-12). Larger n: exp(-(6 n x + 1)^2 / (18 n)),
+-- (positive terms, each through logs, ln C(n,v) carried from term to term; relative error below
+-- 1e-9). Larger n: exp(-(6 n x + 1)^2 / (18 n)),
 -- the approximation scipy itself uses above n = 1e6 (absolute error below 0.028 / n, so below
 -- 2.8e-6 here).
 create or replace function ml_private.smirnov_sf(p_n bigint, p_x float8) returns float8
@@ -711,17 +712,17 @@ declare
     v_n1 bigint := ml_private.drift_sample_size('reference', p_reference);
     v_n2 bigint := ml_private.drift_sample_size('current', p_current);
 begin
+    -- one sort of both samples; the CDFs are read at the last row of each run of equal values
     with v as (
-        select x, 1 as r, 0 as c from unnest(p_reference) x where x > '-Infinity'::float8 and x < 'Infinity'::float8
+        select x, 1 as r from unnest(p_reference) x where x > '-Infinity'::float8 and x < 'Infinity'::float8
         union all
-        select x, 0, 1 from unnest(p_current) x where x > '-Infinity'::float8 and x < 'Infinity'::float8
-    ), g as (
-        select v.x, sum(v.r)::int as r, sum(v.c)::int as c from v group by v.x
-    ), s as (
-        select sum(g.r) over w as cr, sum(g.c) over w as cc
-        from g window w as (order by g.x rows between unbounded preceding and current row)
+        select x, 0 from unnest(p_current) x where x > '-Infinity'::float8 and x < 'Infinity'::float8
+    ), cdf as (
+        select v.x, lead(v.x) over w as next_x, sum(v.r) over w as cr, count(*) over w as ca
+        from v window w as (order by v.x rows between unbounded preceding and current row)
     )
-    select max(abs(s.cr::float8 / v_n1 - s.cc::float8 / v_n2)) into statistic from s;
+    select max(abs(cdf.cr::float8 / v_n1 - (cdf.ca - cdf.cr)::float8 / v_n2)) into statistic
+    from cdf where cdf.next_x is distinct from cdf.x;
     pvalue := ml_private.ks_2samp_pvalue(statistic, v_n1, v_n2);
 end
 $$;
@@ -741,17 +742,15 @@ declare
     v_out float8;
 begin
     with v as (
-        select x, 1 as r, 0 as c from unnest(p_reference) x where x > '-Infinity'::float8 and x < 'Infinity'::float8
+        select x, 1 as r from unnest(p_reference) x where x > '-Infinity'::float8 and x < 'Infinity'::float8
         union all
-        select x, 0, 1 from unnest(p_current) x where x > '-Infinity'::float8 and x < 'Infinity'::float8
-    ), g as (
-        select v.x, sum(v.r)::int as r, sum(v.c)::int as c from v group by v.x
-    ), s as (
-        select g.x, lead(g.x) over w as next_x, sum(g.r) over w as cr, sum(g.c) over w as cc
-        from g window w as (order by g.x rows between unbounded preceding and current row)
+        select x, 0 from unnest(p_current) x where x > '-Infinity'::float8 and x < 'Infinity'::float8
+    ), cdf as (
+        select v.x, lead(v.x) over w as next_x, sum(v.r) over w as cr, count(*) over w as ca
+        from v window w as (order by v.x rows between unbounded preceding and current row)
     )
-    select coalesce(sum(abs(s.cr::float8 / v_n1 - s.cc::float8 / v_n2) * (s.next_x - s.x)), 0) into v_out
-    from s where s.next_x is not null;
+    select coalesce(sum(abs(cdf.cr::float8 / v_n1 - (cdf.ca - cdf.cr)::float8 / v_n2) * (cdf.next_x - cdf.x)), 0) into v_out
+    from cdf where cdf.next_x > cdf.x;
     return v_out;
 end
 $$;
@@ -974,6 +973,10 @@ $$;
 -- Fast mode: Wasserstein and Kolmogorov-Smirnov on histograms of stored edges
 ------------------------------------------------------------------------------------------------
 
+-- An earlier draft of wasserstein_binned named its last two parameters differently (a rename
+-- needs a drop).
+drop function if exists ml_private.wasserstein_binned(float8[], float8[], float8[], float8[], float8[]);
+
 -- ml_private.wasserstein_binned(p_edges float8[], p_reference_counts float8[], p_current_counts float8[],
 --                               p_reference_sums float8[] default null, p_current_sums float8[] default null)
 -- returns float8
@@ -993,8 +996,6 @@ $$;
 -- Raises 22023 edges not ascending finite numbers (at least 2), counts not n + 2 aligned
 -- non-negative numbers with a positive sum, sums given for one side only or not n + 2 finite
 -- numbers.
--- (dropped first: an earlier draft named its last two parameters differently)
-drop function if exists ml_private.wasserstein_binned(float8[], float8[], float8[], float8[], float8[]);
 create or replace function ml_private.wasserstein_binned(p_edges float8[], p_reference_counts float8[], p_current_counts float8[],
                                                          p_reference_sums float8[] default null,
                                                          p_current_sums float8[] default null)
