@@ -8,7 +8,8 @@ error paths write nothing."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+import warnings
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from .training_data import member, refused
 
 Conn = psycopg.Connection[Any]
 
-NOW = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 WINDOWS = {"steady": (NOW - timedelta(hours=30), NOW - timedelta(hours=26)),
            "drifted": (NOW - timedelta(hours=20), NOW - timedelta(hours=16))}
 NUMERICAL = ["amount", "visits", "rating", "seen"]
@@ -85,12 +86,14 @@ def evidently_frame(rows: pd.DataFrame) -> pd.DataFrame:
 def evidently(reference: pd.DataFrame, current: pd.DataFrame) -> dict[str, Any]:
     """Evidently 0.7.23's DataDriftPreset on the same data: {column: (method, value, drifted)}
     and the dataset drift."""
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.presets import DataDriftPreset
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # numpy.core, from Evidently's dependencies
+        from evidently import DataDefinition, Dataset, Report
+        from evidently.presets import DataDriftPreset
 
-    definition = DataDefinition(numerical_columns=NUMERICAL, categorical_columns=CATEGORICAL)
-    run = Report([DataDriftPreset()]).run(Dataset.from_pandas(evidently_frame(current), data_definition=definition),
-                                          Dataset.from_pandas(evidently_frame(reference), data_definition=definition))
+        definition = DataDefinition(numerical_columns=NUMERICAL, categorical_columns=CATEGORICAL)
+        run = Report([DataDriftPreset()]).run(Dataset.from_pandas(evidently_frame(current), data_definition=definition),
+                                              Dataset.from_pandas(evidently_frame(reference), data_definition=definition))
     out: dict[str, Any] = {}
     for metric in run.dict()["metrics"]:
         name = metric["metric_name"]
@@ -99,7 +102,10 @@ def evidently(reference: pd.DataFrame, current: pd.DataFrame) -> dict[str, Any]:
             value = float(metric["value"])
             threshold = float(params["threshold"])
             method = params["method"]
-            drifted = (value <= threshold if method.startswith("K-S") else value < threshold) if "p_value" in method else value >= threshold
+            if "p_value" in method:
+                drifted = value <= threshold if method.startswith("K-S") else value < threshold
+            else:
+                drifted = value >= threshold
             out[params["column"]] = (method, value, drifted)
         elif name.startswith("DriftedColumnsCount"):
             out["__share__"] = float(metric["value"]["share"])
@@ -137,7 +143,8 @@ def test_each_result_equals_the_statistic_on_the_same_samples(conn: Conn, world:
     ref = world.refs["large"].data
     for window in ("steady", "drifted"):
         cur = world.current[("large", window)]
-        got = results(report(conn, world, "large", window, {"features": {"amount": {"test": "ks"}, "visits": {"test": "wasserstein"}}}))
+        options = {"features": {"amount": {"test": "ks"}, "visits": {"test": "wasserstein"}}}
+        got = results(report(conn, world, "large", window, options))
         a, b = ref["amount"].dropna().to_numpy(), cur["amount"].dropna().to_numpy()
         ks = stats.ks_2samp(a, b, method="asymp")
         assert got["amount"]["statistic"] == pytest.approx(ks.statistic, abs=1e-12)
@@ -227,7 +234,8 @@ def test_prediction_score_and_label_drift_are_results_too(conn: Conn, world: Wor
 
 
 def test_a_test_and_threshold_set_per_feature_replace_the_default(conn: Conn, world: World) -> None:
-    doc = report(conn, world, "small", "steady", {"features": {"amount": {"test": "psi", "threshold": 0.0}, "tier": {"threshold": 0.999}},
+    doc = report(conn, world, "small", "steady", {"features": {"amount": {"test": "psi", "threshold": 0.0},
+                                                               "tier": {"threshold": 0.999}},
                                                   "drift_share": 0.3})
     got = results(doc)
     assert (got["amount"]["test"], got["amount"]["threshold"], got["amount"]["drifted"]) == ("psi", 0.0, True)

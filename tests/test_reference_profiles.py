@@ -114,7 +114,8 @@ class Reference:
         if deploy:
             with tenant_context(self.conn, self.tenant, user=self.owner):
                 self.conn.execute("select ml.approve(%s, 1, 'approved')", (self.name,))
-            self.conn.execute("select ml.deploy(%s, 'single', %s)", (self.name, Jsonb([{"arm": "a", "model": self.name, "version": 1}])))
+            arms = [{"arm": "a", "model": self.name, "version": 1}]
+            self.conn.execute("select ml.deploy(%s, 'single', %s)", (self.name, Jsonb(arms)))
         return self.version
 
     def log(self, rows: pd.DataFrame, at: Any) -> list[str]:
@@ -122,7 +123,8 @@ class Reference:
         raw features, the compiled model's prediction and score; returns their ids in order."""
         inputs = rows[[c["name"] for c in SIGNATURE]]
         proba = self.pipeline.predict_proba(inputs)[:, 1]
-        logged = [{"features": f, "prediction": int(p >= 0.5), "score": float(p)} for f, p in zip(features_of(rows), proba, strict=True)]
+        logged = [{"features": f, "prediction": int(p >= 0.5), "score": float(p)}
+                  for f, p in zip(features_of(rows), proba, strict=True)]
         cur = self.conn.execute(
             "insert into ml.predictions (tenant_id, project_id, model_version_id, arm, features, prediction, score, created_at) "
             "select %s, m.project_id, v.id, 'a', e.value -> 'features', e.value -> 'prediction', (e.value ->> 'score')::float8, %s "
@@ -224,7 +226,8 @@ def test_reference_profile_returns_the_version_s_profile_to_members(conn: Conn, 
     viewer = member(conn, reference.tenant, "viewer")
     with tenant_context(conn, reference.tenant, user=viewer):
         doc = one(conn, "select ml.reference_profile('refprof', 1)")
-    assert (doc["model"], doc["version"], doc["model_version_id"], doc["dataset_id"]) == ("refprof", 1, reference.version, reference.dataset)
+    assert (doc["model"], doc["version"], doc["model_version_id"], doc["dataset_id"]) == (
+        "refprof", 1, reference.version, reference.dataset)
     assert [(f["role"], f["feature"]) for f in doc["features"]][:3] == [("input", "amount"), ("input", "rating"), ("input", "seen")]
     assert {f["role"] for f in doc["features"]} == {"input", "label", "prediction", "score"}
     act_for(conn, reference.tenant)
