@@ -106,6 +106,15 @@ def test_a_repeat_counts_on_the_open_alert_and_takes_the_larger_severity(conn: C
                    ("alert.repeated", first, 3)]
 
 
+def test_a_new_alert_is_announced_to_listeners(db_url: str, conn: Conn, tenant: str, project: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("listen ml_events")
+        alert = raise_alert(conn, tenant, project, feature="announced")
+        got = [json.loads(n.payload) for n in listener.notifies(timeout=5, stop_after=1)]
+    assert [(m["topic"], m["event"], m["tenant_id"], m["data"]["alert_id"]) for m in got] == [
+        ("monitoring", "alert.opened", tenant, alert)]
+
+
 def test_a_resolved_alert_s_fingerprint_opens_a_new_alert(conn: Conn, tenant: str, project: str) -> None:
     first = raise_alert(conn, tenant, project)
     conn.execute("select ml.resolve_alert(%s, 'fixed upstream')", (first,))
