@@ -242,6 +242,9 @@ def test_a_test_and_threshold_set_per_feature_replace_the_default(conn: Conn, wo
     assert (got["tier"]["test"], got["tier"]["threshold"], got["tier"]["drifted"]) == ("chi2", 0.999, True)
     assert got["amount"]["details"]["default_test"] is False and got["visits"]["details"]["default_test"] is True
     assert doc["dataset_drift"] == (doc["drift_share"] >= 0.3)
+    # Multivariate drift is a worker's job kind that is not installed here: the report says so.
+    doc = report(conn, world, "small", "steady", {"multivariate": True})
+    assert doc["status"] == "complete" and "not installed" in doc["summary"]["multivariate"]["reason"]
 
 
 def test_a_source_is_read_with_the_caller_s_rights_like_the_log(conn: Conn, world: World) -> None:
@@ -260,6 +263,16 @@ def test_a_source_is_read_with_the_caller_s_rights_like_the_log(conn: Conn, worl
         e = from_log[feature]
         assert (r["test"], r["drifted"]) == (e["test"], e["drifted"]), feature
         assert r["statistic"] == pytest.approx(e["statistic"], rel=1e-12) and r["p_value"] == pytest.approx(e["p_value"], rel=1e-9)
+    # A query, with a time column: only its rows in the window (here the first half).
+    start, end = WINDOWS["drifted"]
+    conn.execute("alter table drift_source add column at timestamptz")
+    conn.execute("update drift_source set at = case when amount is null or amount < 60 then %s else %s end", (start, end))
+    inside = one(conn, "select count(*) from drift_source where at < %s", end)
+    timed = report(conn, world, "small", "drifted", {"source": "select * from drift_source", "time_column": "at"})
+    assert timed["row_count"] == inside < len(rows)
+    with refused("22023", r"options\.time_column: tier must be a timestamptz"):
+        conn.execute("select ml.drift_report('small', %s, %s, %s)",
+                     (start, end, Jsonb({"source": "drift_source", "time_column": "tier"})))
     conn.execute("drop table drift_source")
     # A table the caller may not read is refused by its own rights.
     engineer = member(conn, ref.tenant, "ml_engineer")
