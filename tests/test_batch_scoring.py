@@ -507,3 +507,13 @@ def test_versions_trained_on_transformed_columns_score_raw_rows_on_both_paths(en
         assert scoring_of(env, jobs[name])["status"] == "succeeded", scoring_of(env, jobs[name])
         got = dict(conn.execute(f"select client, prediction from app.{name.replace('-', '_')}").fetchall())
         assert [got[c] for c in raw["client"]] == [int(v) for v in model.predict(inputs)], name
+
+
+def test_the_private_helper_records_only_an_existing_table_as_target(env: Env) -> None:
+    """ml_private.batch_scoring_create (granted to members for ml.score) writes the target into
+    the job's INSERT: text that is not a table is refused, whoever calls it."""
+    with refused("42809", "target: .* is not a table"), as_user(env.conn, env.a, env.user_a):
+        env.conn.execute("select ml_private.batch_scoring_create(%s, null, 'public.customers', "
+                         "'app.x; drop table public.customers', '{}', 'sql', 10, '{}')", (env.gb_version,))
+    act_for(env.conn, None)
+    assert one(env.conn, "select to_regclass('public.customers') is not null")

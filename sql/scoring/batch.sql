@@ -539,9 +539,10 @@ $$;
 --                                 p_keys text[], p_path text, p_chunk_rows int, p_options jsonb) returns bigint
 -- Records a batch scoring of the acting tenant (ml.batch_scorings, created_by the calling user)
 -- and queues its `score` job (ml.jobs.created_by: the same user, whom the worker acts as).
--- Returns the job id. The version must be the tenant's; the sql path needs a compiled one.
+-- Returns the job id. The version must be the tenant's; the sql path needs a compiled one; the
+-- target must name an existing table (schema-qualified: recorded as %I.%I of it).
 -- Raises 42501 viewers and non-members; P0002 unknown version; 0A000 the sql path for a
--- version scored by workers. Callers: ml.score.
+-- version scored by workers; 42809 a target that is not a table. Callers: ml.score.
 create or replace function ml_private.batch_scoring_create(p_model_version uuid, p_deployment uuid, p_source text, p_target text,
                                                            p_keys text[], p_path text, p_chunk_rows int, p_options jsonb)
 returns bigint
@@ -554,6 +555,7 @@ declare
     v_project uuid;
     v_id      uuid := gen_random_uuid();
     v_job     bigint;
+    v_target  text;
 begin
     select * into v_version from ml.model_versions v where v.id = p_model_version and v.tenant_id = v_tenant;
     if v_version.id is null then
@@ -563,10 +565,22 @@ begin
         raise exception 'options.path: sql needs a compiled version; version % is scored by workers', v_version.version
             using errcode = '0A000', hint = 'Leave options.path out, or set it to worker.';
     end if;
+    -- The target as a schema-qualified name of an existing table, whatever text came in: the job
+    -- writes it into its INSERT.
+    begin
+        select format('%I.%I', n.nspname, c.relname) into v_target
+        from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+        where c.oid = to_regclass(p_target) and c.relkind in ('r', 'p');
+    exception when invalid_name or syntax_error then
+        v_target := null;
+    end;
+    if v_target is null then
+        raise exception 'target: % is not a table', coalesce(quote_literal(p_target), 'NULL') using errcode = '42809';
+    end if;
     select m.project_id into v_project from ml.models m where m.id = v_version.model_id;
     insert into ml.batch_scorings (id, tenant_id, project_id, deployment_id, model_version_id, source, target, keys, options,
                                    path, chunk_rows, created_by)
-    values (v_id, v_tenant, v_project, p_deployment, v_version.id, p_source, p_target, coalesce(p_keys, '{}'), p_options,
+    values (v_id, v_tenant, v_project, p_deployment, v_version.id, p_source, v_target, coalesce(p_keys, '{}'), p_options,
             p_path, p_chunk_rows, ml_private.caller_user_id());
     v_job := ml_private.enqueue_job('score', jsonb_build_object('batch_scoring_id', v_id), 0, now(), null);
     update ml.batch_scorings b set job_id = v_job where b.id = v_id;
