@@ -421,8 +421,11 @@ def test_a_fast_report_reads_the_labelled_predictions_only(conn: Conn, world: Wo
     assert results(conn, fast) == results(conn, exact)
     assert results(conn, fast, estimated=True) == {} and fast_summary["estimated"] == {}
     assert "CBPE needs every score" in fast_summary["estimated_skipped"]
-    assert {k: fast_summary[k] for k in ("predictions", "labels", "coverage", "realized")} == \
-        {k: exact_summary[k] for k in ("predictions", "labels", "coverage", "realized")}
+    assert {k: fast_summary[k] for k in ("predictions", "labels", "coverage")} == \
+        {k: exact_summary[k] for k in ("predictions", "labels", "coverage")}
+    for metric, doc in exact_summary["realized"].items():
+        assert close(fast_summary["realized"][metric]["mean"], doc["mean"]), metric  # a mean over buckets in any order
+        assert fast_summary["realized"][metric]["last"] == doc["last"]
 
 
 def test_a_report_over_another_source_has_no_performance_section(conn: Conn, world: World) -> None:
@@ -550,6 +553,14 @@ def test_without_a_reference_period_the_band_comes_from_the_held_out_rows(conn: 
         row = got[(start, metric)]
         assert close(row[2], lower, 1e-12) and close(row[3], upper, 1e-12), (metric, row, lower, upper)
         assert summary["realized"][metric]["bounds"] == "reference"
+    # One bucket of 100 labelled predictions: the 180 held-out rows make one chunk, no band.
+    report = str(one(conn, "insert into ml.drift_reports (tenant_id, project_id, model_version_id, window_start, window_end, mode, "
+                           "source, options) values (%s, %s, %s, %s, %s, 'exact', 'ml.predictions', '{\"buckets\": 1}') returning id",
+                     tenant, project_id, version, start, start + timedelta(minutes=100)))
+    summary = perform(conn, report)
+    assert summary["reference"] == {"kind": "holdout", "rows": 180, "chunk_rows": 100,
+                                    "skipped": "the 180 held-out rows make 1 chunks of 100 rows; a band needs at least 3"}
+    assert summary["realized"]["accuracy"]["bounds"] is None
 
 
 # -- end to end: ml.drift_report -------------------------------------------------------------------
@@ -594,5 +605,9 @@ def test_drift_report_stores_the_performance_section_rows_and_alerts(conn: Conn)
     assert section["labels"] == sum(t[3] is not None for t in truth) and section["predictions"] == len(truth)
     assert section["realized"]["accuracy"]["alerts"] == 3
     assert set(section["estimated"]) == {"accuracy", "precision", "recall", "f1", "roc_auc"}
+    # Trained with the default (stratified) split: its test rows cannot be found in SQL, no band.
+    assert section["reference"] == {"kind": "holdout", "skipped":
+                                    "the version was not trained with a time split: its test rows cannot be told apart in SQL"}
+    assert section["realized"]["f1"]["bounds"] is None
     alerts = [a for a in doc["alerts"] if a["kind"] == "performance"]
     assert [a["feature"] for a in alerts] == ["accuracy"]

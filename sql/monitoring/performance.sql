@@ -670,7 +670,7 @@ begin
     from (select pr.metric, pr.estimated,
                  jsonb_build_object(
                      'last', (array_agg(pr.value order by pr.bucket_start desc) filter (where pr.value is not null))[1],
-                     'mean', avg(pr.value), 'alerts', count(*) filter (where pr.alert),
+                     'mean', avg(pr.value order by pr.bucket_start), 'alerts', count(*) filter (where pr.alert),
                      'lower', v_bounds -> pr.metric -> 'lower', 'upper', v_bounds -> pr.metric -> 'upper',
                      'bounds', v_bounds -> pr.metric -> 'bounds') as doc
           from ml.performance_results pr where pr.report_id = p_report
