@@ -24,8 +24,15 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import (accuracy_score, f1_score, mean_absolute_error, precision_score, recall_score,
-                             roc_auc_score, root_mean_squared_error)
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    mean_absolute_error,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    root_mean_squared_error,
+)
 
 from pgmlops import scoring
 from pgmlops.training._algorithms import build_pipeline
@@ -72,11 +79,12 @@ class World:
             "insert into ml.predictions (id, tenant_id, project_id, arm, model_version_id, shadow_of, prediction, score, "
             "probabilities, error, created_at) "
             "select u.id, %s, %s, 'a', %s, %s, u.prediction, u.score, u.probabilities, %s, u.at "
-            "from unnest(%s::uuid[], %s::jsonb[], %s::float8[], %s::jsonb[], %s::timestamptz[]) u (id, prediction, score, probabilities, at)",
+            "from unnest(%s::uuid[], %s::jsonb[], %s::float8[], %s::jsonb[], %s::timestamptz[]) "
+            "u (id, prediction, score, probabilities, at)",
             (self.tenant, self.projects[kind], version or self.versions[kind], shadow_of, error, ids,
              [Jsonb(r[1]) for r in rows], [r[2] for r in rows], [None if r[3] is None else Jsonb(r[3]) for r in rows],
              [r[0] for r in rows]))
-        labelled = [(i, r) for i, r in zip(ids, rows) if r[4] is not None]
+        labelled = [(i, r) for i, r in zip(ids, rows, strict=True) if r[4] is not None]
         if labelled and shadow_of is None:
             self.label(conn, kind, [i for i, _ in labelled], [r[0] for _, r in labelled], [r[4] for _, r in labelled])
         return ids
@@ -224,7 +232,7 @@ def test_multiclass_metrics_are_macro_averages_and_one_vs_rest_auc(conn: Conn, w
             if b == 2 and label == "c":
                 label = "b"  # no "c" among this bucket's labels: no one-vs-rest ROC AUC
             rows.append((start + b * size + timedelta(seconds=i * 30), prediction, float(probs.max()),
-                         dict(zip(classes, map(float, probs))), label))
+                         dict(zip(classes, map(float, probs), strict=True)), label))
     world.log(conn, "multiclass", rows)
     report = world.report(conn, "multiclass", start, start + 4 * size, {"bucket": "1 hour"})
     perform(conn, report)
@@ -324,7 +332,7 @@ def test_cbpe_estimates_and_bands_equal_nannyml(conn: Conn, world: World) -> Non
         data = fixture[period]
         rows = [(start + timedelta(hours=offset, seconds=s), yp, p, {"0": 1 - p, "1": p},
                  yt if period == "reference" else None)
-                for s, p, yp, yt in zip(data["seconds"], data["p"], data["y_pred"], data["y_true"])]
+                for s, p, yp, yt in zip(data["seconds"], data["p"], data["y_pred"], data["y_true"], strict=True)]
         world.log(conn, "numeric", rows)
     analysis_start = start + timedelta(hours=hours)
     report = world.report(conn, "numeric", analysis_start, analysis_start + timedelta(hours=hours),
@@ -366,7 +374,7 @@ def test_bounds_set_by_hand_raise_alerts_and_the_summary_counts_them(conn: Conn,
     want = expected_binary(rows, start, size, 10, "yes")
     accuracy = [want[(at, "accuracy")][0] for at in buckets(start, size, 10)]
     auc = [want[(at, "roc_auc")][0] for at in buckets(start, size, 10)]
-    for at, value in zip(buckets(start, size, 10), accuracy):
+    for at, value in zip(buckets(start, size, 10), accuracy, strict=True):
         assert got[(at, "accuracy")][2:5] == (0.75, None, value is not None and value < 0.75)
         assert got[(at, "precision")][2:5] == (None, None, False)
     assert summary["buckets"] == 10 and summary["bucket"] == "00:06:00"
@@ -522,7 +530,8 @@ def test_without_a_reference_period_the_band_comes_from_the_held_out_rows(conn: 
         "select gen_random_uuid(), %s, %s, 'a', %s, to_jsonb(g %% 2), 0.5, %s + g * interval '1 minute' from generate_series(0, 99) g",
         (tenant, project_id, version, start))
     conn.execute("insert into ml.feedback (tenant_id, project_id, prediction_id, predicted_at, label) "
-                 "select p.tenant_id, p.project_id, p.id, p.created_at, to_jsonb((%s::int[])[row_number() over (order by p.created_at)]) "
+                 "select p.tenant_id, p.project_id, p.id, p.created_at, "
+                 "to_jsonb((%s::int[])[row_number() over (order by p.created_at)]) "
                  "from ml.predictions p where p.model_version_id = %s", ([int(v) for v in labels], version))
     report = str(one(conn, "insert into ml.drift_reports (tenant_id, project_id, model_version_id, window_start, window_end, mode, "
                            "source, options) values (%s, %s, %s, %s, %s, 'exact', 'ml.predictions', '{\"buckets\": 4}') returning id",
@@ -532,7 +541,7 @@ def test_without_a_reference_period_the_band_comes_from_the_held_out_rows(conn: 
     table = one(conn, "select table_name from ml.datasets where id = %s", dataset)
     order = [r[0] for r in conn.execute(f"select customer_id from {table} order by row_id")]
     ordered = data.set_index("customer_id").loc[order].reset_index().assign(
-        event_time=[dict(zip(data["customer_id"], times))[c] for c in order])
+        event_time=[dict(zip(data["customer_id"], times, strict=True))[c] for c in order])
     _, test = split(ordered, "classification", "churned", {"split": "time", "test_size": 0.3}, event_time="event_time")
     held = ordered.loc[test]
     assert len(held) == 180
@@ -583,9 +592,10 @@ def test_drift_report_stores_the_performance_section_rows_and_alerts(conn: Conn)
         conn.execute("insert into ml.feedback (tenant_id, project_id, prediction_id, predicted_at, label) "
                      "select p.tenant_id, p.project_id, p.id, p.created_at, to_jsonb(u.label) "
                      "from unnest(%s::uuid[], %s::int[]) u (id, label) join ml.predictions p on p.id = u.id and p.created_at = %s",
-                     ([i for i, keep in zip(ids, labelled) if keep],
-                      [int(v) for v, keep in zip(rows["churned"], labelled) if keep], at))
-        truth += [(at, int(p >= 0.5), float(p), int(y) if keep else None) for p, y, keep in zip(proba, rows["churned"], labelled)]
+                     ([i for i, keep in zip(ids, labelled, strict=True) if keep],
+                      [int(v) for v, keep in zip(rows["churned"], labelled, strict=True) if keep], at))
+        truth += [(at, int(p >= 0.5), float(p), int(y) if keep else None)
+                  for p, y, keep in zip(proba, rows["churned"], labelled, strict=True)]
     report_id = one(conn, "select ml.drift_report(%s, %s, %s, %s)", ref.name, start, start + timedelta(hours=3),
                     Jsonb({"bucket": "1 hour", "multivariate": False, "performance": {"accuracy": {"lower": 0.99}}}))
     doc = one(conn, "select ml.drift_report_document(%s)", report_id)
