@@ -517,3 +517,49 @@ def test_the_private_helper_records_only_an_existing_table_as_target(env: Env) -
                          "'app.x; drop table public.customers', '{}', 'sql', 10, '{}')", (env.gb_version,))
     act_for(env.conn, None)
     assert one(env.conn, "select to_regclass('public.customers') is not null")
+
+
+@pytest.mark.embedded
+def test_both_paths_on_both_servers(any_db_url: str) -> None:
+    """PostgreSQL 15 (TimescaleDB, pgvector) and the embedded PostgreSQL 18 (pgvector): one
+    statement and both job paths give scikit-learn's labels and probabilities."""
+    with psycopg.connect(any_db_url, autocommit=True) as conn:
+        tenant = make_tenant(conn)
+        user = member(conn, tenant, "ml_engineer")
+        act_for(conn, tenant)
+        project = str(one(conn, "select ml.create_project('smoke', 'classification', 'label')"))
+        train = mixed_frame(200, seed=11)
+        labels = mixed_labels(train, "binary", seed=11)
+        gb = build_pipeline(MIXED_SIGNATURE, GradientBoostingClassifier(n_estimators=5, max_depth=2, random_state=0))
+        gb.fit(train, labels)
+        svc = build_pipeline(MIXED_SIGNATURE, SVC(random_state=0)).fit(train, labels)
+        version = register(conn, project, "smoke_gb", gb, "classification", [0, 1])
+        scoring.install(conn, version, scoring.describe(gb, task="classification"))
+        register(conn, project, "smoke_svc", svc, "classification", [0, 1])
+        act_for(conn, None)
+        rows = mixed_frame(30, seed=12, held_out=True)
+        rows["emb"] = [None if e is None else np.asarray(e, dtype=np.float32).astype(float) for e in rows["emb"]]
+        rows.insert(0, "id", np.arange(1, 31))
+        rows["tenant_id"] = tenant
+        conn.execute("""create table public.smoke (id int, amount float8, visits int, tier text, vip boolean, seen timestamptz,
+                        emb vector(2), tenant_id uuid)""")
+        with conn.cursor() as cur:
+            cur.executemany("insert into public.smoke values (%s, %s, %s, %s, %s, %s, %s::vector, %s)",
+                            [db_row(r) for r in rows.itertuples(index=False)])
+        conn.execute("grant select on public.smoke to authenticated")
+        conn.execute("create schema out; grant usage, create on schema out to authenticated")
+        with tenant_context(conn, tenant, user=user):
+            batch = conn.execute("select prediction, score from ml.predict_batch('smoke', 'select * from public.smoke order by id', "
+                                 "'{\"model\": \"smoke_gb\"}')").fetchall()
+            jobs = [int(one(conn, "select ml.score('smoke', 'public.smoke', %s, %s)", f"out.{m}",
+                            Jsonb({"model": m, "key": ["id"]}))) for m in ("smoke_gb", "smoke_svc")]
+        Worker(any_db_url, kinds=["score"], idle_exit=0.5, poll_interval=0.2, install_signals=False, maintenance_interval=None).run()
+        assert [r[0] for r in batch] == [int(v) for v in gb.predict(rows)]
+        for (_, got), expected in zip(batch, gb.predict_proba(rows)[:, 1], strict=True):
+            assert_close(got, expected)
+        assert conn.execute("select array_agg(status order by job_id), array_agg(path order by job_id) from ml.batch_scorings"
+                            ).fetchone() == (["succeeded", "succeeded"], ["sql", "worker"])
+        for name, model in (("smoke_gb", gb), ("smoke_svc", svc)):
+            got = [r[0] for r in conn.execute(f"select prediction from out.{name} order by id").fetchall()]
+            assert got == [int(v) for v in model.predict(rows)], name
+        assert len(jobs) == 2
