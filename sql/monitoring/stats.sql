@@ -755,6 +755,28 @@ begin
 end
 $$;
 
+-- ml_private.population_std(p_values float8[]) returns float8
+-- The population standard deviation (ddof 0, numpy.std) of the finite values of p_values; NULL
+-- when there are none. Values beyond 1e150 in magnitude are scaled by a power of two first (exact),
+-- so their squares do not overflow (numpy returns inf there).
+create or replace function ml_private.population_std(p_values float8[]) returns float8
+language plpgsql immutable parallel safe
+as $$
+declare
+    v_max float8;
+    v_scale float8 := 1;
+    v_std float8;
+begin
+    select max(abs(x)) into v_max from unnest(p_values) x where x > '-Infinity'::float8 and x < 'Infinity'::float8;
+    if v_max > 1e150 then
+        v_scale := 2::float8 ^ floor(ln(v_max) / ln(2));
+    end if;
+    select stddev_pop(x / v_scale) * v_scale into v_std
+    from unnest(p_values) x where x > '-Infinity'::float8 and x < 'Infinity'::float8;
+    return v_std;
+end
+$$;
+
 -- ml_private.wasserstein_distance_normed(p_reference float8[], p_current float8[]) returns float8
 -- Evidently's "wasserstein" stattest (wasserstein_distance_norm.py): the Wasserstein distance
 -- divided by max(std(reference), 0.001), std the POPULATION standard deviation (numpy.std,
@@ -763,9 +785,7 @@ $$;
 create or replace function ml_private.wasserstein_distance_normed(p_reference float8[], p_current float8[]) returns float8
 language sql immutable parallel safe
 as $$
-    select ml_private.wasserstein_distance(p_reference, p_current)
-           / greatest((select stddev_pop(x) from unnest(p_reference) x
-                       where x > '-Infinity'::float8 and x < 'Infinity'::float8), 0.001)
+    select ml_private.wasserstein_distance(p_reference, p_current) / greatest(ml_private.population_std(p_reference), 0.001)
 $$;
 
 ------------------------------------------------------------------------------------------------
@@ -1117,6 +1137,7 @@ grant execute on function
     ml_private.drift_check_edges(float8[]),
     ml_private.ks_2samp(float8[], float8[]),
     ml_private.wasserstein_distance(float8[], float8[]),
+    ml_private.population_std(float8[]),
     ml_private.wasserstein_distance_normed(float8[], float8[]),
     ml_private.chi2_contingency(float8[], float8[]),
     ml_private.chisquare_goodness_of_fit(float8[], float8[]),
