@@ -433,7 +433,7 @@ def test_sql_defines_every_function_and_view_of_the_schema(db_url: str) -> None:
     defined = set()
     for path in _repeatables.FILES:
         text = (ROOT / "sql" / path).read_text(encoding="utf-8")
-        defined |= set(re.findall(r"create\s+or\s+replace\s+(?:function|view)\s+([a-z_]+\.[a-z_]+)", text, re.I))
+        defined |= set(re.findall(r"create\s+or\s+replace\s+(?:function|view)\s+([a-z_0-9]+\.[a-z_0-9]+)", text, re.I))
     with psycopg.connect(db_url) as conn:
         present = {r[0] for r in conn.execute(
             "select n.nspname || '.' || p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
