@@ -39,7 +39,7 @@ from pgmlops.training._algorithms import build_pipeline
 from pgmlops.training._training import split
 
 from .compile_helpers import project, register
-from .conftest import act_for, make_tenant
+from .conftest import Server, act_for, make_tenant
 from .test_reference_profiles import SCHEMA, Reference, frame, json_value
 from .test_reference_profiles import SIGNATURE as INPUTS
 from .training_data import build, spine_table
@@ -621,3 +621,24 @@ def test_drift_report_stores_the_performance_section_rows_and_alerts(conn: Conn)
     assert section["realized"]["f1"]["bounds"] is None
     alerts = [a for a in doc["alerts"] if a["kind"] == "performance"]
     assert [a["feature"] for a in alerts] == ["accuracy"]
+
+
+@pytest.mark.embedded
+def test_the_embedded_server_measures_and_estimates_too(embedded_server: Server) -> None:
+    """PostgreSQL 18 without TimescaleDB: plain partitions, the same SQL, the same numbers."""
+    url = embedded_server.clone()
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            w = World(conn)
+            rng = np.random.default_rng(61)
+            start, size = T0 + timedelta(days=5), timedelta(minutes=6)
+            rows = binary_rows(rng, start, size, 10)
+            w.log(conn, "binary", rows)
+            report = w.report(conn, "binary", start, start + timedelta(hours=1))
+            summary = perform(conn, report)
+            got = results(conn, report)
+            for key, (value, count) in expected_binary(rows, start, size, 10, "yes").items():
+                assert close(got[key][0], value) and got[key][1] == count, key
+            assert set(summary["estimated"]) == {"accuracy", "precision", "recall", "f1", "roc_auc"}
+    finally:
+        embedded_server.drop(url)
