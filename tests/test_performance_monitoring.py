@@ -288,6 +288,7 @@ def test_anomaly_detection_counts_anomalies_as_the_positive_class(conn: Conn, wo
     got = results(conn, report)
     y = [int(r[4] is True or r[4] == -1) for r in rows]
     p = [int(r[1] == -1) for r in rows]
+    assert close(got[(start, "accuracy")][0], float(accuracy_score(y, p)))
     assert close(got[(start, "f1")][0], float(f1_score(y, p)))
     assert close(got[(start, "roc_auc")][0], float(roc_auc_score(y, [r[2] for r in rows])))
 

@@ -238,7 +238,9 @@ begin
         order by f.prediction_id, f.updated_at desc, f.id desc
     )
     select date_bin(p_bucket, p.created_at, p_start), p.score, p.probabilities is not null, l.label is not null,
-           l.label = p.prediction,
+           -- an anomaly label may be true / false or -1 / 1, the prediction is -1 / 1
+           case when p_task = 'anomaly_detection' then (l.label in ('true', '-1')) = (p.prediction = '-1')
+                else l.label = p.prediction end,
            case when p_task = 'anomaly_detection' then l.label in ('true', '-1')
                 when v_binary then l.label = p_classes -> 1 end,
            case when p_task = 'anomaly_detection' then p.prediction = '-1'
