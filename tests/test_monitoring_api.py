@@ -142,11 +142,13 @@ def test_cli_alerts_list_ack_resolve_and_schedule(conn: Conn, db_url: str, tenan
     assert "critical" in listing.stdout and "label_drift" in listing.stdout
     alerts = json.loads(cli("alerts", project, "--status", "open", "--json").stdout)
     x = next(a["id"] for a in alerts if a["feature"] == "x")
-    assert "acknowledged" in cli("alerts", "ack", x, "--comment", "looking").stdout
+    assert "acknowledged" in cli("alerts", "ack", x[:8], "--comment", "looking").stdout  # the listing's short id
     assert "resolved" in cli("alerts", "resolve", x).stdout
     assert [a["id"] for a in json.loads(cli("alerts", project, "--status", "resolved", "--json").stdout)] == [x]
     again = pgmlops("alerts", "resolve", x, "--tenant", tenant, url=db_url)
     assert again.returncode != 0 and "already resolved" in again.stderr
+    unknown = pgmlops("alerts", "ack", "0123abcd", "--tenant", tenant, url=db_url)
+    assert unknown.returncode != 0 and "0123abcd" in unknown.stderr
 
     scheduled = cli("monitor", "schedule", project, "--cron", "0 */6 * * *", "--window", "6 hours", "--mode", "fast")
     words = " ".join(scheduled.stdout.split())

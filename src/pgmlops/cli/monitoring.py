@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import psycopg
 import typer
 from rich.table import Table
 
-from pgmlops.cli._common import Tenant, console, json_arg, tenant_conn
+from pgmlops.cli._common import Tenant, console, json_arg, tenant_conn, tenant_id
+from pgmlops.db import sql_errors
 
 app = typer.Typer(help="Monitoring: drift reports and their schedules.", no_args_is_help=True)
 
@@ -152,6 +155,23 @@ def alerts_table(project: str, rows: list[dict[str, Any]]) -> Table:
     return table
 
 
+_PREFIX = re.compile(r"^[0-9a-f]{8}(?:[0-9a-f-]{0,28})$")
+
+
+def _full_alert_id(conn: psycopg.Connection[Any], tenant: str, text: str) -> str:
+    """The id of the tenant's alert that ``text`` names: a full id, or a unique prefix of at least
+    8 characters (the listing shows 8). Unknown prefixes are left for the SQL API to refuse."""
+    value = text.strip().lower()
+    if len(value) == 36 or not _PREFIX.match(value):
+        return text
+    with sql_errors():
+        rows = conn.execute("select id::text from ml.alerts where tenant_id = %s and id::text like %s limit 2",
+                            (tenant_id(tenant), value + "%")).fetchall()
+    if len(rows) > 1:
+        raise typer.BadParameter(f"{text!r} names more than one alert: give more of its id", param_hint="ID")
+    return str(rows[0][0]) if rows else text
+
+
 def alerts(
     target: Annotated[str, typer.Argument(metavar="PROJECT | ack | resolve",
                                           help="The project whose alerts to list, or ack / resolve followed by an alert id.")],
@@ -162,11 +182,13 @@ def alerts(
     tenant: Tenant = "",
 ) -> None:
     """List PROJECT's alerts (ml.alerts), newest first, or acknowledge / resolve one:
-    `pgmlops alerts ack ID`, `pgmlops alerts resolve ID` (full alert ids: see --json)."""
+    `pgmlops alerts ack ID`, `pgmlops alerts resolve ID` (ID: the alert's id, or the first 8 or
+    more of its characters as the listing shows them)."""
     from pgmlops import monitoring
 
     if target in _LIFECYCLE and alert_id is not None:
         with tenant_conn(tenant) as conn:
+            alert_id = _full_alert_id(conn, tenant, alert_id)
             if target == "ack":
                 result = monitoring.acknowledge_alert(conn, alert_id, comment)
             else:
