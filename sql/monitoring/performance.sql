@@ -7,11 +7,13 @@
 --     equal to scikit-learn's metric on the same rows;
 --   * estimated performance (CBPE, NannyML's confidence-based performance estimation) for
 --     binary classifiers with probabilities, from the scores alone: no labels needed;
---   * an alert band per metric: set by hand in options, or NannyML's rule over a labelled
---     reference period of the log cut into chunks of the bucket's size (mean +- 3 standard
---     deviations, clipped to the metric's range).
--- Rows go to ml.performance_results; ml_private.report_performance returns the summary section
--- ml.drift_report stores under summary.performance.
+--   * an alert band per metric: set by hand in options, or NannyML's rule (mean +- 3 standard
+--     deviations, clipped to the metric's range) over reference chunks: a labelled period of the
+--     log cut into chunks of the bucket's size, else the version's held-out rows (time split)
+--     scored by its compiled function.
+-- Fast reports read the labelled predictions only (no CBPE). Rows go to ml.performance_results;
+-- ml_private.report_performance returns the summary section ml.drift_report stores under
+-- summary.performance. Nothing here is granted: ml.drift_report's security-definer part calls it.
 
 ------------------------------------------------------------------------------------------------
 -- Options
@@ -187,7 +189,7 @@ $$;
 
 -- ml_private.performance_buckets(p_tenant uuid, p_project uuid, p_version uuid, p_task text,
 --     p_classes jsonb, p_start timestamptz, p_end timestamptz, p_bucket interval,
---     p_label_source text, p_estimate boolean)
+--     p_label_source text, p_estimate boolean, p_labelled_only boolean default false)
 -- returns table (bucket_start, bucket_end, metric, estimated, value, sample_count)
 -- Performance of the live predictions (no shadow rows, no failed rows) of p_version (any version
 -- of the project when NULL) made in [p_start, p_end), per bucket of p_bucket starting at p_start
@@ -518,11 +520,12 @@ begin
 end
 $$;
 
--- ml_private.performance_bounds(p_task text, p_values float8[]) returns jsonb
+-- ml_private.performance_bounds(p_metric text, p_values float8[]) returns jsonb
 -- NannyML's StandardDeviationThreshold over reference chunk values: nanmean -+ 3 x nanstd
 -- (population standard deviation, NULL chunks ignored), a lower bound at or below the metric's
 -- floor (0) set to it, an upper bound at or above its ceiling (1 for the classification metrics,
--- none for mae and rmse) set to it. {"lower", "upper", "chunks"}, or NULL when no chunk has a value.
+-- none for mae and rmse) set to it. {"lower", "upper", "mean", "std", "chunks"}, or NULL when no
+-- chunk has a value.
 create or replace function ml_private.performance_bounds(p_metric text, p_values float8[]) returns jsonb
 language sql immutable
 set search_path = ''
