@@ -414,6 +414,8 @@ declare
     v_nedges   int;
     v_cur_s    jsonb;
     v_cur_b    jsonb;
+    v_exact    jsonb;
+    v_slots    int[];
 begin
     if p_start is null or p_end is null or p_start >= p_end then
         raise exception 'window_start (%) must be before window_end (%)', coalesce(p_start::text, 'NULL'), coalesce(p_end::text, 'NULL')
@@ -543,6 +545,26 @@ begin
         perform ml_private.drift_reference_outputs(v_version.id);
     end if;
 
+    -- Exact: the current counts of every feature in one scan of the window (a grouping set per
+    -- feature: by value, or by bin on the reference's edges), {i: {key: count}}.
+    if v_mode = 'exact' and exists (select 1 from jsonb_array_elements(v_feats) x where p_rows is not null or x ->> 'role' <> 'label') then
+        select array_agg(case when not (x ->> 'numerical')::boolean or jsonb_typeof(x -> 'frequencies') = 'object'
+                              then format('(v%s)::text', x ->> 'i')
+                              else format('ml_private.histogram_bin(%L::float8[], v%s)::text', array(select e::float8 from jsonb_array_elements_text(x -> 'edges') e),
+                                          x ->> 'i') end order by (x ->> 'i')::int),
+               array_agg((x ->> 'i')::int order by (x ->> 'i')::int)
+        into v_cur, v_slots
+        from jsonb_array_elements(v_feats) x where p_rows is not null or x ->> 'role' <> 'label';
+        execute format('select %s from (select %s, count(*) as n from pg_temp._pgmlops_drift_current group by grouping sets (%s)) x',
+                       (select string_agg(format('jsonb_build_object(%s)', part), ' || ')
+                        from (select string_agg(format('%L, coalesce(jsonb_object_agg(x.k%s, x.n) filter (where x.k%s is not null), ''{}'')',
+                                                       v_slots[j], j, j), ', ' order by j) as part
+                              from generate_series(1, cardinality(v_cur)) j group by (j - 1) / 40) g),
+                       (select string_agg(format('%s as k%s', v_cur[j], j), ', ' order by j) from generate_series(1, cardinality(v_cur)) j),
+                       (select string_agg(format('(%s)', j), ', ' order by j) from generate_series(1, cardinality(v_cur)) j))
+            into v_exact;
+    end if;
+
     insert into ml.drift_reports (id, tenant_id, project_id, model_version_id, window_start, window_end, mode, source, options,
                                   row_count, reference_count, status, created_by)
     values (v_id, v_tenant, v_project.id, v_version.id, p_start, p_end, v_mode, v_source, p_options, v_rows,
@@ -567,11 +589,9 @@ begin
                                             array(select e::float8 from jsonb_array_elements_text(v_f -> 'edges') e)) end)
                 into v_n_cur, v_nulls, v_cur_c;
         elsif v_mode = 'exact' then
-            execute format('select count(v%1$s), count(*) - count(v%1$s), %2$s from pg_temp._pgmlops_drift_current', v_f ->> 'i',
-                           case when v_values then format('coalesce((select jsonb_object_agg(k, n) from (select (v%s)::text as k, count(*) as n from pg_temp._pgmlops_drift_current where v%s is not null group by 1) g), ''{}'')', v_f ->> 'i', v_f ->> 'i')
-                                else format('coalesce((select jsonb_object_agg(k, n) from (select ml_private.histogram_bin(%L::float8[], v%s) as k, count(*) as n from pg_temp._pgmlops_drift_current where v%s is not null group by 1) g), ''{}'')',
-                                            array(select e::float8 from jsonb_array_elements_text(v_f -> 'edges') e), v_f ->> 'i', v_f ->> 'i') end)
-                into v_n_cur, v_nulls, v_cur_c;
+            v_cur_c := coalesce(v_exact -> (v_f ->> 'i'), '{}');
+            v_n_cur := coalesce((select sum(n::bigint) from jsonb_each_text(v_cur_c) e (k, n)), 0);
+            v_nulls := v_rows - v_n_cur;
         else
             select coalesce(sum(c.count) filter (where c.bin is not null or c.category is not null), 0),
                    coalesce(sum(c.count) filter (where c.bin is null and c.category is null), 0),
