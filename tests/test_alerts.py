@@ -152,6 +152,24 @@ def test_bad_alerts_are_refused_and_write_nothing(conn: Conn, tenant: str, proje
     assert events(conn, tenant) == []
 
 
+@pytest.mark.embedded
+def test_dedup_and_lifecycle_on_both_servers(any_db_url: str) -> None:
+    with psycopg.connect(any_db_url, autocommit=True) as conn:
+        tenant = make_tenant(conn)
+        act_for(conn, tenant)
+        project = str(one(conn, "select ml.create_project('both', 'classification', 'label')"))
+        first = raise_alert(conn, tenant, project, severity="info")
+        assert raise_alert(conn, tenant, project, severity="critical") == first
+        assert one(conn, "select ml.acknowledge_alert(%s)", first)["count"] == 2
+        assert raise_alert(conn, tenant, project) == first
+        resolved = one(conn, "select ml.resolve_alert(%s)", first)
+        assert (resolved["status"], resolved["count"], resolved["severity"]) == ("resolved", 3, "critical")
+        assert sqlstate_of(conn, "select ml.acknowledge_alert(%s)", first) == "55000"
+        assert raise_alert(conn, tenant, project) != first
+        assert [e for e, _ in events(conn, tenant)] == ["alert.opened", "alert.repeated", "alert.acknowledged", "alert.repeated",
+                                                         "alert.resolved", "alert.opened"]
+
+
 # -- severity and a report's alerts --------------------------------------------------------------
 
 
