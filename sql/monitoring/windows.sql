@@ -52,42 +52,80 @@ $$;
 -- role, feature and UTC hour on the version's profiles (ml_private.window_profiles): numbers
 -- (ml_private.profile_number, the profiles' coercion) by ml_private.histogram_bin on the stored
 -- edges (0 underflow, n + 1 overflow), with the sum and sum of squares of the values in each
--- bin; categories by value (ml_private.profile_category, the profiles' keys); a missing value is
--- the row with bin and category both NULL. Inputs are read from the logged features, the
--- prediction from prediction, the score from score. The one binning of the rollup and of the
+-- bin; categories by value (ml_private.profile_category, the profiles' keys); a missing value
+-- (JSON null or an absent key) is the row with bin and category both NULL. Inputs are read from
+-- the logged features, the prediction from prediction, the score from score. The one binning of the rollup and of the
 -- raw edges of a window (ml_private.window_counts_between). Its callers set timezone UTC, as
 -- the profiles are made (a timestamp without an offset is UTC).
 create or replace function ml_private.bin_predictions(p_tenant uuid, p_project uuid, p_from timestamptz, p_to timestamptz)
 returns table (model_version_id uuid, role text, feature text, bucket timestamptz, bin int, category text,
                count bigint, total float8, total_squares float8)
-language sql stable
+language plpgsql stable
 set search_path = ''
+set jit = off
+set work_mem = '64MB'
+set enable_sort = off  -- the groups (versions x features x hours x bins) hash in memory: never sort the rows
 as $$
-    with profiles as materialized (
-        select * from ml_private.window_profiles(p_project)
-    ), live as (
-        select p.model_version_id, pg_catalog.date_trunc('hour', p.created_at, 'UTC') as bucket,
-               p.features, p.prediction, p.score
-        from ml.predictions p
-        where p.tenant_id = p_tenant and p.project_id = p_project
-          and p.created_at >= p_from and p.created_at < p_to and p.shadow_of is null
-    ), vals as (
-        select l.model_version_id, f.role, f.feature, l.bucket, f.edges,
-               case when f.edges is not null then ml_private.profile_number(v.value, f.dtype) end as x,
-               case when f.edges is null then ml_private.profile_category(v.value) end as category
-        from live l
-        join profiles f on f.model_version_id = l.model_version_id
-        cross join lateral (
-            select case f.role when 'input' then l.features -> f.feature
-                               when 'prediction' then l.prediction
-                               else pg_catalog.to_jsonb(l.score) end as value
-        ) v
-    )
-    select v.model_version_id, v.role, v.feature, v.bucket,
-           case when v.edges is not null then ml_private.histogram_bin(v.edges, v.x) end,
-           v.category, count(*), sum(v.x), sum(v.x * v.x)
-    from vals v
-    group by 1, 2, 3, 4, 5, 6
+declare
+    v_bins  text;
+    v_xs    text;
+    v_cats  text;
+    v_ks    text;
+    v_keys  text;
+begin
+    -- One scan of the window. Each row becomes arrays written from its version's profiles (bins,
+    -- numbers, categories: element k is the k-th profiled feature of that version, each value
+    -- read by its key), unnested in the select list (streamed: a function in FROM would fill a
+    -- tuplestore per row); the groups are counted by k and named after. No join and no lookup
+    -- per row (a lateral VALUES list would build its expressions again for every row).
+    select string_agg(format('when %L then array[%s]', g.model_version_id, g.bins), ' '),
+           string_agg(format('when %L then array[%s]', g.model_version_id, g.xs), ' '),
+           string_agg(format('when %L then array[%s]', g.model_version_id, g.cats), ' '),
+           string_agg(format('when %L then array[%s]', g.model_version_id, g.ks), ' '),
+           string_agg(g.keys, ', ')
+    into v_bins, v_xs, v_cats, v_ks, v_keys
+    from (
+        select f.model_version_id,
+               string_agg(case when f.edges is null then 'null::int'
+                               else format('ml_private.histogram_bin(%L::float8[], %s)', f.edges, f.x) end, ', ' order by f.k) as bins,
+               string_agg(coalesce(f.x, 'null::float8'), ', ' order by f.k) as xs,
+               string_agg(coalesce(f.cat, 'null::text'), ', ' order by f.k) as cats,
+               string_agg(f.k::text, ', ' order by f.k) as ks,
+               string_agg(format('(%L::uuid, %s, %L, %L)', f.model_version_id, f.k, f.role, f.feature), ', ' order by f.k) as keys
+        from (
+            select w.model_version_id, w.role, w.feature, w.edges,
+                   row_number() over (partition by w.model_version_id order by w.role, w.feature) as k,
+                   case when w.edges is null then null
+                        when w.role = 'score' then 'p.score'
+                        else format('ml_private.profile_number(%s, %L)', v.value, w.dtype) end as x,
+                   case when w.edges is null then format('ml_private.profile_category(%s)', v.value) end as cat
+            from ml_private.window_profiles(p_project) w
+            cross join lateral (select case w.role when 'input' then format('p.features -> %L', w.feature)
+                                                   when 'prediction' then 'p.prediction'
+                                                   else 'pg_catalog.to_jsonb(p.score)' end as value) v
+        ) f
+        group by f.model_version_id
+    ) g;
+    if v_keys is null then
+        return;
+    end if;
+    return query execute format($q$
+        with counted as (
+            select u.model_version_id, u.k, u.bucket, u.bin, u.category,
+                   count(*) as count, sum(u.x) as total, sum(u.x * u.x) as total_squares
+            from (select p.model_version_id, pg_catalog.date_trunc('hour', p.created_at, 'UTC') as bucket,
+                         unnest(case p.model_version_id %s end) as bin, unnest(case p.model_version_id %s end) as x,
+                         unnest(case p.model_version_id %s end) as category, unnest(case p.model_version_id %s end) as k
+                  from ml.predictions p
+                  where p.tenant_id = $1 and p.project_id = $2 and p.created_at >= $3 and p.created_at < $4
+                    and p.shadow_of is null) u
+            group by 1, 2, 3, 4, 5
+        )
+        select c.model_version_id, m.role, m.feature, c.bucket, c.bin, c.category, c.count, c.total, c.total_squares
+        from counted c join (values %s) m (model_version_id, k, role, feature)
+          on m.model_version_id = c.model_version_id and m.k = c.k$q$, v_bins, v_xs, v_cats, v_ks, v_keys)
+        using p_tenant, p_project, p_from, p_to;
+end
 $$;
 
 ------------------------------------------------------------------------------------------------
