@@ -1,7 +1,8 @@
 """The `pgmlops` application: global options, the command groups assembled, and error reporting.
 
 Each command group lives in its own module (``db``, ``migrate``, ``tenants``, ``features``,
-``training``, ``models``, ``scoring``, ``monitoring``, ``jobs``, ``events``, ``demo``) and is registered here, in one place.
+``training``, ``models``, ``scoring``, ``monitoring``, ``report``, ``jobs``, ``events``, ``demo``) and is
+registered here, in one place.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from rich.markup import escape
 
 from pgmlops import __version__, migrations
 from pgmlops.cli import db, demo, events, features, jobs, migrate, models, monitoring, scoring, tenants, training
+from pgmlops.cli import report as html_report  # as: _app's report() prints errors
 from pgmlops.cli._common import DatabaseUrl, console, err_console, state
 from pgmlops.errors import InvalidInput, NotFound, PgmlopsError
 
@@ -54,6 +56,7 @@ app.command()(scoring.feedback)
 app.command()(scoring.score)
 app.add_typer(monitoring.app, name="monitor")
 app.command()(monitoring.alerts)
+app.command()(html_report.report)
 app.command()(jobs.enqueue)
 app.command()(jobs.jobs)
 app.command()(jobs.worker)
