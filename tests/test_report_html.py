@@ -23,11 +23,12 @@ from typer.testing import CliRunner
 from pgmlops import reporting
 from pgmlops.cli import app
 from pgmlops.db import tenant_context
-from pgmlops.errors import InvalidInput, NotFound
+from pgmlops.errors import AccessDenied, InvalidInput, NotFound
 
 from .compile_helpers import one
-from .conftest import act_for
+from .conftest import act_for, make_tenant
 from .test_reference_profiles import Reference, features_of, frame
+from .training_data import member
 
 Conn = psycopg.Connection[Any]
 
@@ -67,6 +68,7 @@ class World:
                        for r in (self.steady_report, self.drifted_report)]
         self.similar = conn.execute("select * from ml.similar_windows('report_demo', %s)", (self.drifted_report,)).fetchall()
         self.similar = [{"distance": r[3]} for r in self.similar]
+        self.history = one(conn, "select ml.deployment_history('report_demo')")
         act_for(conn, None)
 
 
@@ -150,6 +152,10 @@ def test_the_figures_are_those_of_the_sql_documents(page: Path, world: World) ->
     deployments = figures[names.index("deployments")]
     assert {t["name"] for t in deployments if t.get("type") == "bar"} == {"active", "rolled_back", "superseded"}
     assert [t for t in deployments if t.get("name") == "rollback / abort"][0]["text"][0].startswith("rolled_back")
+    for trace in (t for t in deployments if t.get("type") == "bar"):
+        history = [d for d in world.history if d["status"] == trace["name"]]
+        assert [datetime.fromisoformat(b) for b in trace["base"]] == \
+            [datetime.fromisoformat(d["activated_at"] or d["created_at"]) for d in reversed(history)]
     # Similar windows: ml.similar_windows of the latest report (the steady window is its past).
     similar = figures[names.index("similar-windows")]
     assert similar[0]["x"] == pytest.approx([s["distance"] for s in world.similar])
@@ -255,3 +261,17 @@ def test_pgmlops_report_writes_the_file(db_url: str, world: World, tmp_path: Pat
     bad = CliRunner().invoke(app, ["--database-url", db_url, "report", "--project", "report_demo", "--out", str(target),
                                    "--tenant", world.tenant, "--since", "yesterday"])
     assert bad.exit_code == 2 and "expected an ISO 8601 time" in bad.output
+
+
+def test_a_viewer_may_read_it_and_a_non_member_may_not(db_url: str, world: World) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        viewer = member(conn, world.tenant, "viewer")
+        with tenant_context(conn, world.tenant, user=viewer):
+            text = reporting.render_report(conn, "report_demo")
+        assert sections(text)[-1] == "similar-windows" and "2 report(s) shown" in text
+        stranger = make_tenant(conn)
+        outsider = member(conn, stranger, "owner")
+        with pytest.raises(AccessDenied), tenant_context(conn, world.tenant, user=outsider):
+            reporting.render_report(conn, "report_demo")
+        with pytest.raises(NotFound), tenant_context(conn, stranger):
+            reporting.render_report(conn, "report_demo")      # another tenant's project is no project

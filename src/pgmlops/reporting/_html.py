@@ -292,13 +292,21 @@ def _deployment_figure(deployments: Sequence[dict[str, Any]], now: datetime) -> 
     fig = go.Figure()
     ordered = list(reversed(deployments))                   # oldest first, drawn bottom to top
     labels = [f"#{n} {d.get('strategy')}" for n, d in enumerate(ordered, 1)]
+    def start(d: dict[str, Any]) -> datetime:
+        return datetime.fromisoformat(str(d.get("activated_at") or d.get("created_at")))
+
+    def end(d: dict[str, Any]) -> datetime:
+        return datetime.fromisoformat(str(d["ended_at"])) if d.get("ended_at") else now
+
+    # A deployment of a moment still shows: at least 0.5% of the timeline's span.
+    shortest = max((max(map(end, ordered)) - min(map(start, ordered))).total_seconds() * 5.0, 1.0) if ordered else 1.0
     for status in sorted({str(d.get("status")) for d in ordered}):
         rows = [(label, d) for label, d in zip(labels, ordered, strict=True) if str(d.get("status")) == status]
-        starts = [datetime.fromisoformat(str(d.get("activated_at") or d.get("created_at"))) for _, d in rows]
-        ends = [datetime.fromisoformat(str(d["ended_at"])) if d.get("ended_at") else now for _, d in rows]
+        starts = [start(d) for _, d in rows]
+        ends = [end(d) for _, d in rows]
         fig.add_bar(orientation="h", name=status, y=[label for label, _ in rows],
                     base=[s.isoformat() for s in starts],
-                    x=[max((e - s).total_seconds() * 1000.0, 1000.0) for s, e in zip(starts, ends, strict=True)],
+                    x=[max((e - s).total_seconds() * 1000.0, shortest) for s, e in zip(starts, ends, strict=True)],
                     marker_color=_STATUS_COLOURS.get(status, "#7f7f7f"),
                     text=[_arms(d) for _, d in rows], textposition="inside", insidetextanchor="start",
                     customdata=[[str(d.get("reason") or ""), str(d.get("end_reason") or ""), _when(d.get("ended_at"))]
