@@ -144,11 +144,9 @@ def test_cli_alerts_list_ack_resolve_and_schedule(conn: Conn, db_url: str, tenan
     x = next(a["id"] for a in alerts if a["feature"] == "x")
     assert "acknowledged" in cli("alerts", "ack", x[:8], "--comment", "looking").stdout  # the listing's short id
     assert "resolved" in cli("alerts", "resolve", x).stdout
-    assert [a["id"] for a in json.loads(cli("alerts", project, "--status", "resolved", "--json").stdout)] == [x]
-    again = pgmlops("alerts", "resolve", x, "--tenant", tenant, url=db_url)
+    assert one(conn, "select status || ':' || (notes -> 0 ->> 'comment') from ml.alerts where id = %s", x) == "resolved:looking"
+    again = pgmlops("alerts", "resolve", x[:8], "--tenant", tenant, url=db_url)
     assert again.returncode != 0 and "already resolved" in again.stderr
-    unknown = pgmlops("alerts", "ack", "0123abcd", "--tenant", tenant, url=db_url)
-    assert unknown.returncode != 0 and "0123abcd" in unknown.stderr
 
     scheduled = cli("monitor", "schedule", project, "--cron", "0 */6 * * *", "--window", "6 hours", "--mode", "fast")
     words = " ".join(scheduled.stdout.split())
