@@ -263,6 +263,34 @@ def test_a_prediction_committed_late_is_not_missed(setup: str, conn: Conn, world
     assert stored_counts(conn, world) == expected_counts(conn, world)
 
 
+def test_a_version_profiled_again_has_its_counts_redone(conn: Conn, world: World) -> None:
+    # The outputs of a version are profiled once it is compiled: its earlier predictions were
+    # counted without them.
+    conn.execute("delete from ml.reference_profiles where model_version_id = %s and role in ('prediction', 'score')",
+                 (world.versions[0],))
+    time.sleep(0.3)
+    now = datetime.now(timezone.utc)   # logged after the versions were registered, as ml.predict logs
+    world.log(conn, now - timedelta(seconds=0.2), now - timedelta(seconds=0.1), 500, seed=14)
+    world.log(conn, now - timedelta(seconds=0.2), now - timedelta(seconds=0.1), 200, version=1, seed=15)
+    assert rollup(conn, world) == 700
+    assert not [k for k in stored_counts(conn, world) if k[0] == world.versions[0] and k[2] != "input"]
+    version1 = conn.execute("select count(*), min(ctid::text) from ml.window_counts where model_version_id = %s",
+                            (world.versions[1],)).fetchone()
+    conn.execute("""insert into ml.reference_profiles (tenant_id, model_version_id, feature, kind, dtype, role, row_count, nulls,
+                                                       edges, counts, frequencies)
+                    values (%(t)s, %(v)s, 'label', 'categorical', 'text', 'prediction', 1000, 0, null, null, '{"no": 1, "yes": 1}'),
+                           (%(t)s, %(v)s, 'score', 'numeric', 'float', 'score', 1000, 0, %(s)s, %(sc)s, null)""",
+                 {"t": world.id, "v": world.versions[0], "s": SCORE_EDGES, "sc": [0] * (len(SCORE_EDGES) + 1)})
+    time.sleep(0.1)
+    mark = watermark(conn, world)
+    world.log(conn, mark, mark + timedelta(milliseconds=50), 30, seed=16)
+    assert rollup(conn, world) == 30
+    assert stored_counts(conn, world) == expected_counts(conn, world)
+    # The other version's counts were left as they were.
+    assert conn.execute("select count(*), min(ctid::text) from ml.window_counts where model_version_id = %s",
+                        (world.versions[1],)).fetchone() == version1
+
+
 def test_window_counts_between_are_exact_at_any_bounds(conn: Conn, world: World) -> None:
     world.log(conn, T0, T0 + timedelta(hours=6), 3000, seed=10)
     world.log(conn, T0 + timedelta(hours=2), T0 + timedelta(hours=3), 200, version=1, seed=11)

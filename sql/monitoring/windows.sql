@@ -45,10 +45,12 @@ as $$
     order by x.model_version_id, x.role, x.feature, x.preference
 $$;
 
--- ml_private.bin_predictions(p_tenant uuid, p_project uuid, p_from timestamptz, p_to timestamptz)
+-- ml_private.bin_predictions(p_tenant uuid, p_project uuid, p_from timestamptz, p_to timestamptz,
+--                             p_versions uuid[] default null)
 -- returns table (model_version_id uuid, role text, feature text, bucket timestamptz, bin int,
 --                category text, count bigint, total float8, total_squares float8)
--- The live predictions (shadow_of NULL) of p_project logged in [p_from, p_to), binned per version,
+-- The live predictions (shadow_of NULL) of p_project logged in [p_from, p_to) (of p_versions
+-- only, when given), binned per version,
 -- role, feature and UTC hour on the version's profiles (ml_private.window_profiles): numbers
 -- (ml_private.profile_number, the profiles' coercion) by ml_private.histogram_bin on the stored
 -- edges (0 underflow, n + 1 overflow), with the sum and sum of squares of the values in each
@@ -57,7 +59,9 @@ $$;
 -- the logged features, the prediction from prediction, the score from score. The one binning of the rollup and of the
 -- raw edges of a window (ml_private.window_counts_between). Its callers set timezone UTC, as
 -- the profiles are made (a timestamp without an offset is UTC).
-create or replace function ml_private.bin_predictions(p_tenant uuid, p_project uuid, p_from timestamptz, p_to timestamptz)
+drop function if exists ml_private.bin_predictions(uuid, uuid, timestamptz, timestamptz);  -- before p_versions
+create or replace function ml_private.bin_predictions(p_tenant uuid, p_project uuid, p_from timestamptz, p_to timestamptz,
+                                                       p_versions uuid[] default null)
 returns table (model_version_id uuid, role text, feature text, bucket timestamptz, bin int, category text,
                count bigint, total float8, total_squares float8)
 language plpgsql stable
@@ -103,6 +107,7 @@ begin
             cross join lateral (select case w.role when 'input' then format('p.features -> %L', w.feature)
                                                    when 'prediction' then 'p.prediction'
                                                    else 'pg_catalog.to_jsonb(p.score)' end as value) v
+            where p_versions is null or w.model_version_id = any (p_versions)
         ) f
         group by f.model_version_id
     ) g;
@@ -118,13 +123,13 @@ begin
                          unnest(case p.model_version_id %s end) as category, unnest(case p.model_version_id %s end) as k
                   from ml.predictions p
                   where p.tenant_id = $1 and p.project_id = $2 and p.created_at >= $3 and p.created_at < $4
-                    and p.shadow_of is null) u
+                    and p.shadow_of is null and ($5 is null or p.model_version_id = any ($5))) u
             group by 1, 2, 3, 4, 5
         )
         select c.model_version_id, m.role, m.feature, c.bucket, c.bin, c.category, c.count, c.total, c.total_squares
         from counted c join (values %s) m (model_version_id, k, role, feature)
           on m.model_version_id = c.model_version_id and m.k = c.k$q$, v_bins, v_xs, v_cats, v_ks, v_keys)
-        using p_tenant, p_project, p_from, p_to;
+        using p_tenant, p_project, p_from, p_to, p_versions;
 end
 $$;
 
@@ -172,7 +177,9 @@ $$;
 -- so two rollups never count a prediction twice; the
 -- horizon keeps behind every running transaction, so a prediction that commits late is counted
 -- by a later rollup, never skipped. A version without reference profiles has nothing to bin on:
--- its predictions are passed over (profiles are written when a version is registered).
+-- its predictions are passed over until it has one; a version whose profile changes has its
+-- counts redone on the new one (its outputs are profiled once it is compiled). Returns the
+-- predictions counted since the watermark (not those recounted).
 -- Raises P0002 unknown project. Callers: the owner (ml.run_maintenance, ml.drift_report).
 create or replace function ml_private.rollup_window_counts(p_project uuid default null) returns bigint
 language plpgsql volatile security definer
@@ -186,6 +193,9 @@ declare
     v_to    timestamptz;
     v_n     bigint;
     v_total bigint := 0;
+    v_seen    jsonb;
+    v_digests jsonb;
+    v_changed uuid[];
 begin
     if p_project is not null and not exists (select 1 from ml.projects p where p.id = p_project) then
         raise exception 'project % does not exist', p_project using errcode = 'P0002';
@@ -207,7 +217,28 @@ begin
         insert into ml.window_watermarks (tenant_id, project_id, rolled_up_to)
         values (v_p.tenant_id, v_p.id, '-infinity')
         on conflict (project_id) do nothing;
-        select w.rolled_up_to into v_from from ml.window_watermarks w where w.project_id = v_p.id for update;
+        select w.rolled_up_to, w.profiles into v_from, v_seen from ml.window_watermarks w where w.project_id = v_p.id for update;
+        -- A version whose profile changed since its counts were made (its outputs profiled once
+        -- it is compiled, a profile made again) has them redone on the new profile, from its
+        -- registration up to the watermark. The digests are read before the counting, so a
+        -- profile committed in between is seen as changed at the next rollup, never missed.
+        select coalesce(jsonb_object_agg(d.model_version_id, d.digest), '{}') into v_digests
+        from (select w.model_version_id, md5(string_agg(concat_ws('/', w.role, w.feature, w.kind, w.dtype, w.edges::text), ';'
+                                                        order by w.role, w.feature)) as digest
+              from ml_private.window_profiles(v_p.id) w group by 1) d;
+        select array_agg(k::uuid) into v_changed
+        from jsonb_each_text(v_digests) d (k, digest)
+        where d.digest is distinct from v_seen ->> d.k;
+        if v_changed is not null and v_from > '-infinity' then
+            delete from ml.window_counts c where c.project_id = v_p.id and c.model_version_id = any (v_changed);
+            insert into ml.window_counts (tenant_id, project_id, model_version_id, role, feature, bucket, bin, category,
+                                          count, total, total_squares)
+            select v_p.tenant_id, v_p.id, b.model_version_id, b.role, b.feature, b.bucket, b.bin, b.category,
+                   b.count, b.total, b.total_squares
+            from ml_private.bin_predictions(v_p.tenant_id, v_p.id,
+                     (select min(mv.created_at) from ml.model_versions mv where mv.id = any (v_changed)), v_from, v_changed) b;
+        end if;
+        update ml.window_watermarks w set profiles = v_digests where w.project_id = v_p.id;
         -- After the lock: a rollup that waited sees the watermark the other one left.
         v_to := ml_private.window_rollup_horizon();
         continue when v_to <= v_from;

@@ -28,6 +28,9 @@ create table ml.window_watermarks (
     tenant_id    uuid not null references ml.tenants (id) on delete cascade,
     project_id   uuid primary key references ml.projects (id) on delete cascade,
     rolled_up_to timestamptz not null,
+    -- per model version, a digest of the profiles its counts were binned on: when a version's
+    -- profile changes (its outputs are profiled once it is compiled), its counts are redone
+    profiles     jsonb not null default '{}',
     updated_at   timestamptz not null default now()
 );
 comment on table ml.window_watermarks is 'Fast-mode rollup watermarks: predictions logged before rolled_up_to are counted';
