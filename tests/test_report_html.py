@@ -62,7 +62,8 @@ class World:
             conn.execute("select ml.record_feedback(%s, %s)", (made["prediction_id"], Jsonb(int(label))))
         self.drifted_window = (start - timedelta(minutes=1), datetime.now(UTC) + timedelta(minutes=1))
         self.steady_report = str(one(conn, "select ml.drift_report('report_demo', %s, %s)", *STEADY))
-        self.drifted_report = str(one(conn, "select ml.drift_report('report_demo', %s, %s)", *self.drifted_window))
+        self.drifted_report = str(one(conn, "select ml.drift_report('report_demo', %s, %s, %s)", *self.drifted_window,
+                                      Jsonb({"performance": {"accuracy": {"lower": 0.95, "upper": 0.99}, "roc_auc": {"lower": 0.5}}})))
         self.latest = dict(one(conn, "select ml.drift_report_document(%s)", self.drifted_report))
         self.shares = [one(conn, "select (ml.drift_report_document(%s) ->> 'drift_share')::float8", r)
                        for r in (self.steady_report, self.drifted_report)]
@@ -147,7 +148,19 @@ def test_the_figures_are_those_of_the_sql_documents(page: Path, world: World) ->
     assert realized and rows
     accuracy = realized[sorted({p["metric"] for p in latest["performance"]}).index("accuracy")]
     for row in rows:
-        assert row["value"] == pytest.approx(accuracy["y"][accuracy["x"].index(row["bucket_start"])])
+        at = accuracy["x"].index(row["bucket_start"])
+        assert row["value"] == pytest.approx(accuracy["y"][at])
+        assert (accuracy["marker"]["color"][at] == "#d62728") == row["alert"]
+    assert any(row["alert"] for row in rows)
+    # The bounds set in the options: accuracy's band shaded (first panel), roc_auc's floor dashed (fifth).
+    latest_buckets = {row["bucket_start"] for row in rows}
+    band = [t for t in perf if t.get("name") == "realized lower bound" and t.get("fill") == "tonexty"
+            and t.get("yaxis", "y") == "y" and latest_buckets <= set(t["x"])]
+    assert len(band) == 1 and set(band[0]["y"]) == {0.95}
+    upper = [t for t in perf if t.get("name") == "realized upper bound" and t.get("x") == band[0]["x"]]
+    assert len(upper) == 1 and set(upper[0]["y"]) == {0.99}
+    floor = [t for t in perf if t.get("name") == "realized lower bound" and t.get("yaxis") == "y5"]
+    assert len(floor) == 1 and floor[0]["line"]["dash"] == "dash" and 0.5 in floor[0]["y"]
     # Deployments: three, one rolled back (marked), one superseded, the active one.
     deployments = figures[names.index("deployments")]
     assert {t["name"] for t in deployments if t.get("type") == "bar"} == {"active", "rolled_back", "superseded"}

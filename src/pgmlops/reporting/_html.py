@@ -259,6 +259,17 @@ def _performance_rows(documents: Sequence[dict[str, Any]]) -> list[dict[str, Any
     return sorted(seen.values(), key=lambda r: (str(r.get("metric")), bool(r.get("estimated")), str(r.get("bucket_start"))))
 
 
+def _runs(flags: Sequence[bool]) -> list[list[int]]:
+    """The maximal runs of consecutive positions whose flag is true."""
+    runs: list[list[int]] = []
+    for i, flag in enumerate(flags):
+        if flag and runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        elif flag:
+            runs.append([i])
+    return runs
+
+
 def _performance_figure(rows: Sequence[dict[str, Any]]) -> Any:
     metrics = sorted({str(r.get("metric")) for r in rows})
     fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, subplot_titles=metrics,
@@ -272,12 +283,23 @@ def _performance_figure(rows: Sequence[dict[str, Any]]) -> Any:
             middle = [str(r.get("bucket_start")) for r in points]
             lower = [_float(r.get("lower_bound")) for r in points]
             upper = [_float(r.get("upper_bound")) for r in points]
-            if any(v is not None for v in lower + upper):
-                fig.add_scatter(row=row, col=1, x=middle, y=upper, mode="lines", line={"width": 0, "color": colour},
-                                showlegend=False, hovertemplate=f"{name} upper bound %{{y:.4g}}<extra></extra>")
-                fig.add_scatter(row=row, col=1, x=middle, y=lower, mode="lines", line={"width": 0, "color": colour},
-                                fill="tonexty", fillcolor="rgba(148,103,189,0.12)" if estimated else "rgba(31,119,180,0.12)",
-                                showlegend=False, hovertemplate=f"{name} lower bound %{{y:.4g}}<extra></extra>")
+            fill = "rgba(148,103,189,0.15)" if estimated else "rgba(31,119,180,0.15)"
+            for run in _runs([lo is not None and up is not None for lo, up in zip(lower, upper, strict=True)]):
+                # A band: shaded between its bounds over each run of buckets that have both.
+                fig.add_scatter(row=row, col=1, x=[middle[i] for i in run], y=[upper[i] for i in run], mode="lines",
+                                line={"width": 0, "color": colour}, name=f"{name} upper bound", showlegend=False,
+                                hovertemplate=f"{name} upper bound %{{y:.4g}}<extra></extra>")
+                fig.add_scatter(row=row, col=1, x=[middle[i] for i in run], y=[lower[i] for i in run], mode="lines",
+                                line={"width": 0, "color": colour}, fill="tonexty", fillcolor=fill,
+                                name=f"{name} lower bound", showlegend=False,
+                                hovertemplate=f"{name} lower bound %{{y:.4g}}<extra></extra>")
+            for side, bound, other in (("upper", upper, lower), ("lower", lower, upper)):
+                # A one-sided bound: a dashed line.
+                alone = [v if o is None else None for v, o in zip(bound, other, strict=True)]
+                if any(v is not None for v in alone):
+                    fig.add_scatter(row=row, col=1, x=middle, y=alone, mode="lines", showlegend=False,
+                                    name=f"{name} {side} bound", line={"dash": "dash", "color": colour, "width": 1},
+                                    hovertemplate=f"{name} {side} bound %{{y:.4g}}<extra></extra>")
             fig.add_scatter(row=row, col=1, x=middle, y=[_float(r.get("value")) for r in points], mode="lines+markers",
                             name=name, legendgroup=name, showlegend=row == 1, line={"color": colour, "dash": dash},
                             marker={"color": [_DRIFT_COLOUR if r.get("alert") else colour for r in points], "size": 8},
