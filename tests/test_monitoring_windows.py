@@ -423,6 +423,40 @@ def test_anon_may_not_call_similar_windows(conn: Conn, world: World) -> None:
     assert row == (False, False, False)
 
 
+# -- end to end ----------------------------------------------------------------------------------
+
+
+def test_drift_reports_state_whether_their_window_was_seen_before(conn: Conn, setup: str) -> None:
+    """Through ml.drift_report (fast mode): a compiled, deployed version, its windows logged as
+    ml.predict logs them; the regime section of each report, and ml.similar_windows."""
+    from .test_reference_profiles import Reference, frame
+
+    ref = Reference(conn, "regimes", frame(600, 21))
+    ref.model()
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    plan = [("A", frame(400, 22)), ("B", frame(400, 23, shift=1.0, tiers=(0.2, 0.3, 0.5), vip=0.6)), ("A", frame(400, 24))]
+    spans = [(now - timedelta(hours=30 - 6 * i), now - timedelta(hours=26 - 6 * i)) for i in range(len(plan))]
+    for (_, rows), (start, end) in zip(plan, spans, strict=True):
+        ref.log(rows, start + (end - start) / 2)
+    act_for(conn, ref.tenant)
+    reports, regimes = [], []
+    for start, end in spans:
+        row = conn.execute("select ml.drift_report('regimes', %s, %s, '{\"mode\": \"fast\"}')", (start, end)).fetchone()
+        assert row is not None
+        reports.append(str(row[0]))
+        summary = conn.execute("select summary from ml.drift_reports where id = %s", (row[0],)).fetchone()
+        assert summary is not None
+        regimes.append(summary[0]["regime"])
+    act_for(conn, None)
+    assert regimes[0]["matched"] is False and regimes[0]["row_count"] == 400
+    assert regimes[1]["matched"] is False and regimes[1]["similar"][0]["report_id"] == reports[0]
+    assert regimes[2]["matched"] is True and regimes[2]["match"]["report_id"] == reports[0]
+    assert regimes[2]["similar"][0]["dataset_drift"] is False and regimes[2]["similar"][1]["dataset_drift"] is True
+    with tenant_context(conn, ref.tenant, user=ref.owner):
+        rows = conn.execute("select report_id::text from ml.similar_windows('regimes', %s)", (reports[2],)).fetchall()
+    assert rows == [(reports[0],), (reports[1],)]
+
+
 # -- without pgvector ----------------------------------------------------------------------------
 
 
