@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -274,6 +275,10 @@ def test_pgmlops_report_writes_the_file(db_url: str, world: World, tmp_path: Pat
     bad = CliRunner().invoke(app, ["--database-url", db_url, "report", "--project", "report_demo", "--out", str(target),
                                    "--tenant", world.tenant, "--since", "yesterday"])
     assert bad.exit_code == 2 and "expected an ISO 8601 time" in bad.output
+    unknown = subprocess.run([sys.executable, "-m", "pgmlops", "--database-url", db_url, "report", "--project", "nope", "--out",
+                              str(tmp_path / "none.html"), "--tenant", world.tenant], capture_output=True, text=True, check=False)
+    assert unknown.returncode == 2 and "error [P0002]" in unknown.stderr and "nope" in unknown.stderr
+    assert not (tmp_path / "none.html").exists()
 
 
 def test_a_viewer_may_read_it_and_a_non_member_may_not(db_url: str, world: World) -> None:
