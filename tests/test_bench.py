@@ -20,7 +20,7 @@ def _python(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("name", ["queue", "features", "training", "scoring"])
+@pytest.mark.parametrize("name", ["queue", "features", "training", "scoring", "drift"])
 def test_each_benchmark_runs_as_a_module(name: str) -> None:
     run = _python("-m", f"bench.{name}", "--help")
     assert run.returncode == 0, run.stderr
@@ -94,3 +94,38 @@ def test_the_scoring_benchmark_measures_both_sides_of_the_online_and_batch_parts
     pgbench_calls = sum(r["transactions"] for r in online["pgbench"])
     pgmlops_calls = sum(e["pgmlops"]["throughput"]["requests"] + requests for e in online["models"].values())
     assert logged is not None and logged[0] >= pgmlops_calls + pgbench_calls
+
+
+def test_the_drift_benchmark_measures_evidently_exact_and_fast_on_the_same_window(fresh_db_url: str, tmp_path: Path) -> None:
+    # A tiny run of bench.drift on a migrated scratch database: all three contenders really ran
+    # over the same rows (counts from each side), every feature has a decision from each, the
+    # memory figures are there, and the JSON carries what the README reads.
+    import json
+
+    output = tmp_path / "drift_smoke.json"
+    reference_rows, current_rows = 2000, 20000  # --quick's sizes
+    run = _python("-m", "bench.drift", "--database-url", fresh_db_url, "--existing-database", "--quick",
+                  "--no-warm-exact", "--output", str(output))
+    assert run.returncode in (0, 1), run.stdout[-3000:] + run.stderr[-3000:]  # 1: a speed goal missed at this size
+    body = json.loads(output.read_text())
+    assert body["benchmark"] == "drift" and body["parameters"]["current_rows"] == current_rows
+    assert {"cpu_count", "server_settings"} <= set(body["machine"])
+    res = body["results"]
+    assert res["evidently"]["rows"] == {"reference": reference_rows, "current": current_rows}
+    for mode in ("exact_cold", "fast"):
+        assert res[mode]["row_count"] == current_rows and res[mode]["seconds"] > 0, res[mode]
+        assert res[mode]["status"] == "complete" and len(res[mode]["inputs"]) == 20
+        assert res[mode]["backend_memory"]["available"] and res[mode]["backend_memory"]["vmhwm_mib"] > 0
+    assert res["fast"]["mode"] == "fast" and res["fast"]["approximation"]
+    assert res["rollup"]["seconds"] > 0 and res["rollup"]["window_count_rows"] > 0
+    assert res["evidently"]["peak_rss_kib"] > 0 and res["evidently"]["seconds"]["report"] > 0
+    comparison = res["comparison"]
+    assert all(f["evidently"] and f["exact"] and f["fast"] for f in comparison["features"])
+    # The scenario's drift is far from every threshold: all three decide alike, as injected.
+    assert comparison["agreements"]["exact_vs_evidently"] == 20 and comparison["agreements"]["fast_vs_exact"] == 20
+    assert sorted(f["feature"] for f in comparison["features"] if f["exact"]["drifted"]) == sorted(
+        res["setup"]["expected_drifted"])
+    assert comparison["dataset_verdicts_agree"] and comparison["dataset"]["exact"]["drifted"]
+    metrics = {g["metric"]: g for g in body["goals"]}
+    assert metrics["speedup fast: Evidently / fast"]["target"] == 100
+    assert metrics["speedup exact (cold): Evidently / exact"]["target"] == 2
