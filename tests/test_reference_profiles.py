@@ -250,3 +250,14 @@ def test_a_version_without_a_training_set_has_no_profile(conn: Conn) -> None:
                  hashlib.sha256(artifact).hexdigest(), Jsonb({"inputs": [{"name": "x", "dtype": "float"}], "outputs": []}))
     assert one(conn, "select count(*) from ml.reference_profiles where model_version_id = %s", result["model_version_id"]) == 0
     assert one(conn, "select ml.reference_profile('bare')")["features"] == []
+
+
+def test_values_whose_squares_overflow_are_profiled_in_numeric(conn: Conn) -> None:
+    """A training set holding 1e300 (its square overflows float8) is still profiled: the moments
+    are summed in numeric then, the rest is unchanged."""
+    profile = one(conn, "select ml_private.profile_relation('(values (1e300::float8), (-1e300), (3), (5)) t (x)', %s) -> 0",
+                  Jsonb([{"feature": "x", "dtype": "float", "num": "t.x"}]))
+    assert (profile["kind"], profile["row_count"], profile["distinct_count"]) == ("numeric", 4, 4)
+    assert float(profile["summary"]["mean"]) == 2 and float(profile["summary"]["max"]) == 1e300
+    assert float(profile["summary"]["std"]) == pytest.approx(1e300 * math.sqrt(2 / 3), rel=1e-12)
+    assert profile["counts"] == [0, 1, 1, 1, 1, 0]

@@ -170,6 +170,7 @@ declare
     v_sums     text[] := '{}';
     v_bsum     jsonb;
     v_bin_sums float8[];
+    v_wide     boolean;
 begin
     if v_n = 0 then
         return '[]';
@@ -178,22 +179,34 @@ begin
     -- Quantiles: the n + 1 edges, then the summary's p01 ... p99.
     v_probs := array(select i::float8 / v_bins from generate_series(0, v_bins) i) || array[0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]::float8[];
 
-    -- Scan 1: every column's aggregates.
-    for v_i in 0 .. v_n - 1 loop
-        v_c := p_columns -> v_i;
-        v_aggs := v_aggs || case
-            when v_c ? 'num' then format(
-                'jsonb_build_object(''valid'', count(%1$s), %3$s ''mean'', avg(%1$s), ''std'', stddev_samp(%1$s), '
-                '''min'', min(%1$s), ''max'', max(%1$s), ''q'', to_jsonb(percentile_cont(%2$L::float8[]) within group (order by %1$s)))',
-                v_c ->> 'num', v_probs, case when v_rows <= 100000 then format('''distinct'', count(distinct %s),', v_c ->> 'num') else '' end)
-            when v_c ? 'cat' then format('jsonb_build_object(''valid'', count(%1$s))', v_c ->> 'cat')
-            else format('jsonb_build_object(''valid'', count(%1$s), ''dim'', max(cardinality(%1$s)))', v_c ->> 'vec') end;
+    -- Scan 1: every column's aggregates. Moments in float8, as numpy computes them; values so
+    -- large that their squares overflow float8 (beyond 1e154) are summed in numeric instead.
+    foreach v_wide in array array[false, true] loop
+        v_aggs := '{}';
+        for v_i in 0 .. v_n - 1 loop
+            v_c := p_columns -> v_i;
+            v_aggs := v_aggs || case
+                when v_c ? 'num' then format(
+                    'jsonb_build_object(''valid'', count(%1$s), %3$s ''mean'', avg(%1$s%4$s), ''std'', stddev_samp(%1$s%4$s), '
+                    '''min'', min(%1$s), ''max'', max(%1$s), ''q'', to_jsonb(percentile_cont(%2$L::float8[]) within group (order by %1$s)))',
+                    v_c ->> 'num', v_probs, case when v_rows <= 100000 then format('''distinct'', count(distinct %s),', v_c ->> 'num') else '' end,
+                    case when v_wide then '::numeric' else '' end)
+                when v_c ? 'cat' then format('jsonb_build_object(''valid'', count(%1$s))', v_c ->> 'cat')
+                else format('jsonb_build_object(''valid'', count(%1$s), ''dim'', max(cardinality(%1$s)))', v_c ->> 'vec') end;
+        end loop;
+        begin
+            execute format('select %s from %s',
+                           (select string_agg(format('jsonb_build_array(%s)', array_to_string(v_aggs[g * 50 + 1 : g * 50 + 50], ', ')), ' || ')
+                            from generate_series(0, (v_n - 1) / 50) g),
+                           p_from)
+                into v_stats;
+            exit;
+        exception when numeric_value_out_of_range then
+            if v_wide then
+                raise;
+            end if;
+        end;
     end loop;
-    execute format('select %s from %s',
-                   (select string_agg(format('jsonb_build_array(%s)', array_to_string(v_aggs[g * 50 + 1 : g * 50 + 50], ', ')), ' || ')
-                    from generate_series(0, (v_n - 1) / 50) g),
-                   p_from)
-        into v_stats;
 
     -- Scan 2: the counts of every column, one hash aggregate with a grouping set per column: a
     -- numeric column by its bin on the deduplicated quantile edges when it has more than 20
