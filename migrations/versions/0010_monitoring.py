@@ -22,7 +22,7 @@ down_revision = "0009_scoring"
 branch_labels = None
 depends_on = None
 
-FILES = ["profiles.sql", "reports.sql", "windows.sql", "alerts.sql"]  # in 0010_monitoring/, in this order
+FILES = ["profiles.sql", "reports.sql", "windows.sql", "alerts.sql", "monitor_jobs.sql"]  # in 0010_monitoring/, in this order
 
 
 def upgrade() -> None:

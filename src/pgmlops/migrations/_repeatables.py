@@ -47,6 +47,7 @@ FILES: tuple[str, ...] = (
     "monitoring/performance.sql",
     "monitoring/alerts.sql",
     "monitoring/reports.sql",
+    "monitoring/multivariate.sql",
     "monitoring/schedules.sql",
 )
 
