@@ -170,32 +170,39 @@ def run_evidently(url: str, ids: dict[str, Any], start: datetime, end: datetime)
 
 
 class BackendMemory:
-    """Samples a backend's /proc/<pid>/status (VmRSS, RssAnon) every 20 ms while in use; VmHWM at
-    the end. ``available`` is False when /proc of that pid cannot be read (a server elsewhere)."""
+    """Samples a backend's /proc/<pid>/status (VmRSS, RssAnon, RssShmem) every 20 ms while in use,
+    and those of its parallel workers (pg_stat_activity.leader_pid, looked up on a connection of
+    its own every 100 ms); VmHWM at the end. ``available`` is False when /proc of that pid cannot
+    be read (a server elsewhere): the memory is then unknown."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, url: str) -> None:
         self.pid = pid
+        self.url = url
         self.peak: dict[str, int] = {}
-        self.before = self._read()
+        self.peak_anon_with_workers = 0
+        self.workers_seen: set[int] = set()
+        self.before = _proc_status(pid)
         self.available = self.before is not None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _read(self) -> dict[str, int] | None:
-        try:
-            with open(f"/proc/{self.pid}/status", encoding="ascii") as fh:
-                return {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in fh)
-                        if k in ("VmRSS", "RssAnon", "RssShmem", "VmHWM")}
-        except OSError:
-            return None
-
     def _loop(self) -> None:
-        while not self._stop.wait(0.02):
-            now = self._read()
-            if now is None:
-                return
-            for k, v in now.items():
-                self.peak[k] = max(self.peak.get(k, 0), v)
+        workers: list[int] = []
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            tick = 0
+            while not self._stop.wait(0.02):
+                if tick % 5 == 0:
+                    workers = [r[0] for r in conn.execute("select pid from pg_stat_activity where leader_pid = %s",
+                                                          (self.pid,)).fetchall()]
+                    self.workers_seen.update(workers)
+                tick += 1
+                now = _proc_status(self.pid)
+                if now is None:
+                    return
+                for k, v in now.items():
+                    self.peak[k] = max(self.peak.get(k, 0), v)
+                anon = now.get("RssAnon", 0) + sum((_proc_status(w) or {}).get("RssAnon", 0) for w in workers)
+                self.peak_anon_with_workers = max(self.peak_anon_with_workers, anon)
 
     def __enter__(self) -> BackendMemory:
         if self.available:
@@ -206,7 +213,7 @@ class BackendMemory:
         self._stop.set()
         if self.available:
             self._thread.join()
-            final = self._read() or {}
+            final = _proc_status(self.pid) or {}
             for k, v in final.items():
                 self.peak[k] = max(self.peak.get(k, 0), v)
 
@@ -216,7 +223,19 @@ class BackendMemory:
         return {"available": True, "vmhwm_mib": round(self.peak.get("VmHWM", 0) * MIB, 1),
                 "peak_rss_anon_mib": round(self.peak.get("RssAnon", 0) * MIB, 1),
                 "peak_rss_shmem_mib": round(self.peak.get("RssShmem", 0) * MIB, 1),
+                "peak_rss_anon_with_parallel_workers_mib": round(self.peak_anon_with_workers * MIB, 1),
+                "parallel_workers_seen": len(self.workers_seen),
                 "before": {k: round(v * MIB, 1) for k, v in (self.before or {}).items()}}
+
+
+def _proc_status(pid: int) -> dict[str, int] | None:
+    """VmRSS, RssAnon, RssShmem and VmHWM (KiB) of a process on this machine; None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            return {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in fh)
+                    if k in ("VmRSS", "RssAnon", "RssShmem", "VmHWM")}
+    except OSError:
+        return None
 
 
 def _tenant_conn(url: str, tenant: str) -> Conn:
@@ -233,7 +252,7 @@ def run_report(url: str, ids: dict[str, Any], start: datetime, end: datetime, mo
     with _tenant_conn(url, ids["tenant"]) as conn:
         pid = int(conn.execute("select pg_backend_pid()").fetchone()[0])  # type: ignore[index]
         options = {"mode": mode, "model": ids["model"], "multivariate": False}
-        with BackendMemory(pid) as memory:
+        with BackendMemory(pid, url) as memory:
             t0 = time.perf_counter()
             report = monitoring.drift_report(conn, PROJECT, start, end, options)
             seconds = time.perf_counter() - t0
@@ -250,10 +269,41 @@ def run_report(url: str, ids: dict[str, Any], start: datetime, end: datetime, mo
             "approximation": (doc.get("summary") or {}).get("drift", {}).get("approximation"), "inputs": inputs}
 
 
+def function_profile(url: str, ids: dict[str, Any], start: datetime, end: datetime, mode: str,
+                     top: int = 10) -> dict[str, Any]:
+    """One more, untimed report with ``track_functions = all``: where its time goes, by function
+    (self and total milliseconds, calls), from pg_stat_user_functions before and after (this
+    database is the benchmark's own). Functions inlined by the planner are not counted."""
+    query = ("select p.oid::regprocedure::text, s.calls, s.self_time, s.total_time from pg_stat_user_functions s "
+             "join pg_proc p on p.oid = s.funcid")
+    with psycopg.connect(url, autocommit=True) as admin, _tenant_conn(url, ids["tenant"]) as conn:
+        conn.execute("set track_functions = 'all'")
+        admin.execute("select pg_stat_clear_snapshot()")
+        before = {r[0]: r[1:] for r in admin.execute(query).fetchall()}
+        from pgmlops import monitoring
+
+        t0 = time.perf_counter()
+        monitoring.drift_report(conn, PROJECT, start, end, {"mode": mode, "model": ids["model"], "multivariate": False})
+        seconds = time.perf_counter() - t0
+        conn.execute("select pg_stat_force_next_flush()")
+        conn.execute("select 1")
+        time.sleep(0.5)
+        admin.execute("select pg_stat_clear_snapshot()")
+        after = admin.execute(query).fetchall()
+    rows = []
+    for name, calls, self_ms, total_ms in after:
+        c0, s0, t0_ = before.get(name, (0, 0.0, 0.0))
+        if calls - c0 > 0:
+            rows.append({"function": name, "calls": calls - c0, "self_ms": round(self_ms - s0, 1),
+                         "total_ms": round(total_ms - t0_, 1)})
+    rows.sort(key=lambda r: -r["self_ms"])
+    return {"mode": mode, "seconds_with_tracking": seconds, "top_by_self_time": rows[:top]}
+
+
 def run_rollup(url: str, project_id: str) -> dict[str, Any]:
     with psycopg.connect(url, autocommit=True) as conn:
         pid = int(conn.execute("select pg_backend_pid()").fetchone()[0])  # type: ignore[index]
-        with BackendMemory(pid) as memory:
+        with BackendMemory(pid, url) as memory:
             t0 = time.perf_counter()
             row = conn.execute("select ml_private.rollup_window_counts(%s)", (project_id,)).fetchone()
             seconds = time.perf_counter() - t0
@@ -328,7 +378,10 @@ def build_goals(r: dict[str, Any]) -> list[Goal]:
         m = entry["backend_memory"]
         if not m.get("available"):
             return None, "unknown: the backend's /proc is not readable"
-        return m["vmhwm_mib"], f"backend VmHWM (incl. shared buffers touched); private RssAnon peak {m['peak_rss_anon_mib']:,.0f} MiB"
+        workers = (f"; with {m['parallel_workers_seen']} parallel workers {m['peak_rss_anon_with_parallel_workers_mib']:,.0f} MiB"
+                   if m["parallel_workers_seen"] else "; no parallel workers")
+        return m["vmhwm_mib"], (f"backend VmHWM (counts the shared buffers it touched); private (RssAnon) peak "
+                                f"{m['peak_rss_anon_mib']:,.0f} MiB{workers}")
 
     goals = [
         Goal("Evidently: load + DataDriftPreset", ev_s, "s",
@@ -382,12 +435,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--current-rows", type=int, help="logged predictions in the window (1,000,000; --quick 20,000)")
     ap.add_argument("--hours", type=int, default=24, help="whole hours the window spans (24)")
     ap.add_argument("--no-warm-exact", action="store_true", help="skip the second exact report (after the rollup)")
+    ap.add_argument("--function-profile", action=argparse.BooleanOptionalAction, default=None,
+                    help="one more exact report with track_functions = all: its time by function (default: on, "
+                         "off with --quick)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="small sizes: a sanity run in under 30 s")
     ap.add_argument("--output", default="drift", help="writes bench/results/NAME.json (a path ending in .json: that file)")
     args = ap.parse_args(argv)
     args.reference_rows = args.reference_rows or (2_000 if args.quick else 100_000)
     args.current_rows = args.current_rows or (20_000 if args.quick else 1_000_000)
+    if args.function_profile is None:
+        args.function_profile = not args.quick
     for name in ("reference_rows", "current_rows", "hours"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -430,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_warm_exact:
             console.print("ml.drift_report exact (after the rollup) ...")
             results["exact_warm"] = run_report(url, ids, start, end, "exact")
+        if args.function_profile:
+            console.print("where the exact report's time goes (one more report, track_functions = all) ...")
+            results["exact_function_profile"] = function_profile(url, ids, start, end, "exact")
         results["load_average_after"] = os.getloadavg()
         results["comparison"] = compare(results["evidently"], results["exact_cold"], results["fast"])
         if "exact_warm" in results:
@@ -438,6 +499,11 @@ def main(argv: list[str] | None = None) -> int:
                 warm[f]["drifted"] == results["exact_cold"]["inputs"][f]["drifted"] for f in warm)
     goals = build_goals(results)
     console.print(decisions_table(results["comparison"]))
+    if "exact_function_profile" in results:
+        prof = results["exact_function_profile"]
+        console.print(f"exact report by function (self ms; {prof['seconds_with_tracking']:.1f} s with tracking): "
+                      + "; ".join(f"{r['function'].split('(')[0]} {r['self_ms']:,.0f} ({r['calls']:,} calls)"
+                                  for r in prof["top_by_self_time"][:6]))
     console.print(results_table(f"bench.drift: {args.current_rows:,} current rows vs {args.reference_rows:,} reference rows, "
                                 f"{len(FEATURES)} features (load average {load[0]:.1f} before)", goals))
     payload = {"machine": machine, "parameters": {k: v for k, v in vars(args).items() if k != "database_url"},
