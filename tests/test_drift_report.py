@@ -340,3 +340,18 @@ def test_the_document_holds_the_report_its_results_and_sections(conn: Conn, worl
     assert doc["summary"]["drift"]["drifted"] == sorted(f for f, r in results(doc).items() if r["drifted"])
     events = one(conn, "select count(*) from ml.events where event = 'report.finished' and payload ->> 'report_id' = %s", doc["id"])
     assert events == 1
+
+
+def test_a_column_missing_from_rolled_up_hours_is_skipped_in_fast_mode(conn: Conn, world: World) -> None:
+    """Hours rolled up before the version's outputs were profiled have no score counts: a fast
+    report names the score as skipped rather than judging part of the window."""
+    ref = world.refs["small"]
+    report(conn, world, "small", "steady", {"mode": "fast"})   # rolls the window up
+    start, end = WINDOWS["steady"]
+    conn.execute("delete from ml.window_counts where tenant_id = %s and role = 'score' and bucket >= %s and bucket < %s",
+                 (ref.tenant, start, end))
+    doc = report(conn, world, "small", "steady", {"mode": "fast"})
+    assert "score" not in results(doc, "score")
+    skipped = {(s["role"], s["feature"]): s["reason"] for s in doc["summary"]["drift"]["skipped"]}
+    assert "use the exact mode" in skipped[("score", "score")]
+    assert results(report(conn, world, "small", "steady"), "score")["score"]["test"] == "ks"

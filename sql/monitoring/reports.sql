@@ -382,9 +382,7 @@ declare
     v_p        ml.reference_profiles;
     v_i        int := 0;
     v_cur      text[] := '{}';
-    v_ref      jsonb;
     v_rows     bigint := 0;
-    v_counts   jsonb;
     v_n_cur    bigint;
     v_nulls    bigint;
     v_n_ref    bigint;
@@ -604,6 +602,14 @@ begin
             into v_n_cur, v_nulls, v_cur_s, v_cur_b, v_cur_c
             from (select c.bin, c.category, sum(c.count)::bigint as count, sum(c.total) as total from pg_temp._pgmlops_drift_counts c
                   where c.role = v_f ->> 'role' and c.feature = v_f ->> 'feature' group by 1, 2) c;
+        end if;
+        if v_mode = 'fast' and v_f ->> 'role' <> 'label' and v_n_cur + v_nulls < v_rows then
+            -- Hours rolled up before this column was profiled (a version's outputs are profiled
+            -- once it is compiled) have no counts of it: a partial window is no verdict.
+            v_skipped := v_skipped || jsonb_build_array(jsonb_build_object('feature', v_f ->> 'feature', 'role', v_f ->> 'role',
+                'reason', format('counted in %s of the window''s %s predictions (hours rolled up before it was profiled): use the exact mode',
+                                 v_n_cur + v_nulls, v_rows)));
+            continue;
         end if;
         if v_n_cur = 0 or v_n_ref = 0 then
             v_skipped := v_skipped || jsonb_build_array(jsonb_build_object('feature', v_f ->> 'feature', 'role', v_f ->> 'role',
