@@ -13,7 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,7 @@ SCORE_EDGES = [i / 10 for i in range(0, 11)]
 TIERS = ("gold", "silver", "bronze")
 # A whole hour, well in the past (the rollup horizon is far ahead of it) and within the
 # prediction log's retention (maintenance drops chunks older than 90 days).
-T0 = (datetime.now(timezone.utc) - timedelta(days=40)).replace(minute=0, second=0, microsecond=0)
+T0 = (datetime.now(UTC) - timedelta(days=40)).replace(minute=0, second=0, microsecond=0)
 
 
 class World:
@@ -99,7 +99,8 @@ def profile(conn: Conn, tenant: str, version: str) -> None:
         insert into ml.reference_profiles (tenant_id, model_version_id, feature, kind, dtype, role, row_count, nulls,
                                            edges, counts, frequencies)
         values (%(t)s, %(v)s, 'x0', 'numeric', 'float', 'input', 1000, 0, %(x)s, %(xc)s, null),
-               (%(t)s, %(v)s, 'tier', 'categorical', 'text', 'input', 1000, 0, null, null, '{"gold": 500, "silver": 300, "bronze": 200}'),
+               (%(t)s, %(v)s, 'tier', 'categorical', 'text', 'input', 1000, 0, null, null,
+                '{"gold": 500, "silver": 300, "bronze": 200}'),
                (%(t)s, %(v)s, 'label', 'categorical', 'text', 'prediction', 1000, 0, null, null, '{"no": 500, "yes": 500}'),
                (%(t)s, %(v)s, 'score', 'numeric', 'float', 'score', 1000, 0, %(s)s, %(sc)s, null)
         """,
@@ -190,7 +191,7 @@ def test_rollup_counts_equal_a_group_by_over_the_live_predictions(conn: Conn, wo
 
 def test_a_second_rollup_counts_only_what_was_logged_since(conn: Conn, world: World) -> None:
     world.log(conn, T0, T0 + timedelta(hours=2), 800, seed=3)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     world.log(conn, now - timedelta(seconds=2), now - timedelta(seconds=1), 10, seed=4)
     assert rollup(conn, world) == 810
     before = stored_counts(conn, world)
@@ -269,7 +270,7 @@ def test_a_version_profiled_again_has_its_counts_redone(conn: Conn, world: World
     conn.execute("delete from ml.reference_profiles where model_version_id = %s and role in ('prediction', 'score')",
                  (world.versions[0],))
     time.sleep(0.3)
-    now = datetime.now(timezone.utc)   # logged after the versions were registered, as ml.predict logs
+    now = datetime.now(UTC)   # logged after the versions were registered, as ml.predict logs
     world.log(conn, now - timedelta(seconds=0.2), now - timedelta(seconds=0.1), 500, seed=14)
     world.log(conn, now - timedelta(seconds=0.2), now - timedelta(seconds=0.1), 200, version=1, seed=15)
     assert rollup(conn, world) == 700
@@ -433,13 +434,14 @@ def test_drift_reports_state_whether_their_window_was_seen_before(conn: Conn, se
 
     ref = Reference(conn, "regimes", frame(600, 21))
     ref.model()
-    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     plan = [("A", frame(400, 22)), ("B", frame(400, 23, shift=1.0, tiers=(0.2, 0.3, 0.5), vip=0.6)), ("A", frame(400, 24))]
     spans = [(now - timedelta(hours=30 - 6 * i), now - timedelta(hours=26 - 6 * i)) for i in range(len(plan))]
     for (_, rows), (start, end) in zip(plan, spans, strict=True):
         ref.log(rows, start + (end - start) / 2)
     act_for(conn, ref.tenant)
-    reports, regimes = [], []
+    reports: list[str] = []
+    regimes: list[dict[str, Any]] = []
     for start, end in spans:
         row = conn.execute("select ml.drift_report('regimes', %s, %s, '{\"mode\": \"fast\"}')", (start, end)).fetchone()
         assert row is not None
@@ -453,8 +455,8 @@ def test_drift_reports_state_whether_their_window_was_seen_before(conn: Conn, se
     assert regimes[2]["matched"] is True and regimes[2]["match"]["report_id"] == reports[0]
     assert regimes[2]["similar"][0]["dataset_drift"] is False and regimes[2]["similar"][1]["dataset_drift"] is True
     with tenant_context(conn, ref.tenant, user=ref.owner):
-        rows = conn.execute("select report_id::text from ml.similar_windows('regimes', %s)", (reports[2],)).fetchall()
-    assert rows == [(reports[0],), (reports[1],)]
+        nearest = conn.execute("select report_id::text from ml.similar_windows('regimes', %s)", (reports[2],)).fetchall()
+    assert nearest == [(reports[0],), (reports[1],)]
 
 
 # -- without pgvector ----------------------------------------------------------------------------
