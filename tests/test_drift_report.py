@@ -327,6 +327,20 @@ def test_window_order_unknown_project_and_viewers_are_refused(conn: Conn, world:
         conn.execute("select ml.drift_report_document(gen_random_uuid())")
 
 
+def test_a_signed_in_engineer_reports_and_a_viewer_reads_the_document(conn: Conn, world: World) -> None:
+    ref = world.refs["small"]
+    engineer, viewer = member(conn, ref.tenant, "ml_engineer"), member(conn, ref.tenant, "viewer")
+    with tenant_context(conn, ref.tenant, user=engineer):
+        report_id = one(conn, "select ml.drift_report('small', %s, %s, '{\"mode\": \"fast\"}')", *WINDOWS["drifted"])
+    with tenant_context(conn, ref.tenant, user=viewer):
+        doc = one(conn, "select ml.drift_report_document(%s)", report_id)
+        assert str(one(conn, "select created_by from ml.drift_reports where id = %s", report_id)) == engineer
+    assert doc["mode"] == "fast" and doc["dataset_drift"] is True
+    other = world.refs["large"]
+    with tenant_context(conn, other.tenant, user=other.owner), refused("P0002"):
+        conn.execute("select ml.drift_report_document(%s)", (report_id,))
+
+
 def test_the_document_holds_the_report_its_results_and_sections(conn: Conn, world: World) -> None:
     doc = report(conn, world, "large", "drifted")
     assert {"id", "project", "model", "version", "window_start", "window_end", "mode", "source", "status", "row_count",
