@@ -490,3 +490,21 @@ def test_without_pgvector_embeddings_are_arrays_searched_exactly(novector_url: s
         row = conn.execute("select cardinality(embedding), sqrt((select sum(x * x) from unnest(embedding) x)) "
                            "from ml.window_embeddings where report_id = %s", (a2,)).fetchone()
         assert row is not None and row[0] == 256 and row[1] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_counts_and_regimes_on_the_embedded_server(embedded_server: Server) -> None:
+    """The embedded PostgreSQL 18 (native partitions; pgvector when its build has it): the same
+    counts and the same match."""
+    url = embedded_server.clone()
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            world = World(conn)
+            world.log(conn, T0, T0 + timedelta(hours=3), 600, mean=5, sd=3, seed=41)
+            world.shadow(conn, T0 + timedelta(minutes=30), 10)
+            assert rollup(conn, world) == 600
+            assert stored_counts(conn, world) == expected_counts(conn, world)
+            regimes = World(conn)   # its windows logged before any rollup, as ml.predict would log them
+            (a, _), (_, _), (_, back) = windows(conn, regimes, "ABA", seed=600)
+            assert back["matched"] is True and back["match"]["report_id"] == a, back
+    finally:
+        embedded_server.drop(url)
