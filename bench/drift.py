@@ -516,8 +516,9 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"{label} ...")
             results[key], results[key + "_busy_cores"] = busy_cores(fn, *fn_args)
         if args.function_profile:
-            console.print("where the exact report's time goes (one more report, track_functions = all) ...")
+            console.print("where the reports' time goes (one more of each, track_functions = all) ...")
             results["exact_function_profile"] = function_profile(url, ids, start, end, "exact")
+            results["fast_function_profile"] = function_profile(url, ids, start, end, "fast")
         results["load_average_after"] = os.getloadavg()
         results["comparison"] = compare(results["evidently"], results["exact_cold"], results["fast"])
         if "exact_warm" in results:
@@ -526,11 +527,12 @@ def main(argv: list[str] | None = None) -> int:
                 warm[f]["drifted"] == results["exact_cold"]["inputs"][f]["drifted"] for f in warm)
     goals = build_goals(results)
     console.print(decisions_table(results["comparison"]))
-    if "exact_function_profile" in results:
-        prof = results["exact_function_profile"]
-        console.print(f"exact report by function (self ms; {prof['seconds_with_tracking']:.1f} s with tracking): "
-                      + "; ".join(f"{r['function'].split('(')[0]} {r['self_ms']:,.0f} ({r['calls']:,} calls)"
-                                  for r in prof["top_by_self_time"][:6]))
+    for mode in ("exact", "fast"):
+        if f"{mode}_function_profile" in results:
+            prof = results[f"{mode}_function_profile"]
+            console.print(f"{mode} report by function (self ms; {prof['seconds_with_tracking']:.2f} s with tracking): "
+                          + "; ".join(f"{r['function'].split('(')[0]} {r['self_ms']:,.0f} ({r['calls']:,} calls)"
+                                      for r in prof["top_by_self_time"][:6]))
     console.print(results_table(f"bench.drift: {args.current_rows:,} current rows vs {args.reference_rows:,} reference rows, "
                                 f"{len(FEATURES)} features (load average {load[0]:.1f} before)", goals))
     payload = {"machine": machine, "parameters": {k: v for k, v in vars(args).items() if k != "database_url"},
