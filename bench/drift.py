@@ -489,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     with database as url:
         with psycopg.connect(url, autocommit=True) as conn:
             machine = machine_info(conn)
+            machine["server_settings"].update(dict(conn.execute(
+                "select name, current_setting(name) from pg_settings where name = any(%s)",
+                (["work_mem", "max_parallel_workers_per_gather", "jit_above_cost"],)).fetchall()))
             console.print("setup: reference training set ...")
             ids = setup_reference(conn, args.reference_rows, args.seed)
             end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
