@@ -71,42 +71,47 @@ set work_mem = '64MB'
 set enable_sort = off  -- the groups (versions x features x hours x bins) hash in memory: never sort the rows
 as $$
 declare
-    v_bins  text;
-    v_xs    text;
-    v_cats  text;
-    v_ks    text;
-    v_keys  text;
+    v_values text;
+    v_ks     text;
+    v_xs     text;
+    v_cats   text;
+    v_bins   text;
+    v_keys   text;
 begin
-    -- One scan of the window. Each row becomes arrays written from its version's profiles (bins,
-    -- numbers, categories: element k is the k-th profiled feature of that version, each value
-    -- read by its key), unnested in the select list (streamed: a function in FROM would fill a
-    -- tuplestore per row); the groups are counted by k and named after. No join and no lookup
-    -- per row (a lateral VALUES list would build its expressions again for every row).
-    select string_agg(format('when %L then array[%s]', g.model_version_id, g.bins), ' '),
-           string_agg(format('when %L then array[%s]', g.model_version_id, g.xs), ' '),
-           string_agg(format('when %L then array[%s]', g.model_version_id, g.cats), ' '),
+    -- One scan of the window, three steps, each value read and converted once:
+    --   1. each row unpivoted into (k, value): k the k-th profiled feature of the row's version,
+    --      its JSON value read by key (arrays written from the profiles, unnested in the select
+    --      list: streamed, where a function in FROM would fill a tuplestore per row);
+    --   2. the value as a number (ml_private.profile_number) or a category, by (version, k);
+    --   3. the number's bin on that feature's edges, then the counts by (version, k, hour, bin,
+    --      category), hashed; the groups are named after.
+    -- No join and no lookup per row (a lateral VALUES list would build its expressions again
+    -- for every row; inlined conversions in one step would read each value several times).
+    select string_agg(format('when %L then array[%s]', g.model_version_id, g.vals), ' '),
            string_agg(format('when %L then array[%s]', g.model_version_id, g.ks), ' '),
+           string_agg(format('when %L then case v.k %s end', g.model_version_id, g.xs), ' '),
+           string_agg(format('when %L then case %s end', g.model_version_id, g.cats), ' '),
+           string_agg(format('when %L then case t.k %s end', g.model_version_id, g.bins), ' '),
            string_agg(g.keys, ', ')
-    into v_bins, v_xs, v_cats, v_ks, v_keys
+    into v_values, v_ks, v_xs, v_cats, v_bins, v_keys
     from (
         select f.model_version_id,
-               string_agg(case when f.edges is null then 'null::int'
-                               else format('ml_private.histogram_bin(%L::float8[], %s)', f.edges, f.x) end, ', ' order by f.k) as bins,
-               string_agg(coalesce(f.x, 'null::float8'), ', ' order by f.k) as xs,
-               string_agg(coalesce(f.cat, 'null::text'), ', ' order by f.k) as cats,
+               string_agg(f.value, ', ' order by f.k) as vals,
                string_agg(f.k::text, ', ' order by f.k) as ks,
+               coalesce(string_agg(format('when %s then ml_private.profile_number(v.value, %L)', f.k, f.dtype), ' ' order by f.k)
+                            filter (where f.edges is not null), 'when 0 then null') as xs,
+               coalesce(string_agg(format('when v.k = %s then ml_private.profile_category(v.value)', f.k), ' ' order by f.k)
+                            filter (where f.edges is null), 'when false then null') as cats,
+               coalesce(string_agg(format('when %s then ml_private.histogram_bin(%L::float8[], t.x)', f.k, f.edges), ' ' order by f.k)
+                            filter (where f.edges is not null), 'when 0 then null') as bins,
                string_agg(format('(%L::uuid, %s, %L, %L)', f.model_version_id, f.k, f.role, f.feature), ', ' order by f.k) as keys
         from (
-            select w.model_version_id, w.role, w.feature, w.edges,
+            select w.model_version_id, w.role, w.feature, w.edges, w.dtype,
                    row_number() over (partition by w.model_version_id order by w.role, w.feature) as k,
-                   case when w.edges is null then null
-                        when w.role = 'score' then 'p.score'
-                        else format('ml_private.profile_number(%s, %L)', v.value, w.dtype) end as x,
-                   case when w.edges is null then format('ml_private.profile_category(%s)', v.value) end as cat
+                   case w.role when 'input' then format('p.features -> %L', w.feature)
+                               when 'prediction' then 'p.prediction'
+                               else 'pg_catalog.to_jsonb(p.score)' end as value
             from ml_private.window_profiles(p_project) w
-            cross join lateral (select case w.role when 'input' then format('p.features -> %L', w.feature)
-                                                   when 'prediction' then 'p.prediction'
-                                                   else 'pg_catalog.to_jsonb(p.score)' end as value) v
             where p_versions is null or w.model_version_id = any (p_versions)
         ) f
         group by f.model_version_id
@@ -116,19 +121,21 @@ begin
     end if;
     return query execute format($q$
         with counted as (
-            select u.model_version_id, u.k, u.bucket, u.bin, u.category,
-                   count(*) as count, sum(u.x) as total, sum(u.x * u.x) as total_squares
-            from (select p.model_version_id, pg_catalog.date_trunc('hour', p.created_at, 'UTC') as bucket,
-                         unnest(case p.model_version_id %s end) as bin, unnest(case p.model_version_id %s end) as x,
-                         unnest(case p.model_version_id %s end) as category, unnest(case p.model_version_id %s end) as k
-                  from ml.predictions p
-                  where p.tenant_id = $1 and p.project_id = $2 and p.created_at >= $3 and p.created_at < $4
-                    and p.shadow_of is null and ($5 is null or p.model_version_id = any ($5))) u
+            select t.model_version_id, t.k, t.bucket, (case t.model_version_id %s end)::int as bin, t.category,
+                   count(*) as count, sum(t.x) as total, sum(t.x * t.x) as total_squares
+            from (select v.model_version_id, v.k, v.bucket, (case v.model_version_id %s end)::float8 as x,
+                         (case v.model_version_id %s end)::text as category
+                  from (select p.model_version_id, pg_catalog.date_trunc('hour', p.created_at, 'UTC') as bucket,
+                               unnest(case p.model_version_id %s end) as value, unnest(case p.model_version_id %s end) as k
+                        from ml.predictions p
+                        where p.tenant_id = $1 and p.project_id = $2 and p.created_at >= $3 and p.created_at < $4
+                          and p.shadow_of is null and ($5 is null or p.model_version_id = any ($5))) v
+                  offset 0) t
             group by 1, 2, 3, 4, 5
         )
         select c.model_version_id, m.role, m.feature, c.bucket, c.bin, c.category, c.count, c.total, c.total_squares
         from counted c join (values %s) m (model_version_id, k, role, feature)
-          on m.model_version_id = c.model_version_id and m.k = c.k$q$, v_bins, v_xs, v_cats, v_ks, v_keys)
+          on m.model_version_id = c.model_version_id and m.k = c.k$q$, v_bins, v_xs, v_cats, v_values, v_ks, v_keys)
         using p_tenant, p_project, p_from, p_to, p_versions;
 end
 $$;
