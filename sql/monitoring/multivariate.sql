@@ -1,5 +1,4 @@
--- pgmlops: monitoring/multivariate.sql — multivariate and embedding drift (docs/monitoring.md,
--- "Multivariate and embedding drift")
+-- pgmlops: monitoring/multivariate.sql — multivariate and embedding drift (docs/monitoring.md)
 --
 -- ml.drift_report enqueues a `monitor` job (payload {report_id}) and leaves the report 'pending';
 -- the worker (pgmlops.monitoring._multivariate.monitor) reads the report's reference (samples of
