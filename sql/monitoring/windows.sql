@@ -45,6 +45,9 @@ as $$
     order by x.model_version_id, x.role, x.feature, x.preference
 $$;
 
+-- (Before p_versions, it had four arguments.)
+drop function if exists ml_private.bin_predictions(uuid, uuid, timestamptz, timestamptz);
+
 -- ml_private.bin_predictions(p_tenant uuid, p_project uuid, p_from timestamptz, p_to timestamptz,
 --                             p_versions uuid[] default null)
 -- returns table (model_version_id uuid, role text, feature text, bucket timestamptz, bin int,
@@ -59,7 +62,6 @@ $$;
 -- the logged features, the prediction from prediction, the score from score. The one binning of the rollup and of the
 -- raw edges of a window (ml_private.window_counts_between). Its callers set timezone UTC, as
 -- the profiles are made (a timestamp without an offset is UTC).
-drop function if exists ml_private.bin_predictions(uuid, uuid, timestamptz, timestamptz);  -- before p_versions
 create or replace function ml_private.bin_predictions(p_tenant uuid, p_project uuid, p_from timestamptz, p_to timestamptz,
                                                        p_versions uuid[] default null)
 returns table (model_version_id uuid, role text, feature text, bucket timestamptz, bin int, category text,
