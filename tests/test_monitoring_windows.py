@@ -330,13 +330,15 @@ REGIMES: dict[str, dict[str, Any]] = {
 
 
 def windows(conn: Conn, world: World, plan: str, n: int = 2000, seed: int = 100) -> list[tuple[str, dict[str, Any]]]:
-    """One daily window per letter of plan (a regime), each reported and embedded in order;
-    returns (report id, regime section) per window."""
+    """One daily window per letter of plan (a regime), all logged first (a report rolls the log
+    up, and rows logged later with an earlier time would be behind its watermark), then each
+    reported and embedded in order; returns (report id, regime section) per window."""
+    spans = [(T0 + 10 * DAY + i * DAY, T0 + 11 * DAY + i * DAY) for i in range(len(plan))]
+    for i, (regime, (start, end)) in enumerate(zip(plan, spans, strict=True)):
+        world.log(conn, start, end, n, seed=seed + i, **REGIMES[regime])
     out = []
-    for i, regime in enumerate(plan):
-        start = T0 + 10 * DAY + i * DAY
-        world.log(conn, start, start + DAY, n, seed=seed + i, **REGIMES[regime])
-        report = world.report(conn, start, start + DAY)
+    for start, end in spans:
+        report = world.report(conn, start, end)
         row = conn.execute("select ml_private.record_window_embedding(%s)", (report,)).fetchone()
         assert row is not None
         out.append((report, row[0]))

@@ -415,8 +415,9 @@ $$;
 -- ml.window_embeddings (replacing the report's earlier one) and says whether a past window of
 -- the project had the same distribution. The construction (docs/monitoring.md):
 --   1. the window's counts per feature (inputs, prediction, score) on the reference bins of the
---      version that served it (the report's version, else the one with most rows):
---      ml_private.window_counts_between, exact at any window bounds; keys are the numeric bins
+--      version that served it (the report's version, else the one with most rows): the project
+--      rolled up (ml_private.rollup_window_counts), then ml_private.window_counts_between, exact
+--      at any window bounds; keys are the numeric bins
 --      (underflow and overflow included), the categories (the 64 most frequent; the rest pooled
 --      as one), and missing values;
 --   2. per feature, the square roots of the key proportions: a block of unit L2 norm, so every
@@ -468,6 +469,9 @@ begin
             'reason', format('the window is read from %s, not the prediction log: no binned counts to embed', v_report.source));
     end if;
 
+    -- Rolled up first (a no-op after a fast report's own rollup): the window's whole hours are
+    -- then read from ml.window_counts, not binned again from the log.
+    perform ml_private.rollup_window_counts(v_report.project_id);
     with counts as materialized (
         select * from ml_private.window_counts_between(v_report.tenant_id, v_report.project_id, v_report.window_start, v_report.window_end)
     ), sizes as (
