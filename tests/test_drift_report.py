@@ -8,6 +8,7 @@ error paths write nothing."""
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,7 +23,7 @@ from scipy import stats
 from pgmlops.db import tenant_context
 
 from .compile_helpers import one
-from .conftest import act_for
+from .conftest import act_for, make_tenant
 from .test_reference_profiles import SIGNATURE, Reference, features_of, frame
 from .training_data import member, refused
 
@@ -325,6 +326,21 @@ def test_window_order_unknown_project_and_viewers_are_refused(conn: Conn, world:
     assert one(conn, "select count(*) from ml.drift_reports") == before
     with refused("P0002"):
         conn.execute("select ml.drift_report_document(gen_random_uuid())")
+
+
+def test_a_version_without_a_training_set_has_no_reference(conn: Conn) -> None:
+    tenant = make_tenant(conn)
+    act_for(conn, tenant)
+    project_id = one(conn, "select ml.create_project('bare', 'regression', 'y')")
+    run = str(one(conn, "select ml.start_run(%s, null, 'ridge', '{}', '{}', null, '{}')", project_id))
+    conn.execute("select ml.finish_run(%s, 'succeeded', '{}', 1.0, 100, 0.1)", (run,))
+    conn.execute("select ml.register_model_version(%s, 'bare', 'x', 'skops', %s, %s, null, '{}')",
+                 (run, hashlib.sha256(b"x").hexdigest(), Jsonb({"inputs": [{"name": "x", "dtype": "float"}], "outputs": []})))
+    with refused("55000", r"model bare version 1 has no reference profile"):
+        conn.execute("select ml.drift_report('bare', %s, %s, '{\"model\": \"bare\", \"version\": 1}')", WINDOWS["steady"])
+    with refused("P0002", r"project 'bare' has no active deployment"):
+        conn.execute("select ml.drift_report('bare', %s, %s)", WINDOWS["steady"])
+    assert one(conn, "select count(*) from ml.drift_reports where tenant_id = %s", tenant) == 0
 
 
 def test_a_signed_in_engineer_reports_and_a_viewer_reads_the_document(conn: Conn, world: World) -> None:
