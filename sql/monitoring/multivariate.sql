@@ -7,7 +7,7 @@
 -- input, and stores them here, in the job's transaction:
 --   feature '*', kind 'multivariate'   domain_classifier   (5-fold stratified CV ROC AUC of a
 --                                      gradient boosting classifier telling reference from
---                                      current; drifted outside [0.45, 0.65], NannyML's
+--                                      current; drifted above 0.65, NannyML's upper
 --                                      ConstantThreshold), pca_reconstruction (mean Euclidean
 --                                      reconstruction error of the current rows through the
 --                                      reference's PCA keeping 65% of the variance; drifted

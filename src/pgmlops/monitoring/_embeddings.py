@@ -39,7 +39,10 @@ __all__ = ["DC_LOWER", "DC_UPPER", "MMD_ROWS", "PERMUTATIONS", "domain_classifie
 
 Matrix = NDArray[np.float64]
 
-# NannyML's DomainClassifierCalculator: ConstantThreshold(lower=0.45, upper=0.65), 5 folds.
+# NannyML's DomainClassifierCalculator: ConstantThreshold(lower=0.45, upper=0.65), 5 folds. Only
+# the upper bound decides drift here: an AUC below 0.5 is the cross-validation's noise on samples
+# a classifier cannot tell apart (0.44 on 100 + 50 rows of one distribution), not a change; the
+# lower bound's verdict is kept in the details (nannyml_alert).
 DC_LOWER = 0.45
 DC_UPPER = 0.65
 CV_FOLDS = 5
@@ -164,8 +167,9 @@ def embedding_tests(reference: Matrix, current: Matrix, *, seed: int = 0,
     # Domain classifier on the components.
     auc = domain_classifier_auc(reference, current)
     out.append({"test": "domain_classifier", "statistic": auc, "p_value": None, "threshold": DC_UPPER,
-                "drifted": auc > DC_UPPER or auc < DC_LOWER, "row_count": len(current),
+                "drifted": auc > DC_UPPER, "row_count": len(current),
                 "details": {"metric": "roc_auc", "lower_threshold": DC_LOWER, "upper_threshold": DC_UPPER, "cv_folds": CV_FOLDS,
+                            "nannyml_alert": auc > DC_UPPER or auc < DC_LOWER,
                             "classifier": "HistGradientBoostingClassifier", "reference_rows": m}})
     return out
 
