@@ -738,6 +738,7 @@ begin
         'report_id', v_id, 'project', v_project.name, 'project_id', v_project.id, 'model_version_id', v_version.id,
         'mode', v_mode, 'window_start', p_start, 'window_end', p_end, 'rows', v_rows, 'features_tested', v_tested,
         'drifted_features', v_drifted, 'drift_share', v_share, 'dataset_drift', coalesce(v_share >= (v_opts ->> 'drift_share')::float8, false)));
+    perform ml_private.check_retraining_triggers(v_id);  -- the project's retraining triggers (sql/retraining/policies.sql)
     drop table if exists pg_temp._pgmlops_drift_current;
     drop table if exists pg_temp._pgmlops_drift_labels;
     drop table if exists pg_temp._pgmlops_drift_counts;

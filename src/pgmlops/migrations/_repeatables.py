@@ -49,6 +49,7 @@ FILES: tuple[str, ...] = (
     "monitoring/reports.sql",
     "monitoring/multivariate.sql",
     "monitoring/schedules.sql",
+    "retraining/policies.sql",
 )
 
 # Where the applied checksums are kept (made by revision 0005_partition_rls).
