@@ -236,15 +236,27 @@ def _current_rows(ctx: JobContext, report: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame([r[0] or {} for r in rows])
 
 
-def _reference_rows(ctx: JobContext, dataset_id: UUID, seed: int) -> pd.DataFrame:
-    """At most SAMPLE_ROWS rows of the training set (seeded, kept in row order)."""
-    from pgmlops.features import load_dataset
+def _reference_rows(ctx: JobContext, dataset_id: UUID, features: list[str], seed: int) -> pd.DataFrame:
+    """At most SAMPLE_ROWS rows of the training set's ``features`` columns (those with the
+    smallest ``md5(row_id || seed)``: the whole set when it is smaller), in row order, read as
+    JSON like the prediction log's features (pgvector values as their text, timestamps as ISO
+    strings), so both samples go through the same coercion."""
+    from psycopg import sql
 
-    frame = load_dataset(ctx.conn, dataset_id)
-    if len(frame) > SAMPLE_ROWS:
-        keep = np.sort(np.random.default_rng(seed).choice(len(frame), SAMPLE_ROWS, replace=False))
-        frame = frame.iloc[keep].reset_index(drop=True)
-    return frame
+    from pgmlops.features import dataset_info
+
+    info = dataset_info(ctx.conn, dataset_id)
+    names = [c["name"] for c in info.columns if c["name"] in set(features)]
+    if not names:
+        return pd.DataFrame()
+    query = sql.SQL("""select to_jsonb(x) - 'row_id' from (
+                           select d.row_id, {} from {} d order by md5(d.row_id::text || {}) limit {}) x
+                       order by x.row_id""").format(
+        sql.SQL(", ").join(sql.SQL("d.{}").format(sql.Identifier(n)) for n in names),
+        sql.SQL(info.table_name), sql.Literal(str(seed)), sql.Literal(SAMPLE_ROWS))
+    with sql_errors():
+        rows = ctx.conn.execute(query).fetchall()
+    return pd.DataFrame([r[0] for r in rows], columns=names)
 
 
 def _finish(ctx: JobContext, report_id: str, results: list[dict[str, Any]], section: dict[str, Any],
@@ -363,7 +375,7 @@ def monitor(ctx: JobContext) -> dict[str, Any]:
                where r.model_version_id = %s and r.role = 'input' order by r.feature""",
             (report["model_version_id"],)).fetchall()]
         seed = int(UUID(report_id).int % (2**32))
-        reference = _reference_rows(ctx, report["dataset_id"], seed)
+        reference = _reference_rows(ctx, report["dataset_id"], [p["feature"] for p in profiles], seed)
         current = _current_rows(ctx, report)
         results, section = compute(reference, current, profiles, seed)
         return _finish(ctx, report_id, results, section)
