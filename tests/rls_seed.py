@@ -223,3 +223,16 @@ def drift_reports(conn: Conn, tenant: str) -> None:
                            1, 1, 10.5, 110.25
                     from ml.predictions p join ml.projects j on j.id = p.project_id
                     where p.tenant_id = %s and j.name = 'rls-project' limit 1""", (tenant,))
+
+
+@seeds("ml.retraining_policies", "ml.retraining_events")
+def retraining(conn: Conn, tenant: str) -> None:
+    """rls-project's retraining policy (ml.set_retraining_policy: retrain when half the inputs
+    drift), then its triggers judged on the exact drift report above, where spend drifted: the
+    trigger fires and is recorded in ml.retraining_events (ml_private.check_retraining_triggers,
+    which ml.drift_report calls after each report; the reports above came before the policy)."""
+    conn.execute("select ml.set_retraining_policy('rls-project', %s)",
+                 (Jsonb({"triggers": [{"type": "dataset_drift", "share": 0.5}]}),))
+    conn.execute("select ml_private.check_retraining_triggers(r.id) from ml.drift_reports r"
+                 " join ml.projects p on p.id = r.project_id"
+                 " where r.tenant_id = %s and p.name = 'rls-project' and r.mode = 'exact'", (tenant,))

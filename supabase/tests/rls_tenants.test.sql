@@ -203,6 +203,8 @@ $$;
 --   window_watermarks
 --   ml.window_counts                inserted directly: no seeded prediction is older than the
 --                                   rollup horizon within the seed's one transaction
+--   ml.retraining_policies,         rls-project's retraining policy, then its triggers judged on
+--   retraining_events               the exact report (spend drifted: a 'trigger' event)
 --==============================================================================================
 
 do $$
@@ -296,6 +298,14 @@ begin
         from ml.predictions p join ml.projects j on j.id = p.project_id
         where p.tenant_id = pgmlops_tests.id(v_tenant)::uuid and j.name = 'rls-project'
         limit 1;
+
+        -- ml.retraining_policies, retraining_events: rls-project's retraining policy (retrain when
+        -- half the inputs drift), then its triggers judged on the exact report above (spend
+        -- drifted, so the trigger fires and is recorded; the reports came before the policy).
+        perform ml.set_retraining_policy('rls-project', '{"triggers": [{"type": "dataset_drift", "share": 0.5}]}');
+        perform ml_private.check_retraining_triggers(r.id)
+        from ml.drift_reports r join ml.projects p on p.id = r.project_id
+        where r.tenant_id = pgmlops_tests.id(v_tenant)::uuid and p.name = 'rls-project' and r.mode = 'exact';
 
         -- Later tables here.
     end loop;
