@@ -733,7 +733,8 @@ $$;
 --     report and every verdict; decision 'retrain'; as_of: the report's window_end; cycle_id its
 --     own id) and publishes retraining.triggered on topic 'retraining';
 --   * within the cooldown (the report's window_end is less than cooldown after the as_of of the
---     project's last 'trigger' row): records a 'skip' row with the reason and publishes
+--     project's last 'trigger' row), or on a window that ends before that as_of (older data than
+--     the last trigger's): records a 'skip' row with the reason and publishes
 --     retraining.skipped; fired is false.
 -- Nothing is written when no trigger fires, the project has no policy or its policy is disabled.
 -- A report already judged returns its recorded outcome again ("repeated": true) and writes
@@ -792,8 +793,11 @@ begin
     select p.name into v_project from ml.projects p where p.id = v_report.project_id;
 
     if v_last is not null and v_report.window_end < v_last + v_policy.cooldown then
-        v_reason := format('in cooldown until %s (last trigger at %s, cooldown %s): %s', v_last + v_policy.cooldown, v_last,
-                           v_policy.cooldown, v_reason);
+        v_reason := case when v_report.window_end < v_last
+                         then format('the window ends at %s, before the last trigger''s (%s): newer data was already acted on: %s',
+                                     v_report.window_end, v_last, v_reason)
+                         else format('in cooldown until %s (last trigger at %s, cooldown %s): %s', v_last + v_policy.cooldown, v_last,
+                                     v_policy.cooldown, v_reason) end;
         insert into ml.retraining_events (id, tenant_id, project_id, as_of, kind, report_id, evidence, model_version_id, decision,
                                           reason, created_by)
         values (v_id, v_report.tenant_id, v_report.project_id, v_report.window_end, 'skip', v_report.id,
