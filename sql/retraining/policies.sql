@@ -1,5 +1,6 @@
--- pgmlops: retraining/policies.sql — retraining policies, trigger checks and the retraining
--- history (docs/retraining.md, "Retraining policies")
+-- pgmlops: retraining/policies.sql — retraining policies, trigger checks and the history
+--
+-- The contract: docs/retraining.md, "Retraining policies".
 --
 -- A project's retraining policy (ml.retraining_policies, one per project) says when to retrain
 -- and how: its triggers, a cooldown, the training recipe, the data curation, the offline and
