@@ -204,14 +204,43 @@ def _confidence(value: float, name: str = "confidence") -> float:
 _Resampled = Callable[[NDArray[Any], NDArray[Any], NDArray[np.float64]], NDArray[np.float64]]
 
 
-def _mean_metric(rows: Callable[[NDArray[Any], NDArray[Any]], NDArray[np.float64]],
-                 reduce: Callable[[NDArray[np.float64]], NDArray[np.float64]]) -> _Resampled:
+_Rows = Callable[[NDArray[Any], NDArray[Any]], NDArray[np.float64]]
+_Reduce = Callable[[NDArray[np.float64]], NDArray[np.float64]]
+
+
+@dataclass(frozen=True)
+class _MeanMetric:
     """A metric that is a function ``reduce`` of weighted means of per-row statistics ``rows``
     (one column each): the means of every resample are one matrix product."""
-    def resampled(y: NDArray[Any], p: NDArray[Any], weights: NDArray[np.float64]) -> NDArray[np.float64]:
-        means = (weights @ rows(y, p)) / weights.sum(axis=1, keepdims=True)
-        return reduce(means)
-    return resampled
+
+    rows: _Rows
+    reduce: _Reduce
+
+    def __call__(self, y: NDArray[Any], p: NDArray[Any], weights: NDArray[np.float64]) -> NDArray[np.float64]:
+        return self.reduce((weights @ self.rows(y, p)) / weights.sum(axis=1, keepdims=True))
+
+
+def _mean_metric(rows: _Rows, reduce: _Reduce) -> _MeanMetric:
+    return _MeanMetric(rows, reduce)
+
+
+def _paired_differences(compute: _Resampled, y: NDArray[Any], a: NDArray[Any],
+                        b: NDArray[Any]) -> Callable[[NDArray[np.float64]], NDArray[np.float64]]:
+    """``weights -> metric(challenger) - metric(champion)`` per row of weights; for a mean metric
+    the per-row statistics of both models are computed once and share one matrix product."""
+    if isinstance(compute, _MeanMetric):
+        stacked = np.hstack([compute.rows(y, a), compute.rows(y, b)])
+        k = stacked.shape[1] // 2
+        reduce = compute.reduce
+
+        def mean_differences(weights: NDArray[np.float64]) -> NDArray[np.float64]:
+            means = (weights @ stacked) / weights.sum(axis=1, keepdims=True)
+            return reduce(means[:, k:]) - reduce(means[:, :k])
+        return mean_differences
+
+    def differences(weights: NDArray[np.float64]) -> NDArray[np.float64]:
+        return compute(y, b, weights) - compute(y, a, weights)
+    return differences
 
 
 def _column(values: Any) -> NDArray[np.float64]:
@@ -345,8 +374,8 @@ def _callable_metric(fn: Callable[[NDArray[Any], NDArray[Any]], float]) -> _Resa
 def _resample_weights(rng: np.random.Generator, resamples: int, n: int) -> NDArray[np.float64]:
     """``resamples`` rows of draw counts: row r counts ``rng.integers(0, n, size=(resamples, n))[r]``."""
     idx = rng.integers(0, n, size=(resamples, n))
-    flat = (idx + (np.arange(resamples) * n)[:, None]).ravel()
-    return np.bincount(flat, minlength=resamples * n).reshape(resamples, n).astype(np.float64)
+    idx += (np.arange(resamples) * n)[:, None]  # row r's draws land in bins r·n .. r·n + n − 1
+    return np.bincount(idx.ravel(), minlength=resamples * n).reshape(resamples, n).astype(np.float64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -426,11 +455,11 @@ def paired_bootstrap(y_true: Any, pred_champion: Any, pred_challenger: Any, metr
     rng = np.random.default_rng(seed)
     resamples = int(n_resamples)
     differences = np.empty(resamples)
+    paired = _paired_differences(compute, y, a, b)
     chunk = max(1, _CHUNK_CELLS // n)
     for start in range(0, resamples, chunk):
         stop = min(resamples, start + chunk)
-        weights = _resample_weights(rng, stop - start, n)
-        differences[start:stop] = compute(y, b, weights) - compute(y, a, weights)
+        differences[start:stop] = paired(_resample_weights(rng, stop - start, n))
     valid = differences[np.isfinite(differences)]
     if len(valid) == 0:
         raise _invalid("y_true", f"{metric_name} is undefined on every resample")
@@ -438,7 +467,7 @@ def paired_bootstrap(y_true: Any, pred_champion: Any, pred_challenger: Any, metr
     alpha = 1 - confidence
     difference = challenger - champion
     if method == "bca":
-        low_q, high_q = _bca_levels(valid, difference, alpha, y, a, b, compute)
+        low_q, high_q = _bca_levels(valid, difference, alpha, n, paired)
     else:
         low_q, high_q = alpha / 2, 1 - alpha / 2
     ci_low, ci_high = (float(v) for v in np.quantile(valid, [low_q, high_q]))
@@ -452,8 +481,8 @@ def paired_bootstrap(y_true: Any, pred_champion: Any, pred_challenger: Any, metr
     )
 
 
-def _bca_levels(valid: NDArray[np.float64], estimate: float, alpha: float, y: NDArray[Any],
-                a: NDArray[Any], b: NDArray[Any], compute: _Resampled) -> tuple[float, float]:
+def _bca_levels(valid: NDArray[np.float64], estimate: float, alpha: float, n: int,
+                paired: Callable[[NDArray[np.float64]], NDArray[np.float64]]) -> tuple[float, float]:
     """Efron's BCa quantile levels (Efron & Tibshirani 1993, §14.3).
 
     z0 = Φ⁻¹(share of resampled differences below the estimate, ties counted half, clipped to
@@ -464,14 +493,13 @@ def _bca_levels(valid: NDArray[np.float64], estimate: float, alpha: float, y: ND
     count = len(valid)
     below = (np.sum(valid < estimate) + 0.5 * np.sum(valid == estimate)) / count
     z0 = float(stats.norm.ppf(np.clip(below, 1 / (2 * count), 1 - 1 / (2 * count))))
-    n = len(y)
     jackknife = np.empty(n)
     chunk = max(1, _CHUNK_CELLS // n)
     for start in range(0, n, chunk):
         rows = np.arange(start, min(n, start + chunk))
         weights = np.ones((len(rows), n))
         weights[np.arange(len(rows)), rows] = 0.0
-        jackknife[rows] = compute(y, b, weights) - compute(y, a, weights)
+        jackknife[rows] = paired(weights)
     jackknife = jackknife[np.isfinite(jackknife)]
     d = jackknife.mean() - jackknife
     denominator = 6.0 * float(np.sum(d ** 2)) ** 1.5
