@@ -235,13 +235,13 @@ def test_every_named_metric_has_a_reference() -> None:
 def test_bootstrap_interval_equals_scikit_learn_on_the_same_resamples(metric: str) -> None:
     kind, reference = SKLEARN[metric]
     y, a, b = _dataset(kind, 80, seed=len(metric))
-    result = paired_bootstrap(y, a, b, metric, n_resamples=200, seed=11, confidence=0.9)
+    result = paired_bootstrap(y, a, b, metric, n_resamples=120, seed=11, confidence=0.9)
     assert abs(result.champion - reference(y, a)) <= TOL
     assert abs(result.challenger - reference(y, b)) <= TOL
-    low, high = _reference_interval(reference, y, a, b, 200, 11, 0.9)
+    low, high = _reference_interval(reference, y, a, b, 120, 11, 0.9)
     assert result.ci_low is not None and result.ci_high is not None
     assert abs(result.ci_low - low) <= TOL and abs(result.ci_high - high) <= TOL
-    assert result.details["n_valid"] == 200
+    assert result.details["n_valid"] == 120
     assert result.details["higher_is_better"] is BOOTSTRAP_METRICS[metric]
 
 
@@ -268,6 +268,29 @@ def test_bootstrap_leaves_out_resamples_where_the_metric_is_undefined() -> None:
     # A resample without the one positive row (probability (4/5)^5 ≈ 0.33) has no AUC.
     assert 250 < r.details["n_valid"] < 420
     assert r.champion == 1.0 and r.challenger == 0.75
+
+
+@pytest.mark.parametrize(("metric", "method"), [("accuracy", "percentile"), ("mae", "percentile"), ("mae", "bca"),
+                                              ("rmse", "bca")])
+def test_bootstrap_equals_scipy_paired_bootstrap(metric: str, method: str) -> None:
+    # scipy.stats.bootstrap(paired=True) draws rng.integers(0, n, (n_resamples, n)) too, so with the
+    # same seed both see the same resamples; BCa's bias correction and jackknife acceleration too.
+    y, a, b = _dataset("labels" if metric == "accuracy" else "values", 400, seed=21)
+
+    def statistic(y: Any, a: Any, b: Any, axis: int) -> Any:
+        if metric == "accuracy":
+            return np.mean(b == y, axis=axis) - np.mean(a == y, axis=axis)
+        if metric == "mae":
+            return np.mean(np.abs(b - y), axis=axis) - np.mean(np.abs(a - y), axis=axis)
+        return np.sqrt(np.mean((b - y) ** 2, axis=axis)) - np.sqrt(np.mean((a - y) ** 2, axis=axis))
+
+    reference = stats.bootstrap((y, a, b), statistic, paired=True, vectorized=True, n_resamples=1000,
+                                confidence_level=0.9, method="BCa" if method == "bca" else "percentile",
+                                rng=np.random.default_rng(5))
+    ours = paired_bootstrap(y, a, b, metric, n_resamples=1000, confidence=0.9, seed=5, method=method)  # type: ignore[arg-type]
+    assert abs(ours.ci_low - reference.confidence_interval.low) <= TOL  # type: ignore[operator]
+    assert abs(ours.ci_high - reference.confidence_interval.high) <= TOL  # type: ignore[operator]
+    assert abs(ours.details["standard_error"] - reference.standard_error) <= TOL
 
 
 def test_bca_interval_is_close_to_the_percentile_one_for_a_mean() -> None:
