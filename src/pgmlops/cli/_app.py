@@ -1,7 +1,7 @@
 """The `pgmlops` application: global options, the command groups assembled, and error reporting.
 
 Each command group lives in its own module (``db``, ``migrate``, ``tenants``, ``features``,
-``training``, ``models``, ``scoring``, ``monitoring``, ``report``, ``jobs``, ``events``, ``demo``) and is
+``training``, ``models``, ``scoring``, ``monitoring``, ``report``, ``jobs``, ``events``, ``demo``, ``simulate``) and is
 registered here, in one place.
 """
 
@@ -15,7 +15,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from pgmlops import __version__, migrations
-from pgmlops.cli import db, demo, events, features, jobs, migrate, models, monitoring, scoring, tenants, training
+from pgmlops.cli import db, demo, events, features, jobs, migrate, models, monitoring, scoring, simulate, tenants, training
 from pgmlops.cli import report as html_report  # as: _app's report() prints errors
 from pgmlops.cli._common import DatabaseUrl, console, err_console, state
 from pgmlops.errors import InvalidInput, NotFound, PgmlopsError
@@ -62,6 +62,7 @@ app.command()(jobs.jobs)
 app.command()(jobs.worker)
 app.command()(events.events)
 app.command()(demo.demo)
+app.command()(simulate.simulate)
 app.command()(version)
 
 
