@@ -187,6 +187,9 @@ begin
 end
 $$;
 
+-- (Before p_labelled_only, it had ten arguments.)
+drop function if exists ml_private.performance_buckets(uuid, uuid, uuid, text, jsonb, timestamptz, timestamptz, interval, text, boolean);
+
 -- ml_private.performance_buckets(p_tenant uuid, p_project uuid, p_version uuid, p_task text,
 --     p_classes jsonb, p_start timestamptz, p_end timestamptz, p_bucket interval,
 --     p_label_source text, p_estimate boolean, p_labelled_only boolean default false)
@@ -216,7 +219,6 @@ $$;
 -- p_labelled_only stages the labelled predictions only (fast reports: the cost follows the labels,
 -- not the log; no estimate then).
 -- Callers: ml_private.report_performance.
-drop function if exists ml_private.performance_buckets(uuid, uuid, uuid, text, jsonb, timestamptz, timestamptz, interval, text, boolean);
 create or replace function ml_private.performance_buckets(p_tenant uuid, p_project uuid, p_version uuid, p_task text,
                                                           p_classes jsonb, p_start timestamptz, p_end timestamptz,
                                                           p_bucket interval, p_label_source text, p_estimate boolean,
