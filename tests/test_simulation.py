@@ -190,6 +190,8 @@ def test_labels_arrive_like_chargebacks() -> None:
     assert np.median(days) == pytest.approx(12, rel=0.03)
     assert ((days >= 7) & (days <= 28)).mean() > 0.8  # most within one to four weeks
     assert np.all(delay[~reported] == 30)  # no chargeback for 30 days: legitimate
+    fast = generate("none", days=2, rate_per_hour=50, seed=1, label_delay=0.1).transactions
+    assert ((fast["label_time"] - fast["event_time"])[~fast["label"]] == pd.Timedelta(days=3)).all()
     tx = generate("none", days=2, rate_per_hour=50, seed=1).transactions
     assert (tx["label_time"] > tx["event_time"]).all()
     assert not (tx["label"] & ~tx["is_fraud"]).any()
@@ -255,7 +257,8 @@ def test_the_driver_loads_a_tenant_a_training_set_builds_from_it_and_serving_rec
             conn.execute("select ml.deploy('fraud', 'single', %s)", (Jsonb([{"arm": "a", "model": "fraud-lr", "version": 1}]),))
         seen: list[tuple[str, int, int]] = []
         served = simulate(conn, "fraud", "concept_drift", start=START + pd.Timedelta(days=4), days=2, rate_per_hour=20,
-                          seed=6, tenant=tenant, serve=True, progress=lambda s, d, t: seen.append((s, d, t)))
+                          seed=6, tenant=tenant, serve=True, label_delay=0.05,
+                          progress=lambda s, d, t: seen.append((s, d, t)))
         stx = served.traffic.transactions
         assert served.predictions == len(stx) and served.served is not None
         assert served.served["prediction_id"].notna().all() and served.served["served_at"].is_monotonic_increasing
@@ -263,6 +266,7 @@ def test_the_driver_loads_a_tenant_a_training_set_builds_from_it_and_serving_rec
         end = START + pd.Timedelta(days=6)
         due = stx[stx["label_time"] < end]
         assert served.feedback_recorded == len(due) and served.feedback_pending == len(stx) - len(due)
+        assert 100 < len(due) < len(stx) and due["label"].any() and not due["label"].all()  # 1.5 days to mature
         with tenant_context(conn, tenant):
             logged = one(conn, "select count(*) from ml.predictions p join ml.projects j on j.id = p.project_id "
                                "where j.name = 'fraud'")

@@ -24,15 +24,15 @@ def _start(text: str | None) -> datetime | None:
 
 
 def summary_table(result: Any) -> Table:
-    """Rows and fraud rates per segment of a :class:`pgmlops.simulation.SimulationResult`, in
-    at most 80 columns: segment 0 is the traffic outside every scripted segment."""
+    """Rows and fraud rates per stretch of a :class:`pgmlops.simulation.SimulationResult`, in at
+    most 80 columns: each scripted segment, and the base traffic before and after them, with the
+    share of each regime in it (a ramp mixes them)."""
     tx: pd.DataFrame = result.traffic.transactions
     scenario = result.scenario
     table = Table(title=f"simulated {scenario}: {len(tx):,} transactions", width=80,
-                  caption="fraud = true rate; reported = share labelled fraud (chargebacks); "
-                          "due = labels known by the run's end", caption_justify="left")
-    table.add_column("seg", justify="right", no_wrap=True)
-    table.add_column("regime", no_wrap=True)
+                  caption="segment: its regime (and its share, ramping); fraud: the true rate;\n"
+                          "reported: labelled fraud (chargebacks); due: labels known by the end", caption_justify="left")
+    table.add_column("segment", no_wrap=True)
     table.add_column("from", no_wrap=True)
     table.add_column("to", no_wrap=True)
     table.add_column("rows", justify="right", no_wrap=True)
@@ -40,11 +40,17 @@ def summary_table(result: Any) -> Table:
     table.add_column("reported", justify="right", no_wrap=True)
     table.add_column("due", justify="right", no_wrap=True)
     end = tx["event_time"].max() if len(tx) else None
-    for (segment, regime), rows in tx.groupby(["segment", "regime"], sort=True):
+    # One row per stretch of time in one segment (the base before and after a segment apart).
+    part = (tx["segment"] != tx["segment"].shift()).cumsum()
+    for _, rows in tx.groupby(part, sort=True):
+        segment = int(rows["segment"].to_numpy()[0])
+        regimes = rows["regime"].value_counts(normalize=True)
+        newest = str(regimes.index.max())  # the segment's own regime (B), or A
+        share = "" if len(regimes) == 1 else f" {regimes[newest]:.0%}"
         due = (rows["label_time"] <= end).mean() if end is not None else 0.0
-        table.add_row(str(segment), str(regime), rows["event_time"].min().strftime("%m-%d %H:%M"),
-                      rows["event_time"].max().strftime("%m-%d %H:%M"), f"{len(rows):,}",
-                      f"{rows['is_fraud'].mean():.2%}", f"{rows['label'].mean():.2%}", f"{due:.0%}")
+        table.add_row(f"{segment or 'base'} {newest}{share}", rows["event_time"].min().strftime("%m-%d %Hh"),
+                      rows["event_time"].max().strftime("%m-%d %Hh"), f"{len(rows):,}", f"{rows['is_fraud'].mean():.2%}",
+                      f"{rows['label'].mean():.2%}", f"{due:.0%}")
     return table
 
 
@@ -60,6 +66,8 @@ def simulate(
                                                    "default 2026-01-01.")] = None,
     serve: Annotated[bool, typer.Option("--serve", help="Replay the traffic through ml.predict (the project's "
                                                         "active deployment) and record labels as feedback when due.")] = False,
+    label_delay: Annotated[float, typer.Option(min=0.001, max=10, help="Scale of the labels' delays (chargebacks, "
+                                                                       "median 12 days; 30 days' maturity); 0.1 for a demo.")] = 1.0,
     tenant: Annotated[str, typer.Option(envvar="PGMLOPS_TENANT", help="Tenant id to act for; default: a new "
                                                                       "tenant.")] = "",
 ) -> None:
@@ -79,7 +87,8 @@ def simulate(
             progress.update(tasks[stage], completed=done, total=total)
 
         result = run(conn, project, scenario, start=when, days=days, rate_per_hour=rate, seed=seed,
-                     tenant=tenant.strip() or None, serve=serve, progress=report)
+                     tenant=tenant.strip() or None, serve=serve, label_delay=label_delay,
+                     progress=report)
     console.print(f"[green]✓[/green] tenant {result.tenant}: "
                   + ", ".join(f"{result.groups[k]} {n:,} rows" for k, n in result.ingested.items()), soft_wrap=False)
     console.print(summary_table(result))

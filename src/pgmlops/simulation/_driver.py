@@ -134,12 +134,13 @@ class SimulationResult:
 
 def simulate(conn: Conn, project: str, scenario: str | Sequence[Segment], *, start: datetime | None = None,
              days: int = 30, rate_per_hour: float = 500.0, seed: int = 0, tenant: UUID | str | None = None,
-             serve: bool = False, progress: Progress | None = None) -> SimulationResult:
+             serve: bool = False, label_delay: float = 1.0, progress: Progress | None = None) -> SimulationResult:
     """Generate a scenario's traffic (:func:`pgmlops.simulation.generate`) and load it into
     ``tenant`` (None: a new tenant ``simulate <project>``): create the project's feature groups
     when absent and ingest the customers' snapshots, the transactions and their labels; with
     ``serve``, replay it through the project's active deployment and record the labels as
-    feedback as they fall due (see the module's docstring). ``conn`` must be in autocommit mode
+    feedback as they fall due (see the module's docstring); ``label_delay`` scales the labels'
+    delays (see :func:`pgmlops.simulation.generate`). ``conn`` must be in autocommit mode
     (each step is a transaction of the service role acting for the tenant). ``progress`` is
     called with (stage, done, total).
 
@@ -152,7 +153,7 @@ def simulate(conn: Conn, project: str, scenario: str | Sequence[Segment], *, sta
     began = time.monotonic()
     if not project or not project.replace("_", "a").isalnum() or not project[0].isalpha() or project != project.lower():
         raise InvalidInput(f"project: must be lowercase letters, digits and _, starting with a letter, got {project!r}", "22023")
-    traffic = generate(scenario, start=start, days=days, rate_per_hour=rate_per_hour, seed=seed)
+    traffic = generate(scenario, start=start, days=days, rate_per_hour=rate_per_hour, seed=seed, label_delay=label_delay)
     tenant_id = str(tenant) if tenant is not None else str(tenants.create_tenant(conn, f"simulate {project}"))
     if serve:
         with tenant_context(conn, tenant_id):

@@ -347,12 +347,13 @@ def _snapshots(customers: pd.DataFrame, tx: pd.DataFrame, start: pd.Timestamp, w
 
 def generate(scenario_name: str | Sequence[Segment], *, start: datetime | None = None, days: int = 30,
              rate_per_hour: float = 500.0, seed: int = 0, customers: int | None = None,
-             base_rate: float = BASE_RATE, intercept: float | None = None) -> Traffic:
+             base_rate: float = BASE_RATE, intercept: float | None = None, label_delay: float = 1.0) -> Traffic:
     """Simulate ``days`` days of traffic from ``start`` (default 2026-01-01 UTC) at a mean of
     ``rate_per_hour`` transactions an hour under a scenario (a name of :data:`SCENARIOS` or
-    segments). Deterministic for a seed. ``customers`` defaults to one per 60 transactions
-    (between 50 and 50,000). ``intercept`` overrides the labelling function's ``b0`` (default:
-    :func:`base_intercept` of ``base_rate``).
+    segments). Deterministic for a seed. ``customers`` defaults to one per 14 transactions a
+    week (between 50 and 50,000). ``intercept`` overrides the labelling function's ``b0`` (default:
+    :func:`base_intercept` of ``base_rate``). ``label_delay`` scales every label's delay (the
+    chargebacks' and the 30 days' maturity): a demo compresses weeks into days with 0.1.
 
     Raises:
         InvalidInput: an unknown scenario; days below 1 or above 366; a rate not above 0 or
@@ -363,6 +364,8 @@ def generate(scenario_name: str | Sequence[Segment], *, start: datetime | None =
         raise InvalidInput(f"days: must be between 1 and 366, got {days}", "22023")
     if not 0 < rate_per_hour <= 100_000:
         raise InvalidInput(f"rate_per_hour: must be above 0 and at most 100000, got {rate_per_hour}", "22023")
+    if not 0 < label_delay <= 10:
+        raise InvalidInput(f"label_delay: must be above 0 and at most 10, got {label_delay}", "22023")
     if not 0 < base_rate < 0.5:
         raise InvalidInput(f"base_rate: must be between 0 and 0.5, got {base_rate}", "22023")
     begin = pd.Timestamp(start or datetime(2026, 1, 1, tzinfo=UTC))
@@ -372,7 +375,9 @@ def generate(scenario_name: str | Sequence[Segment], *, start: datetime | None =
     # A burn-in of BURN_IN_DAYS in the base regime gives every customer a real history: the
     # aggregates are stationary from the first simulated day; its transactions are dropped.
     t = _arrivals(rng, days + BURN_IN_DAYS, rate_per_hour) - BURN_IN_DAYS * 24
-    n_customers = customers or int(np.clip((t >= 0).sum() / 60, 50, 50_000))
+    # About 14 transactions per customer a week whatever the rate and length, so the history
+    # aggregates (and the base fraud rate) do not depend on them.
+    n_customers = customers or int(np.clip(rate_per_hour * 24 * 7 / 14, 50, 50_000))
     people = generate_customers(n_customers, rng)
 
     frac = t / (days * 24)
@@ -454,7 +459,8 @@ def generate(scenario_name: str | Sequence[Segment], *, start: datetime | None =
     keep &= t >= 0
     tx, fraud, p, seg, regime_index = tx[keep].reset_index(drop=True), fraud[keep], p[keep], seg[keep], regime_index[keep]
 
-    delay, reported = label_delays(fraud, rng)
+    delay, reported = label_delays(fraud, rng, median_days=REPORT_DELAY_MEDIAN_DAYS * label_delay,
+                                   maturity_days=MATURITY_DAYS * label_delay)
     tx["is_fraud"] = fraud
     tx["fraud_probability"] = p.round(6)
     tx["regime"] = np.asarray([r.name for r in regimes], dtype=object)[regime_index]
