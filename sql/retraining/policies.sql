@@ -12,8 +12,8 @@
 -- After each drift report (ml.drift_report calls it), ml_private.check_retraining_triggers
 -- evaluates the project's triggers against the report and records the outcome in
 -- ml.retraining_events: a 'trigger' row with the evidence when one fires, a 'skip' row with the
--- reason when one fires during the cooldown; nothing when none fires. The retrain job that acts
--- on a trigger is built later; this file enqueues nothing.
+-- reason when one fires during the cooldown; nothing when none fires. A 'trigger' row enqueues
+-- the 'retrain' job that acts on it (ml_private.enqueue_retrain, sql/retraining/retrain.sql).
 --
 -- Changes are written to ml.audit_log (object_kind 'retraining_policy': actions
 -- retraining_policy.set, retraining_policy.removed) and published on topic 'retraining':
@@ -732,7 +732,8 @@ $$;
 -- verdict], reason, event_id}. When a trigger fires:
 --   * outside the cooldown: records a 'trigger' row in ml.retraining_events (evidence: the
 --     report and every verdict; decision 'retrain'; as_of: the report's window_end; cycle_id its
---     own id) and publishes retraining.triggered on topic 'retraining';
+--     own id), publishes retraining.triggered on topic 'retraining' and enqueues the 'retrain'
+--     job (its id in the row's job_id and the result's);
 --   * within the cooldown (the report's window_end is less than cooldown after the as_of of the
 --     project's last 'trigger' row), or on a window that ends before that as_of (older data than
 --     the last trigger's): records a 'skip' row with the reason and publishes
@@ -740,7 +741,8 @@ $$;
 -- Nothing is written when no trigger fires, the project has no policy or its policy is disabled.
 -- A report already judged returns its recorded outcome again ("repeated": true) and writes
 -- nothing. The policy row is locked, so reports of one project are judged one at a time.
--- Enqueues nothing (the retrain job comes later).
+-- A fired trigger enqueues its 'retrain' job (ml_private.enqueue_retrain; "job_id" in the result
+-- and the row).
 -- Raises P0002 no such report. Callers: ml_private.drift_report_run (at the end of every drift
 -- report), service_role.
 create or replace function ml_private.check_retraining_triggers(p_report uuid) returns jsonb
@@ -819,7 +821,9 @@ begin
     perform ml_private.publish(v_report.tenant_id, 'retraining', 'retraining.triggered', jsonb_build_object(
         'event_id', v_id, 'project', v_project, 'project_id', v_report.project_id, 'report_id', v_report.id,
         'model_version_id', v_report.model_version_id, 'triggers', v_fired, 'reason', v_reason));
-    return jsonb_build_object('fired', true, 'triggers', v_all, 'reason', v_reason, 'event_id', v_id);
+    -- The retrain job that acts on it (sql/retraining/retrain.sql); its id lands in the row's job_id.
+    return jsonb_build_object('fired', true, 'triggers', v_all, 'reason', v_reason, 'event_id', v_id,
+                              'job_id', ml_private.enqueue_retrain(v_id));
 end
 $$;
 

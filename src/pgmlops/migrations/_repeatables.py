@@ -50,6 +50,7 @@ FILES: tuple[str, ...] = (
     "monitoring/multivariate.sql",
     "monitoring/schedules.sql",
     "retraining/policies.sql",
+    "retraining/retrain.sql",
 )
 
 # Where the applied checksums are kept (made by revision 0005_partition_rls).

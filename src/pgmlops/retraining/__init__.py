@@ -19,9 +19,11 @@ from pgmlops.retraining._policies import (
     retraining_policy,
     set_retraining_policy,
 )
+from pgmlops.retraining._retrain import HOLDOUT_SHARE, retrain
 
 __all__ = [
     "BOOTSTRAP_METRICS",
+    "HOLDOUT_SHARE",
     "MCNEMAR_EXACT_BELOW",
     "ComparisonResult",
     "Decision",
@@ -30,6 +32,7 @@ __all__ = [
     "mcnemar",
     "paired_bootstrap",
     "remove_retraining_policy",
+    "retrain",
     "retraining_history",
     "retraining_policy",
     "set_retraining_policy",

@@ -1,0 +1,149 @@
+"""The retrain job (docs/retraining.md, "The retrain job"): a deployed champion fitted before a
+concept drift, predictions and feedback after it; a drift report fires the trigger, which
+enqueues the job; the job (claimed from the queue and run in its tenant context as a worker
+runs it) curates, trains a challenger, proves it better on the holdout with DeLong's test and
+deploys it in shadow, every step recorded in order with its reason. Without drift and with
+random labels the challenger is rejected and the champion stays. ml.retrain's errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psycopg
+from psycopg.types.json import Jsonb
+
+from pgmlops import models, scoring
+from pgmlops.db import tenant_context
+from pgmlops.jobs import queue
+from pgmlops.jobs.handlers import JobContext
+from pgmlops.retraining import retrain
+from pgmlops.training import run_training
+
+from .compile_helpers import one
+from .conftest import act_for
+from .test_reference_profiles import Reference, frame
+from .training_data import refused
+
+Conn = psycopg.Connection[Any]
+
+NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+START, END = NOW - timedelta(hours=20), NOW - timedelta(hours=10)
+
+
+def concept_drift(rows: pd.DataFrame) -> pd.DataFrame:
+    """The labelling function changes: churn now follows the visits, not the amount."""
+    return rows.assign(churned=(rows["visits"] > 14).astype(int))
+
+
+def champion(conn: Conn, name: str) -> Reference:
+    """A logistic regression fitted through the train handler's path on pre-drift data,
+    compiled, aliased champion, approved and deployed."""
+    ref = Reference(conn, name, frame(600, 1))
+    project_id = one(conn, "select ml.create_project(%s, 'classification', 'churned')", name)
+    out = run_training(conn, project_id=project_id, dataset_id=ref.dataset, algorithm="logistic_regression",
+                       hyperparams={}, options={})
+    ref.version = str(out["model_version_id"])
+    ref.pipeline = models.load_model(conn, f"{name}@1")
+    scoring.compile_registered(conn, ref.version, ref.pipeline, task="classification")
+    conn.execute("select ml.set_alias(%s, 'champion', 1)", (name,))
+    with tenant_context(conn, ref.tenant, user=ref.owner):
+        conn.execute("select ml.approve(%s, 1, 'approved')", (name,))
+    conn.execute("select ml.deploy(%s, 'single', %s)", (name, Jsonb([{"arm": "a", "model": name, "version": 1}])))
+    return ref
+
+
+def serve(conn: Conn, ref: Reference, rows: pd.DataFrame, chunks: int = 10) -> None:
+    """Logs the rows' predictions spread over the window, then their labels."""
+    size = -(-len(rows) // chunks)
+    for i, part in enumerate(rows.iloc[k:k + size] for k in range(0, len(rows), size)):
+        ids = ref.log(part, START + (END - START) * (i + 0.5) / chunks)
+        conn.execute("select ml.record_feedback_bulk(%s)", (Jsonb([{"prediction_id": p, "label": int(y)}
+                                                                    for p, y in zip(ids, part["churned"], strict=True)]),))
+
+
+def run_retrain_job(conn: Conn, tenant: str) -> dict[str, Any]:
+    """Claims the queued retrain job and runs its handler as a worker does."""
+    (job,) = queue.claim(conn, "r4-test", ["retrain"])
+    with conn.transaction(), tenant_context(conn, job.tenant_id):
+        result = retrain(JobContext(job=job, conn=conn, worker_id="r4-test"))
+        queue.complete(conn, job.id, "r4-test", result)
+    act_for(conn, tenant)
+    return result
+
+
+def events(conn: Conn, name: str) -> list[dict[str, Any]]:
+    return list(reversed(one(conn, "select ml.retraining_history(%s)", name)))
+
+
+POLICY = {"triggers": [{"type": "dataset_drift", "share": 0.3}], "cooldown": "0 seconds",
+          "data": {"window": "2 days", "reference_sample": 100},
+          "online": {"mode": "shadow", "min_samples": 100}}
+
+
+def test_a_concept_drift_fires_a_retrain_whose_challenger_is_proven_better_and_shadowed(conn: Conn) -> None:
+    ref = champion(conn, "rjd")
+    drifted = concept_drift(frame(800, 3, shift=1.0, tiers=(0.2, 0.3, 0.5), vip=0.6))
+    serve(conn, ref, drifted)
+    one(conn, "select ml.set_retraining_policy('rjd', %s)", Jsonb(POLICY))
+    report = one(conn, "select ml.drift_report('rjd', %s, %s)", START, END)
+    trigger = conn.execute("select id::text, job_id from ml.retraining_events where report_id = %s and kind = 'trigger'",
+                           (report,)).fetchone()
+    assert trigger is not None and trigger[1] is not None
+    assert one(conn, "select payload from ml.jobs where id = %s", trigger[1]) == {"trigger_event_id": trigger[0],
+                                                                                   "project": "rjd"}
+    result = run_retrain_job(conn, ref.tenant)
+    assert result["decision"] == "shadow deployed", result
+    history = events(conn, "rjd")
+    assert [e["kind"] for e in history] == ["trigger", "curate", "train", "evaluate", "shadow"]
+    assert {e["cycle_id"] for e in history} == {trigger[0]}
+    curate, train, evaluate, shadow = history[1:]
+    assert curate["data"]["reference_rows"] == 100 and curate["data"]["holdout"]["rows"] == 160
+    assert curate["data"]["training_rows"] == 100 + 640 - curate["data"]["duplicates_removed"]
+    assert train["candidate"]["version"] == 2 and "registered as challenger" in train["reason"]
+    assert evaluate["test_results"]["test"] == "delong" and evaluate["decision"] == "better"
+    assert evaluate["test_results"]["challenger"] > evaluate["test_results"]["champion"] + 0.1
+    assert "challenger better" in evaluate["reason"]
+    aliases = dict(conn.execute("select a.alias, v.version from ml.model_aliases a join ml.model_versions v"
+                                " on v.id = a.model_version_id join ml.models m on m.id = a.model_id where m.name = 'rjd'"))
+    assert aliases == {"champion": 1, "challenger": 2}
+    deployment = one(conn, "select ml.deployment('rjd')")
+    assert deployment["strategy"] == "shadow" and shadow["evidence"]["deployment_id"] == deployment["id"]
+    assert "shadow" in shadow["reason"]
+    published = [r[0] for r in conn.execute("select event from ml.events where tenant_id = %s and topic = 'retraining'"
+                                            " order by id", (ref.tenant,))]
+    assert published[-4:] == ["retraining.curate", "retraining.train", "retraining.evaluate", "retraining.shadow"]
+
+
+def test_without_drift_a_challenger_on_random_labels_is_rejected_and_the_champion_stays(conn: Conn) -> None:
+    ref = champion(conn, "rjn")
+    rows = frame(800, 4)
+    rows = rows.assign(churned=np.random.default_rng(9).integers(0, 2, len(rows)))
+    serve(conn, ref, rows)
+    one(conn, "select ml.set_retraining_policy('rjn', %s)", Jsonb({**POLICY, "online": {"mode": "none"},
+                                                                    "promotion": "automatic"}))
+    job_id = one(conn, "select ml.retrain('rjn', 'weekly check')")
+    assert one(conn, "select job_id from ml.retraining_events where kind = 'trigger' and reason = 'manual: weekly check'") \
+        == job_id
+    result = run_retrain_job(conn, ref.tenant)
+    assert result["decision"] == "rejected", result
+    history = events(conn, "rjn")
+    assert [e["kind"] for e in history] == ["trigger", "curate", "train", "evaluate", "reject"]
+    assert history[-1]["reason"].startswith("rjn@2 rejected, rjn@1 stays champion: ")
+    assert one(conn, "select v.version from ml.model_aliases a join ml.model_versions v on v.id = a.model_version_id"
+                     " join ml.models m on m.id = a.model_id where m.name = 'rjn' and a.alias = 'champion'") == 1
+    assert one(conn, "select ml.deployment('rjn')")["arms"][0]["version"] == 1
+
+
+def test_ml_retrain_refuses_an_unknown_project_and_one_without_policy(conn: Conn) -> None:
+    ref = Reference(conn, "rjx", frame(50, 5))
+    one(conn, "select ml.create_project('rjx', 'classification', 'churned')")
+    before = one(conn, "select count(*) from ml.jobs where kind = 'retrain'")
+    with refused("P0002", "project 'nope' does not exist"):
+        conn.execute("select ml.retrain('nope')")
+    with refused("55000", "project rjx has no retraining policy"):
+        conn.execute("select ml.retrain('rjx')")
+    assert one(conn, "select count(*) from ml.jobs where kind = 'retrain'") == before
+    assert one(conn, "select count(*) from ml.retraining_events where tenant_id = %s", ref.tenant) == 0
