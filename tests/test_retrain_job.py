@@ -1,29 +1,30 @@
 """The retrain job (docs/retraining.md, "The retrain job"): a deployed champion fitted before a
 concept drift, predictions and feedback after it; a drift report fires the trigger, which
-enqueues the job; the job (claimed from the queue and run in its tenant context as a worker
-runs it) curates, trains a challenger, proves it better on the holdout with DeLong's test and
-deploys it in shadow, every step recorded in order with its reason. Without drift and with
-random labels the challenger is rejected and the champion stays. ml.retrain's errors."""
+enqueues the job; a real worker process runs it: it curates, trains a challenger, proves it
+better on the holdout with DeLong's test and deploys it in shadow, every step recorded in order
+with its reason. Without drift and with random labels the challenger is rejected and the
+champion stays. ml.retrain's errors."""
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import psycopg
+import pytest
 from psycopg.types.json import Jsonb
 
 from pgmlops import models, scoring
 from pgmlops.db import tenant_context
-from pgmlops.jobs import queue
-from pgmlops.jobs.handlers import JobContext
-from pgmlops.retraining import retrain
+from pgmlops.jobs.worker import WorkerPool
 from pgmlops.training import run_training
 
 from .compile_helpers import one
-from .conftest import act_for
 from .test_reference_profiles import Reference, frame
 from .training_data import refused
 
@@ -64,14 +65,24 @@ def serve(conn: Conn, ref: Reference, rows: pd.DataFrame, chunks: int = 10) -> N
                                                                     for p, y in zip(ids, part["churned"], strict=True)]),))
 
 
-def run_retrain_job(conn: Conn, tenant: str) -> dict[str, Any]:
-    """Claims the queued retrain job and runs its handler as a worker does."""
-    (job,) = queue.claim(conn, "r4-test", ["retrain"])
-    with conn.transaction(), tenant_context(conn, job.tenant_id):
-        result = retrain(JobContext(job=job, conn=conn, worker_id="r4-test"))
-        queue.complete(conn, job.id, "r4-test", result)
-    act_for(conn, tenant)
-    return result
+@pytest.fixture(scope="module")
+def worker(db_url: str) -> Iterator[WorkerPool]:
+    """One real worker process claiming retrain jobs."""
+    with WorkerPool(db_url, ["retrain"], 1, poll_interval=0.2, log_level=logging.WARNING) as pool:
+        yield pool
+
+
+def run_retrain_job(conn: Conn, job_id: int) -> dict[str, Any]:
+    """Waits for the worker to finish the retrain job ``job_id``; its result."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        row = conn.execute("select status, result, error from ml.jobs where id = %s", (job_id,)).fetchone()
+        assert row is not None
+        if row[0] in ("succeeded", "failed", "dead", "cancelled"):
+            assert row[0] == "succeeded", row
+            return dict(row[1])
+        time.sleep(0.2)
+    raise AssertionError(f"retrain job {job_id} did not finish in 60 s")
 
 
 def events(conn: Conn, name: str) -> list[dict[str, Any]]:
@@ -83,7 +94,8 @@ POLICY = {"triggers": [{"type": "dataset_drift", "share": 0.3}], "cooldown": "0 
           "online": {"mode": "shadow", "min_samples": 100}}
 
 
-def test_a_concept_drift_fires_a_retrain_whose_challenger_is_proven_better_and_shadowed(conn: Conn) -> None:
+def test_a_concept_drift_fires_a_retrain_whose_challenger_is_proven_better_and_shadowed(conn: Conn, worker: WorkerPool,
+                                                                                       ) -> None:
     ref = champion(conn, "rjd")
     drifted = concept_drift(frame(800, 3, shift=1.0, tiers=(0.2, 0.3, 0.5), vip=0.6))
     serve(conn, ref, drifted)
@@ -94,7 +106,7 @@ def test_a_concept_drift_fires_a_retrain_whose_challenger_is_proven_better_and_s
     assert trigger is not None and trigger[1] is not None
     assert one(conn, "select payload from ml.jobs where id = %s", trigger[1]) == {"trigger_event_id": trigger[0],
                                                                                    "project": "rjd"}
-    result = run_retrain_job(conn, ref.tenant)
+    result = run_retrain_job(conn, trigger[1])
     assert result["decision"] == "shadow deployed", result
     history = events(conn, "rjd")
     assert [e["kind"] for e in history] == ["trigger", "curate", "train", "evaluate", "shadow"]
@@ -117,7 +129,8 @@ def test_a_concept_drift_fires_a_retrain_whose_challenger_is_proven_better_and_s
     assert published[-4:] == ["retraining.curate", "retraining.train", "retraining.evaluate", "retraining.shadow"]
 
 
-def test_without_drift_a_challenger_on_random_labels_is_rejected_and_the_champion_stays(conn: Conn) -> None:
+def test_without_drift_a_challenger_on_random_labels_is_rejected_and_the_champion_stays(conn: Conn, worker: WorkerPool,
+                                                                                        ) -> None:
     ref = champion(conn, "rjn")
     rows = frame(800, 4)
     rows = rows.assign(churned=np.random.default_rng(9).integers(0, 2, len(rows)))
@@ -127,7 +140,7 @@ def test_without_drift_a_challenger_on_random_labels_is_rejected_and_the_champio
     job_id = one(conn, "select ml.retrain('rjn', 'weekly check')")
     assert one(conn, "select job_id from ml.retraining_events where kind = 'trigger' and reason = 'manual: weekly check'") \
         == job_id
-    result = run_retrain_job(conn, ref.tenant)
+    result = run_retrain_job(conn, job_id)
     assert result["decision"] == "rejected", result
     history = events(conn, "rjn")
     assert [e["kind"] for e in history] == ["trigger", "curate", "train", "evaluate", "reject"]
