@@ -66,7 +66,7 @@ def _numeric(dtype: str) -> bool:
 
 
 def _category(value: Any) -> Any:
-    """A category as ml_private.profile_category keys it: booleans 'true' / 'false', numbers by
+    """A category as the reference profiles key it (docs/monitoring.md): booleans 'true' / 'false', numbers by
     their float text, strings as they are; None for missing."""
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return None
