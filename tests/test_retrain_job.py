@@ -25,6 +25,7 @@ from pgmlops.jobs.worker import WorkerPool
 from pgmlops.training import run_training
 
 from .compile_helpers import one
+from .test_cli import pgmlops
 from .test_reference_profiles import Reference, frame
 from .training_data import refused
 
@@ -95,7 +96,7 @@ POLICY = {"triggers": [{"type": "dataset_drift", "share": 0.3}], "cooldown": "0 
 
 
 def test_a_concept_drift_fires_a_retrain_whose_challenger_is_proven_better_and_shadowed(conn: Conn, worker: WorkerPool,
-                                                                                       ) -> None:
+                                                                                       db_url: str) -> None:
     ref = champion(conn, "rjd")
     drifted = concept_drift(frame(800, 3, shift=1.0, tiers=(0.2, 0.3, 0.5), vip=0.6))
     serve(conn, ref, drifted)
@@ -127,6 +128,14 @@ def test_a_concept_drift_fires_a_retrain_whose_challenger_is_proven_better_and_s
     published = [r[0] for r in conn.execute("select event from ml.events where tenant_id = %s and topic = 'retraining'"
                                             " order by id", (ref.tenant,))]
     assert published[-4:] == ["retraining.curate", "retraining.train", "retraining.evaluate", "retraining.shadow"]
+    # The timeline, as `pgmlops retraining history` prints it: oldest first, within 80 columns.
+    run = pgmlops("retraining", "history", "--project", "rjd", url=db_url, env={"PGMLOPS_TENANT": ref.tenant})
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert max(map(len, lines)) <= 80
+    heads = [line.split()[2] for line in lines if line[:4].isdigit()]
+    assert heads == ["trigger", "curate", "train", "evaluate", "shadow"]
+    assert "dataset drift share" in run.stdout and "challenger better" in run.stdout.replace("\n      ", " ")
 
 
 def test_without_drift_a_challenger_on_random_labels_is_rejected_and_the_champion_stays(conn: Conn, worker: WorkerPool,
@@ -160,3 +169,36 @@ def test_ml_retrain_refuses_an_unknown_project_and_one_without_policy(conn: Conn
         conn.execute("select ml.retrain('rjx')")
     assert one(conn, "select count(*) from ml.jobs where kind = 'retrain'") == before
     assert one(conn, "select count(*) from ml.retraining_events where tenant_id = %s", ref.tenant) == 0
+
+
+def test_automatic_promotion_waits_for_the_approval_a_job_cannot_give_and_a_manual_run_from_the_cli(conn: Conn,
+        worker: WorkerPool, db_url: str) -> None:
+    ref = champion(conn, "rja")
+    serve(conn, ref, concept_drift(frame(600, 6, shift=0.5)))
+    one(conn, "select ml.set_retraining_policy('rja', %s)", Jsonb({**POLICY, "online": {"mode": "none"},
+                                                                    "promotion": "automatic"}))
+    run = pgmlops("retraining", "run", "--project", "rja", "--reason", "labels changed", url=db_url,
+                  env={"PGMLOPS_TENANT": ref.tenant})
+    assert run.returncode == 0, run.stderr
+    job_id = int(run.stdout.split()[2])
+    result = run_retrain_job(conn, job_id)
+    history = events(conn, "rja")
+    assert history[0]["reason"] == "manual: labels changed" and history[0]["job_id"] == job_id
+    # The new version is better offline; a live arm needs a reviewer's approval, which a job
+    # cannot give: the promotion waits for it, and says so.
+    assert [e["kind"] for e in history] == ["trigger", "curate", "train", "evaluate", "approval"], result
+    assert "promotion was refused" in history[-1]["reason"] and "approv" in history[-1]["reason"]
+    assert one(conn, "select v.version from ml.model_aliases a join ml.model_versions v on v.id = a.model_version_id"
+                     " join ml.models m on m.id = a.model_id where m.name = 'rja' and a.alias = 'champion'") == 1
+
+
+def test_too_few_labelled_rows_fail_the_cycle_with_the_reason(conn: Conn, worker: WorkerPool) -> None:
+    ref = champion(conn, "rjf")
+    serve(conn, ref, frame(60, 7), chunks=2)
+    one(conn, "select ml.set_retraining_policy('rjf', %s)", Jsonb(POLICY))
+    result = run_retrain_job(conn, one(conn, "select ml.retrain('rjf')"))
+    assert result["decision"] == "failed"
+    history = events(conn, "rjf")
+    assert [e["kind"] for e in history] == ["trigger", "failed"]
+    assert history[-1]["reason"].startswith("curate: too few labelled predictions") and "60 valid" in history[-1]["reason"]
+    assert one(conn, "select count(*) from ml.model_versions v join ml.models m on m.id = v.model_id where m.name = 'rjf'") == 1

@@ -17,6 +17,7 @@ from rich.markup import escape
 from pgmlops import __version__, migrations
 from pgmlops.cli import db, demo, events, features, jobs, migrate, models, monitoring, scoring, simulate, tenants, training
 from pgmlops.cli import report as html_report  # as: _app's report() prints errors
+from pgmlops.cli import retraining as retraining_cli
 from pgmlops.cli._common import DatabaseUrl, console, err_console, state
 from pgmlops.errors import InvalidInput, NotFound, PgmlopsError
 
@@ -56,6 +57,7 @@ app.command()(scoring.feedback)
 app.command()(scoring.score)
 app.add_typer(monitoring.app, name="monitor")
 app.command()(monitoring.alerts)
+app.add_typer(retraining_cli.app, name="retraining")
 app.command()(html_report.report)
 app.command()(jobs.enqueue)
 app.command()(jobs.jobs)

@@ -19,7 +19,7 @@ from pgmlops.retraining._policies import (
     retraining_policy,
     set_retraining_policy,
 )
-from pgmlops.retraining._retrain import HOLDOUT_SHARE, retrain
+from pgmlops.retraining._retrain import HOLDOUT_SHARE, start_retraining
 
 __all__ = [
     "BOOTSTRAP_METRICS",
@@ -32,8 +32,8 @@ __all__ = [
     "mcnemar",
     "paired_bootstrap",
     "remove_retraining_policy",
-    "retrain",
     "retraining_history",
     "retraining_policy",
     "set_retraining_policy",
+    "start_retraining",
 ]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -36,13 +37,14 @@ from uuid import UUID
 import psycopg
 from psycopg.types.json import Jsonb
 
+from pgmlops.db import call, tenant_context
 from pgmlops.jobs.handlers import JobContext, PermanentError
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-__all__ = ["HOLDOUT_SHARE", "MIN_HOLDOUT", "RetrainFailed", "retrain"]
+__all__ = ["HOLDOUT_SHARE", "MIN_HOLDOUT", "RetrainFailed", "retrain", "start_retraining"]
 
 Conn = psycopg.Connection[Any]
 
@@ -456,3 +458,18 @@ def retrain(ctx: JobContext) -> dict[str, Any]:
     except RetrainFailed as exc:
         _step(conn, cycle, "failed", data=exc.data, decision="failed", reason=f"{exc.step}: {exc}", job_id=ctx.job.id)
         return {"decision": "failed", "reason": f"{exc.step}: {exc}"}
+
+
+def start_retraining(conn: Conn, project: str, reason: str = "manual", *, tenant: UUID | str | None = None) -> int:
+    """A manual retraining trigger (``ml.retrain``): records a ``trigger`` event with reason
+    ``manual: <reason>``, enqueues the ``retrain`` job and returns its id. Given ``tenant``, the
+    call runs in its own transaction of a service caller acting for it (committed on return);
+    without it, it joins the connection's transaction, which must already act for a tenant.
+
+    Raises:
+        NotFound: no such project in the tenant.
+        InvalidState: SQLSTATE 55000, the project has no retraining policy or a disabled one.
+        AccessDenied: a viewer or a non-member.
+    """
+    with tenant_context(conn, tenant) if tenant is not None else nullcontext(conn):
+        return int(call(conn, "ml.retrain(%s, %s)", (project, reason)))
