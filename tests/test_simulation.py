@@ -34,6 +34,7 @@ from pgmlops.simulation import (
     label_spine,
     label_spine_sql,
     simulate,
+    synthesize,
     training_features,
 )
 from pgmlops.simulation._fraud import CATEGORY_RISK, base_intercept, fraud_logit
@@ -303,3 +304,46 @@ def test_cli_simulate_prints_a_summary_per_segment(db_url: str) -> None:
     bad = subprocess.run([sys.executable, "-m", "pgmlops", "--database-url", db_url, "simulate", "--project", "x",
                           "--scenario", "drifty", "--days", "1"], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "error [22023]" in bad.stderr and "unknown scenario 'drifty'" in bad.stderr
+
+
+# -- CTGAN edge cases ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference() -> pd.DataFrame:
+    return generate("none", days=3, rate_per_hour=40, seed=9).transactions
+
+
+def test_ctgan_makes_conditioned_edge_cases_reproducibly_with_a_report(reference: pd.DataFrame) -> None:
+    a = synthesize(reference, 40, epochs=3, seed=4, others=2)
+    b = synthesize(reference, 40, epochs=3, seed=4, others=2)
+    frauds = int(reference["is_fraud"].sum())
+    assert len(a.reference) == 3 * frauds  # the frauds and twice as many others
+    assert len(a.rows) == 40 and a.rows["is_fraud"].all()  # every row has the condition
+    assert set(a.rows["merchant_category"]) <= set(CATEGORIES) and set(a.rows["device"]) <= {"pos", "web", "mobile"}
+    assert a.rows["hour"].dtype == np.int64
+    pd.testing.assert_frame_equal(a.rows, b.rows)
+    assert list(a.report["column"]) == ["amount", "merchant_category", "hour", "device", "distance_from_home",
+                                        "avg_amount_30d", "tx_count_7d", "is_fraud"]
+    # The report compares with the reference's frauds: KS as scipy computes it, TVD by hand.
+    ref = reference[reference["is_fraud"]]
+    ks = stats.ks_2samp(ref["amount"], a.rows["amount"])
+    row = a.report.set_index("column").loc["amount"]
+    assert row["statistic"] == pytest.approx(ks.statistic) and row["p_value"] == pytest.approx(ks.pvalue)
+    p = ref["device"].value_counts(normalize=True)
+    q = a.rows["device"].value_counts(normalize=True)
+    keys = p.index.union(q.index)
+    tvd = 0.5 * (p.reindex(keys, fill_value=0) - q.reindex(keys, fill_value=0)).abs().sum()
+    assert a.report.set_index("column").loc["device", "statistic"] == pytest.approx(tvd)
+    assert a.report.set_index("column").loc["is_fraud", "statistic"] == 0
+
+
+def test_ctgan_refuses_a_bad_condition_or_size(reference: pd.DataFrame) -> None:
+    with pytest.raises(InvalidInput, match="condition: amount is not a discrete column"):
+        synthesize(reference, 10, condition=("amount", 1.0))
+    with pytest.raises(InvalidInput, match="condition: the reference has no row with device = 'atm'"):
+        synthesize(reference, 10, condition=("device", "atm"))
+    with pytest.raises(InvalidInput, match="n and epochs: must be at least 1"):
+        synthesize(reference, 0)
+    with pytest.raises(InvalidInput, match="reference: missing columns amount"):
+        synthesize(reference.drop(columns=["amount"]), 10)

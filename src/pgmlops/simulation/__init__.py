@@ -25,6 +25,12 @@ from pgmlops.simulation._fraud import (
     label_delays,
     scenario,
 )
+from pgmlops.simulation._synthetic import (
+    SYNTHETIC_COLUMNS,
+    Synthetic,
+    compare_distributions,
+    synthesize,
+)
 
 __all__ = [
     "BASE_RATE",
@@ -32,10 +38,13 @@ __all__ = [
     "COEFFICIENTS",
     "DEVICES",
     "SCENARIOS",
+    "SYNTHETIC_COLUMNS",
     "Regime",
     "Segment",
     "SimulationResult",
+    "Synthetic",
     "Traffic",
+    "compare_distributions",
     "fraud_logit",
     "generate",
     "generate_customers",
@@ -45,5 +54,6 @@ __all__ = [
     "label_spine_sql",
     "scenario",
     "simulate",
+    "synthesize",
     "training_features",
 ]
