@@ -25,8 +25,9 @@ from pgmlops.jobs.worker import WorkerPool
 from pgmlops.training import run_training
 
 from .compile_helpers import one
+from .conftest import act_for
 from .test_cli import pgmlops
-from .test_reference_profiles import Reference, frame
+from .test_reference_profiles import Reference, features_of, frame
 from .training_data import refused
 
 Conn = psycopg.Connection[Any]
@@ -136,6 +137,8 @@ def test_a_concept_drift_fires_a_retrain_whose_challenger_is_proven_better_and_s
     heads = [line.split()[2] for line in lines if line[:4].isdigit()]
     assert heads == ["trigger", "curate", "train", "evaluate", "shadow"]
     assert "dataset drift share" in run.stdout and "challenger better" in run.stdout.replace("\n      ", " ")
+    # Online: the shadow's live comparison, then its promotion.
+    shadow_promotion(conn, ref.tenant, ref.owner)
 
 
 def test_without_drift_a_challenger_on_random_labels_is_rejected_and_the_champion_stays(conn: Conn, worker: WorkerPool,
@@ -202,3 +205,34 @@ def test_too_few_labelled_rows_fail_the_cycle_with_the_reason(conn: Conn, worker
     assert [e["kind"] for e in history] == ["trigger", "failed"]
     assert history[-1]["reason"].startswith("curate: too few labelled predictions") and "60 valid" in history[-1]["reason"]
     assert one(conn, "select count(*) from ml.model_versions v join ml.models m on m.id = v.model_id where m.name = 'rjf'") == 1
+
+
+def shadow_promotion(conn: Conn, tenant: str, owner: str) -> None:
+    """rjd@2 in shadow beside rjd@1: traffic through ml.predict scores both arms; with feedback,
+    ml_private.evaluate_shadow waits for min_samples labelled pairs, then McNemar proves the
+    challenger better and (approved, promotion automatic) promotes and deploys it."""
+    one(conn, "select ml.set_retraining_policy('rjd', %s)", Jsonb({**POLICY, "promotion": "automatic"}))
+    rows = concept_drift(frame(300, 8, shift=1.0, tiers=(0.2, 0.3, 0.5), vip=0.6))
+
+    def traffic(part: pd.DataFrame) -> None:
+        ids = [r[0]["prediction_id"] for r in conn.execute(
+            "select ml.predict('rjd', f) from jsonb_array_elements(%s) f", (Jsonb(features_of(part)),))]
+        conn.execute("select ml.record_feedback_bulk(%s)", (Jsonb([{"prediction_id": p, "label": int(y)}
+                                                                    for p, y in zip(ids, part["churned"], strict=True)]),))
+
+    traffic(rows.iloc[:50])
+    waiting = one(conn, "select ml_private.evaluate_shadow('rjd')")
+    assert waiting["status"] == "waiting" and waiting["pairs"] == 50 and waiting["reason"] == "50 of 100 labelled pairs"
+    traffic(rows.iloc[50:])
+    with tenant_context(conn, tenant, user=owner):
+        conn.execute("select ml.approve('rjd', 2, 'approved')")
+    act_for(conn, tenant)
+    verdict = one(conn, "select ml_private.evaluate_shadow('rjd')")
+    assert verdict["status"] == "promote", verdict
+    assert verdict["pairs"] == 300 and verdict["c"] > verdict["b"] and verdict["p_value"] < 0.05
+    assert verdict["shadow_correct"] > verdict["live_correct"]
+    last = events(conn, "rjd")[-1]
+    assert last["kind"] == "promote" and last["reason"].startswith("rjd@2 promoted to champion and deployed: shadow comparison")
+    deployment = one(conn, "select ml.deployment('rjd')")
+    assert deployment["strategy"] == "single" and [a["version"] for a in deployment["arms"]] == [2]
+    assert one(conn, "select ml_private.evaluate_shadow('rjd')")["status"] == "none"

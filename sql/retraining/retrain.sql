@@ -114,6 +114,128 @@ begin
 end
 $$;
 
+-- ml_private.normal_two_sided_p(p_z float8) returns float8
+-- The two-sided p-value of a standard normal statistic, 2 (1 - Phi(|z|)) = erfc(|z| / sqrt 2),
+-- by Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7). Pure.
+create or replace function ml_private.normal_two_sided_p(p_z float8) returns float8
+language sql immutable
+set search_path = ''
+as $$
+    with x as (select abs(p_z) / sqrt(2.0) as x), t as (select x.x, 1.0 / (1.0 + 0.3275911 * x.x) as t from x)
+    select least(1.0, greatest(0.0, t.t * (0.254829592 + t.t * (-0.284496736 + t.t * (1.421413741 + t.t * (-1.453152027
+               + t.t * 1.061405429)))) * exp(-t.x * t.x)))
+    from t
+$$;
+
+-- ml_private.evaluate_shadow(p_project text) returns jsonb
+-- The online step after a retrain job deployed a challenger in shadow: compares the live and the
+-- shadow arm of the project's active deployment on the live predictions that have feedback
+-- (classification: each arm right or wrong on the same rows) with McNemar's test (normal
+-- approximation with continuity correction) once policy.online.min_samples pairs are labelled:
+--   * the challenger right significantly more often (p < online.significance): with promotion
+--     'automatic', ml.promote + ml.deploy(single) of the challenger ('promote' row); otherwise,
+--     or when that is refused (e.g. not approved), an 'approval' row saying why;
+--   * the champion right significantly more often, or online.max_duration passed since the
+--     shadow step: the shadow is ended (ml.deploy single of the champion), a 'reject' row;
+--   * else nothing is written: {status: 'waiting', pairs, ...}.
+-- Returns {status, pairs, live_correct, shadow_correct, b, c, p_value, ...}. Acts for the acting
+-- tenant (a service caller). Raises P0002 unknown project. A project without a shadow of a
+-- retraining cycle returns {status: 'none'}. Callers: service_role (maintenance, tests).
+create or replace function ml_private.evaluate_shadow(p_project text) returns jsonb
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+declare
+    v_tenant  uuid := ml_private.acting_tenant_id(true);
+    v_project ml.projects;
+    v_policy  jsonb;
+    v_shadow  ml.retraining_events;
+    v_dep     uuid;
+    v_live    uuid;
+    v_chal    uuid;
+    v_model   text;
+    v_live_v  int;
+    v_chal_v  int;
+    v_n       bigint;
+    v_live_ok bigint;
+    v_chal_ok bigint;
+    v_b       bigint;
+    v_c       bigint;
+    v_p       float8;
+    v_min     int;
+    v_alpha   float8;
+    v_out     jsonb;
+    v_reason  text;
+    v_kind    text;
+begin
+    v_project := ml_private.find_project(v_tenant, p_project);
+    select x.policy into v_policy from ml.retraining_policies x where x.project_id = v_project.id;
+    select d.id into v_dep from ml.deployments d where d.project_id = v_project.id and d.status = 'active';
+    select * into v_shadow from ml.retraining_events e
+    where e.project_id = v_project.id and e.kind = 'shadow' and e.evidence ->> 'deployment_id' = v_dep::text
+      and not exists (select 1 from ml.retraining_events l where l.cycle_id = e.cycle_id and l.at > e.at
+                                                                and l.kind in ('promote', 'reject', 'approval', 'rollback'))
+    order by e.at desc limit 1;
+    if v_policy is null or v_dep is null or v_shadow.id is null then
+        return jsonb_build_object('status', 'none', 'reason', 'no shadow of a retraining cycle is deployed');
+    end if;
+    v_chal := v_shadow.model_version_id;
+    select a.model_version_id into v_live from ml.deployment_arms a where a.deployment_id = v_dep and a.role = 'live' limit 1;
+    select m.name, v.version into v_model, v_chal_v from ml.model_versions v join ml.models m on m.id = v.model_id where v.id = v_chal;
+    select v.version into v_live_v from ml.model_versions v where v.id = v_live;
+    select count(*), count(*) filter (where p.prediction = f.label), count(*) filter (where s.prediction = f.label),
+           count(*) filter (where p.prediction = f.label and s.prediction is distinct from f.label),
+           count(*) filter (where s.prediction = f.label and p.prediction is distinct from f.label)
+    into v_n, v_live_ok, v_chal_ok, v_b, v_c
+    from ml.predictions p
+    join ml.feedback f on f.prediction_id = p.id and f.predicted_at = p.created_at
+    join ml.predictions s on s.shadow_of = p.id and s.model_version_id = v_chal and s.created_at = p.created_at
+    where p.tenant_id = v_tenant and p.project_id = v_project.id and p.deployment_id = v_dep and p.shadow_of is null;
+    v_min := coalesce((v_policy #>> '{online,min_samples}')::int, 500);
+    v_alpha := coalesce((v_policy #>> '{online,significance}')::float8, 0.05);
+    v_p := case when v_b + v_c = 0 then 1.0
+                else ml_private.normal_two_sided_p(greatest(abs(v_c - v_b) - 1, 0) / sqrt((v_b + v_c)::float8)) end;
+    v_out := jsonb_build_object('pairs', v_n, 'min_samples', v_min, 'live_correct', v_live_ok, 'shadow_correct', v_chal_ok,
+                                'b', v_b, 'c', v_c, 'p_value', v_p, 'significance', v_alpha, 'deployment_id', v_dep,
+                                'champion_version', v_live_v, 'challenger_version', v_chal_v);
+    v_reason := format('shadow comparison on %s labelled predictions: %s@%s right on %s, %s@%s (live) on %s; McNemar b=%s c=%s, p=%s',
+                       v_n, v_model, v_chal_v, v_chal_ok, v_model, v_live_v, v_live_ok, v_b, v_c, round(v_p::numeric, 4));
+    if v_n >= v_min and v_p < v_alpha and v_c > v_b then
+        if coalesce(v_policy ->> 'promotion', 'approval') = 'automatic' then
+            begin
+                perform ml.promote(v_model, v_chal_v, 'champion');
+                perform ml.deploy(p_project, 'single', jsonb_build_array(jsonb_build_object('arm', 'a', 'model', v_model,
+                                  'version', v_chal_v)), jsonb_build_object('reason', 'retraining: the shadow proved better'));
+                v_kind := 'promote';
+                v_reason := format('%s@%s promoted to champion and deployed: %s', v_model, v_chal_v, v_reason);
+            exception when others then
+                v_kind := 'approval';
+                v_reason := format('%s@%s is better live but its promotion was refused: %s; %s', v_model, v_chal_v, sqlerrm, v_reason);
+            end;
+        else
+            v_kind := 'approval';
+            v_reason := format('%s@%s is better live; promotion needs approval: %s', v_model, v_chal_v, v_reason);
+        end if;
+    elsif (v_n >= v_min and v_p < v_alpha and v_b > v_c)
+          or clock_timestamp() >= v_shadow.at + coalesce((v_policy #>> '{online,max_duration}')::interval, interval '7 days') then
+        perform ml.deploy(p_project, 'single', jsonb_build_array(jsonb_build_object('arm', 'a', 'model', v_model,
+                          'version', v_live_v)), jsonb_build_object('reason', 'retraining: the shadow was rejected'));
+        v_kind := 'reject';
+        v_reason := format('%s@%s rejected, %s@%s stays champion: %s', v_model, v_chal_v, v_model, v_live_v,
+                           case when v_n >= v_min and v_p < v_alpha and v_b > v_c then v_reason
+                                else 'online.max_duration passed without a significant difference; ' || v_reason end);
+    else
+        return v_out || jsonb_build_object('status', 'waiting', 'reason',
+            case when v_n < v_min then format('%s of %s labelled pairs', v_n, v_min)
+                 else 'no significant difference yet: ' || v_reason end);
+    end if;
+    perform ml_private.record_retraining_step(v_shadow.cycle_id, v_kind, v_out, '{}', v_chal, v_out,
+                                              case v_kind when 'promote' then 'promoted' when 'reject' then 'rejected'
+                                                          else 'awaiting approval' end, v_reason, null);
+    return v_out || jsonb_build_object('status', v_kind, 'reason', v_reason);
+end
+$$;
+
 ------------------------------------------------------------------------------------------------
 -- Grants
 ------------------------------------------------------------------------------------------------
@@ -121,5 +243,6 @@ $$;
 grant execute on function ml.retrain(text, text) to authenticated, service_role;
 grant execute on function
     ml_private.enqueue_retrain(uuid),
-    ml_private.record_retraining_step(uuid, text, jsonb, jsonb, uuid, jsonb, text, text, bigint)
+    ml_private.record_retraining_step(uuid, text, jsonb, jsonb, uuid, jsonb, text, text, bigint),
+    ml_private.evaluate_shadow(text)
 to service_role;

@@ -271,7 +271,7 @@ def _compare(policy: Mapping[str, Any], task: str, y: Any, champ: tuple[Any, Any
     """The policy's test of the challenger against the champion on the holdout."""
     import numpy as np
 
-    from pgmlops import retraining
+    from pgmlops.retraining import _evaluation as retraining
 
     ev = policy.get("evaluation") or {}
     metric = ev.get("metric") or ("rmse" if task == "regression" else "roc_auc")
@@ -314,7 +314,8 @@ def _recipe(policy: Mapping[str, Any], champion: Mapping[str, Any]) -> tuple[str
 
 def _cycle(conn: Conn, ctx: JobContext, cycle: str, as_of: datetime, project: Any,
            policy: Mapping[str, Any]) -> dict[str, Any]:
-    from pgmlops import models, retraining, scoring
+    from pgmlops import models, scoring
+    from pgmlops.retraining import _evaluation as retraining
     from pgmlops.training import run_training
 
     job_id = ctx.job.id
