@@ -1,5 +1,7 @@
--- pgmlops: retraining/retrain.sql — the retrain job's SQL: enqueueing it (after a fired trigger
--- or by hand) and recording its steps
+-- pgmlops: retraining/retrain.sql — the retrain job: enqueueing it and recording its steps
+--
+-- The job is enqueued after a fired trigger or by hand (ml.retrain); the shadow that a cycle
+-- deploys is judged on live traffic by ml_private.evaluate_shadow.
 --
 -- The contract: docs/retraining.md, "The retrain job".
 --
