@@ -99,8 +99,8 @@ def synthesize(reference: pd.DataFrame, n: int, *, condition: tuple[str, Any] | 
             raise InvalidInput(f"condition: the reference has no row with {column} = {value!r}", "22023")
     if condition is not None:
         # The rare value's rows and at most ``others`` times as many of the rest: CTGAN's cost
-        # grows with the rows it trains on (about half a millisecond a row and epoch on 2 cores),
-        # and the edge cases are what it must learn.
+        # grows with the rows it trains on (its transformer fits a Gaussian mixture per numeric
+        # column: 105 s for 10,000 rows and 20 epochs), and the edge cases are what it must learn.
         hit = frame[condition[0]] == condition[1]
         rest = frame[~hit]
         keep = min(len(rest), others * int(hit.sum()))
