@@ -90,7 +90,7 @@ $$;
 -- publishes 'retraining.<kind>' on topic 'retraining' with {event_id, cycle_id, project, kind,
 -- decision, reason, model_version_id, job_id}. Returns the row's id.
 -- Raises P0002 no such trigger row; 23514 an unknown kind (the table's check). Callers:
--- service_role (the retrain job, in its transaction).
+-- ml.record_retraining_step (which checks the caller) and ml_private.evaluate_shadow.
 create or replace function ml_private.record_retraining_step(
     p_cycle uuid, p_kind text, p_evidence jsonb, p_data jsonb, p_version uuid, p_test_results jsonb, p_decision text,
     p_reason text, p_job bigint) returns uuid
@@ -116,17 +116,26 @@ begin
 end
 $$;
 
--- ml_private.normal_two_sided_p(p_z float8) returns float8
--- The two-sided p-value of a standard normal statistic, 2 (1 - Phi(|z|)) = erfc(|z| / sqrt 2),
--- by Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7). Pure.
-create or replace function ml_private.normal_two_sided_p(p_z float8) returns float8
-language sql immutable
+-- ml.record_retraining_step(cycle uuid, kind text, evidence jsonb, data jsonb, model_version uuid,
+--     test_results jsonb, decision text, reason text, job bigint) returns uuid
+-- ml_private.record_retraining_step for the retrain job: the cycle must be a trigger row of the
+-- caller's tenant. Raises 42501 unless a service caller acting for a tenant; P0002 no such
+-- trigger row of that tenant; 23514 an unknown kind. Callers: service_role (the retrain job).
+create or replace function ml.record_retraining_step(
+    cycle uuid, kind text, evidence jsonb, data jsonb, model_version uuid, test_results jsonb, decision text,
+    reason text, job bigint) returns uuid
+language plpgsql volatile security definer
 set search_path = ''
 as $$
-    with x as (select abs(p_z) / sqrt(2.0) as x), t as (select x.x, 1.0 / (1.0 + 0.3275911 * x.x) as t from x)
-    select least(1.0, greatest(0.0, t.t * (0.254829592 + t.t * (-0.284496736 + t.t * (1.421413741 + t.t * (-1.453152027
-               + t.t * 1.061405429)))) * exp(-t.x * t.x)))
-    from t
+#variable_conflict use_variable
+begin
+    perform ml_private.assert_service('ml.record_retraining_step');
+    if not exists (select 1 from ml.retraining_events e
+                   where e.id = cycle and e.kind = 'trigger' and e.tenant_id = ml_private.acting_tenant_id(true)) then
+        raise exception 'retraining trigger % does not exist', coalesce(cycle::text, 'NULL') using errcode = 'P0002';
+    end if;
+    return ml_private.record_retraining_step(cycle, kind, evidence, data, model_version, test_results, decision, reason, job);
+end
 $$;
 
 -- ml_private.evaluate_shadow(p_project text) returns jsonb
@@ -196,7 +205,7 @@ begin
     v_min := coalesce((v_policy #>> '{online,min_samples}')::int, 500);
     v_alpha := coalesce((v_policy #>> '{online,significance}')::float8, 0.05);
     v_p := case when v_b + v_c = 0 then 1.0
-                else ml_private.normal_two_sided_p(greatest(abs(v_c - v_b) - 1, 0) / sqrt((v_b + v_c)::float8)) end;
+                else 2 * ml_private.normal_sf(greatest(abs(v_c - v_b) - 1, 0) / sqrt((v_b + v_c)::float8)) end;
     v_out := jsonb_build_object('pairs', v_n, 'min_samples', v_min, 'live_correct', v_live_ok, 'shadow_correct', v_chal_ok,
                                 'b', v_b, 'c', v_c, 'p_value', v_p, 'significance', v_alpha, 'deployment_id', v_dep,
                                 'champion_version', v_live_v, 'challenger_version', v_chal_v);
@@ -244,7 +253,7 @@ $$;
 
 grant execute on function ml.retrain(text, text) to authenticated, service_role;
 grant execute on function
+    ml.record_retraining_step(uuid, text, jsonb, jsonb, uuid, jsonb, text, text, bigint),
     ml_private.enqueue_retrain(uuid),
-    ml_private.record_retraining_step(uuid, text, jsonb, jsonb, uuid, jsonb, text, text, bigint),
     ml_private.evaluate_shadow(text)
 to service_role;

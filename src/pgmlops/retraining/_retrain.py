@@ -1,8 +1,8 @@
 """The ``retrain`` job handler: from a fired trigger to a challenger proven better offline.
 
-Payload ``{trigger_event_id, project}`` (``ml_private.check_retraining_triggers`` after a drift
+Payload ``{trigger_event_id, project}`` (the trigger check after a drift
 report, or ``ml.retrain``). Every step is a row of ``ml.retraining_events`` whose ``cycle_id``
-is the trigger's id, written with ``ml_private.record_retraining_step`` (which publishes
+is the trigger's id, written with ``ml.record_retraining_step`` (which publishes
 ``retraining.<kind>``), in the job's transaction:
 
 1. ``curate``: the labelled predictions of the policy's recent window (their logged features
@@ -84,7 +84,7 @@ def _step(conn: Conn, cycle: str, kind: str, *, evidence: Mapping[str, Any] | No
           test_results: Mapping[str, Any] | None = None, decision: str | None = None, reason: str | None = None,
           job_id: int | None = None) -> str:
     row = conn.execute(
-        "select ml_private.record_retraining_step(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        "select ml.record_retraining_step(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (cycle, kind, Jsonb(_jsonable(dict(evidence or {}))), Jsonb(_jsonable(dict(data or {}))), version,
          Jsonb(_jsonable(dict(test_results or {}))), decision, reason, job_id)).fetchone()
     assert row is not None
@@ -97,12 +97,11 @@ def _champion(conn: Conn, project_id: UUID) -> dict[str, Any]:
     row = conn.execute("""select a.model_version_id from ml.model_aliases a join ml.models m on m.id = a.model_id
                           where m.project_id = %s and a.alias = 'champion' limit 1""", (str(project_id),)).fetchone()
     if row is None:
-        try:
-            with conn.transaction():
-                row = conn.execute("select model_version_id from ml_private.deployment_primary((select ml.current_tenant()), %s)",
-                                   (str(project_id),)).fetchone()
-        except psycopg.errors.NoDataFound:
-            row = None
+        # The active deployment's live arm with the largest configured weight (a canary's
+        # baseline until it has taken over).
+        row = conn.execute("""select a.model_version_id from ml.deployments d join ml.deployment_arms a on a.deployment_id = d.id
+                              where d.project_id = %s and d.status = 'active' and a.role = 'live'
+                              order by a.weight desc, a.position limit 1""", (str(project_id),)).fetchone()
     if row is None:
         raise RetrainFailed("curate", "the project has no champion (no version aliased champion, no deployment)")
     found = conn.execute(
