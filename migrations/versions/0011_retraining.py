@@ -21,7 +21,7 @@ down_revision = "0010_monitoring"
 branch_labels = None
 depends_on = None
 
-FILES = ["retraining.sql", "retrain_jobs.sql"]  # in 0011_retraining/, in this order
+FILES = ["retraining.sql", "retrain_jobs.sql", "learn_jobs.sql"]  # in 0011_retraining/, in this order
 
 
 def upgrade() -> None:

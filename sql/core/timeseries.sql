@@ -252,6 +252,7 @@ declare
     v_purged int;
     v_deployments jsonb;
     v_monitoring jsonb;
+    v_learning   jsonb;
     v_rolled_up bigint;
 begin
     -- One maintainer at a time across cron and workers; others return at once.
@@ -286,6 +287,11 @@ begin
     if to_regprocedure('ml_private.run_due_monitoring()') is not null then
         execute 'select ml_private.run_due_monitoring()' into v_monitoring;
         v_report := v_report || jsonb_build_object('monitoring', v_monitoring);
+    end if;
+    -- Continuous learning whose schedule is due: learn jobs enqueued (sql/retraining/learn.sql).
+    if to_regprocedure('ml_private.run_due_learning()') is not null then
+        execute 'select ml_private.run_due_learning()' into v_learning;
+        v_report := v_report || jsonb_build_object('learning', v_learning);
     end if;
     update ml_private.settings set value = to_jsonb(now()), updated_at = now() where key = 'last_maintenance';
     if not found then

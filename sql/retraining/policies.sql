@@ -197,7 +197,7 @@ begin
             'enabled', '{"type": "boolean"}'::jsonb,
             'triggers', '{"type": "array", "minItems": 1, "maxItems": 20, "items": {"type": "object"}}'::jsonb,
             'cooldown', '{}'::jsonb, 'recipe', v_obj, 'data', v_obj, 'evaluation', v_obj, 'online', v_obj, 'rollback', v_obj,
-            'promotion', '{"enum": ["automatic", "approval"]}'::jsonb)), p_policy);
+            'continuous', v_obj, 'promotion', '{"enum": ["automatic", "approval"]}'::jsonb)), p_policy);
 
     -- Triggers.
     for v_i in 0 .. coalesce(jsonb_array_length(p_policy -> 'triggers'), 0) - 1 loop
@@ -431,7 +431,11 @@ begin
         'triggers', v_triggers,
         'cooldown', (ml_private.retraining_interval(coalesce(p_policy -> 'cooldown', '"1 day"'), 'policy.cooldown', true))::text,
         'recipe', v_recipe, 'data', v_data, 'evaluation', v_eval, 'online', v_online, 'rollback', v_rollback,
-        'promotion', coalesce(p_policy -> 'promotion', '"approval"'));
+        'promotion', coalesce(p_policy -> 'promotion', '"approval"'))
+        -- Continuous learning (sql/retraining/learn.sql, applied after this file).
+        || case when p_policy ? 'continuous'
+                then jsonb_build_object('continuous', ml_private.normalize_continuous_learning(p_project, p_policy -> 'continuous'))
+                else '{}' end;
 end
 $$;
 

@@ -51,6 +51,7 @@ FILES: tuple[str, ...] = (
     "monitoring/schedules.sql",
     "retraining/policies.sql",
     "retraining/retrain.sql",
+    "retraining/learn.sql",
 )
 
 # Where the applied checksums are kept (made by revision 0005_partition_rls).
