@@ -239,7 +239,8 @@ $$;
 -- {"<table>": {"created", "dropped", "secured"}, "jobs_purged", "deployments"} (active canaries
 -- checked: ml_private.check_deployments), "window_counts" (predictions rolled up for fast-mode
 -- drift: ml_private.rollup_window_counts), "monitoring" (due monitoring schedules run:
--- ml_private.run_due_monitoring), or {"skipped"} when another
+-- ml_private.run_due_monitoring), "retraining" (shadows judged and promoted champions watched:
+-- ml_private.check_retraining_online), or {"skipped"} when another
 -- session is running it. Security definer, so the role it is granted to can run it.
 -- Callers: service_role (and the owner, from pg_cron or a worker).
 create or replace function ml_private.run_maintenance() returns jsonb
@@ -254,6 +255,7 @@ declare
     v_monitoring jsonb;
     v_learning   jsonb;
     v_rolled_up bigint;
+    v_retraining jsonb;
 begin
     -- One maintainer at a time across cron and workers; others return at once.
     if not pg_try_advisory_xact_lock(hashtext('pgmlops.maintenance')) then
@@ -287,6 +289,12 @@ begin
     if to_regprocedure('ml_private.run_due_monitoring()') is not null then
         execute 'select ml_private.run_due_monitoring()' into v_monitoring;
         v_report := v_report || jsonb_build_object('monitoring', v_monitoring);
+    end if;
+    -- The online end of the retraining loop: shadows of retraining cycles judged, promoted
+    -- champions rolled back past their bound (sql/retraining/online.sql).
+    if to_regprocedure('ml_private.check_retraining_online()') is not null then
+        execute 'select ml_private.check_retraining_online()' into v_retraining;
+        v_report := v_report || jsonb_build_object('retraining', v_retraining);
     end if;
     -- Continuous learning whose schedule is due: learn jobs enqueued (sql/retraining/learn.sql).
     if to_regprocedure('ml_private.run_due_learning()') is not null then

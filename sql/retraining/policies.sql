@@ -747,6 +747,9 @@ $$;
 -- nothing. The policy row is locked, so reports of one project are judged one at a time.
 -- A fired trigger enqueues its 'retrain' job (ml_private.enqueue_retrain; "job_id" in the result
 -- and the row).
+-- A window whose regime matches a past window served by another version than the champion gets
+-- a 'recall' row (ml_private.record_regime_recall, sql/retraining/online.sql; "recall" in the
+-- result; its cycle the trigger the report fired, if any).
 -- Raises P0002 no such report. Callers: ml_private.drift_report_run (at the end of every drift
 -- report), service_role.
 create or replace function ml_private.check_retraining_triggers(p_report uuid) returns jsonb
@@ -794,7 +797,8 @@ begin
     end loop;
     select coalesce(jsonb_agg(v), '[]') into v_fired from jsonb_array_elements(v_all) v where (v ->> 'fired')::boolean;
     if jsonb_array_length(v_fired) = 0 then
-        return jsonb_build_object('fired', false, 'triggers', v_all, 'reason', 'no trigger fired');
+        return jsonb_build_object('fired', false, 'triggers', v_all, 'reason', 'no trigger fired',
+                                  'recall', ml_private.record_regime_recall(p_report, null));
     end if;
     v_reason := (select string_agg(v ->> 'reason', '; ') from jsonb_array_elements(v_fired) v);
     select p.name into v_project from ml.projects p where p.id = v_report.project_id;
@@ -813,7 +817,8 @@ begin
                 v_report.model_version_id, 'skipped', v_reason, ml_private.caller_user_id());
         perform ml_private.publish(v_report.tenant_id, 'retraining', 'retraining.skipped', jsonb_build_object(
             'event_id', v_id, 'project', v_project, 'project_id', v_report.project_id, 'report_id', v_report.id, 'reason', v_reason));
-        return jsonb_build_object('fired', false, 'triggers', v_all, 'reason', v_reason, 'event_id', v_id);
+        return jsonb_build_object('fired', false, 'triggers', v_all, 'reason', v_reason, 'event_id', v_id,
+                                  'recall', ml_private.record_regime_recall(p_report, null));
     end if;
 
     insert into ml.retraining_events (id, tenant_id, project_id, as_of, kind, cycle_id, report_id, evidence, model_version_id,
@@ -827,6 +832,7 @@ begin
         'model_version_id', v_report.model_version_id, 'triggers', v_fired, 'reason', v_reason));
     -- The retrain job that acts on it (sql/retraining/retrain.sql); its id lands in the row's job_id.
     return jsonb_build_object('fired', true, 'triggers', v_all, 'reason', v_reason, 'event_id', v_id,
+                              'recall', ml_private.record_regime_recall(p_report, v_id),
                               'job_id', ml_private.enqueue_retrain(v_id));
 end
 $$;

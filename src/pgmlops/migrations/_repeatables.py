@@ -51,6 +51,7 @@ FILES: tuple[str, ...] = (
     "monitoring/schedules.sql",
     "retraining/policies.sql",
     "retraining/retrain.sql",
+    "retraining/online.sql",
     "retraining/learn.sql",
 )
 
