@@ -23,6 +23,7 @@ from .compile_helpers import one
 from .conftest import act_for
 from .test_reference_profiles import SIGNATURE, Reference, features_of, frame
 from .test_retrain_job import END, POLICY, START, champion, concept_drift, events, run_retrain_job, serve, worker
+from .training_data import refused
 
 __all__ = ["worker"]
 
@@ -139,7 +140,8 @@ def test_a_seasonal_return_recalls_the_version_that_served_the_regime(conn: Conn
         conn.execute("select ml.approve('rrc', 2, 'approved')")
     act_for(conn, ref.tenant)
     conn.execute("select ml.deploy('rrc', 'single', %s)", (Jsonb([{"arm": "a", "model": "rrc", "version": 2}]),))
-    reports = [str(one(conn, "select ml.drift_report('rrc', %s, %s, %s)", start, end, Jsonb({"mode": "fast", "model": "rrc", "version": n})))
+    reports = [str(one(conn, "select ml.drift_report('rrc', %s, %s, %s)", start, end,
+                       Jsonb({"mode": "fast", "model": "rrc", "version": n})))
                for n, (start, end) in zip((1, 2, 2), spans, strict=True)]
     regime = one(conn, "select summary -> 'regime' from ml.drift_reports where id = %s", reports[2])
     assert regime["matched"] is True and regime["match"]["report_id"] == reports[0], regime
@@ -159,4 +161,18 @@ def test_a_seasonal_return_recalls_the_version_that_served_the_regime(conn: Conn
     conn.execute("select ml.set_alias('rrc', 'champion', 1)")
     assert one(conn, "select ml_private.record_regime_recall(%s)", reports[2])["repeated"] is True
     assert len([e for e in events(conn, "rrc") if e["kind"] == "recall"]) == 1
+    act_for(conn, None)
+
+
+def test_the_online_checks_refuse_an_unknown_project_or_report_and_leave_a_plain_champion_alone(conn: Conn) -> None:
+    ref = champion(conn, "roe")
+    one(conn, "select ml.set_retraining_policy('roe', %s)", Jsonb(POLICY))
+    with refused("P0002", "project 'nope' does not exist"):
+        conn.execute("select ml_private.check_retraining_rollback('nope')")
+    with refused("P0002", "drift report 00000000-0000-0000-0000-000000000000 does not exist"):
+        conn.execute("select ml_private.record_regime_recall('00000000-0000-0000-0000-000000000000')")
+    # A champion no retraining cycle promoted is not watched; no shadow: nothing is judged.
+    assert one(conn, "select ml_private.check_retraining_rollback('roe')")["status"] == "none"
+    assert str(one(conn, "select id from ml.projects where name = 'roe'")) not in maintain(conn)["retraining"]
+    assert one(conn, "select count(*) from ml.retraining_events where tenant_id = %s", ref.tenant) == 0
     act_for(conn, None)
