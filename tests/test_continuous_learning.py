@@ -24,6 +24,7 @@ from pgmlops.jobs.worker import WorkerPool
 from pgmlops.training import run_training
 
 from .compile_helpers import one
+from .conftest import act_for
 from .test_reference_profiles import SIGNATURE, Reference, frame
 from .training_data import refused
 
@@ -88,8 +89,14 @@ def aliases(conn: Conn, name: str) -> dict[str, int]:
 
 
 def due(conn: Conn, name: str) -> list[int]:
-    """The learn jobs of project ``name`` the maintenance step enqueues now."""
-    jobs = one(conn, "select ml_private.run_due_learning()")["jobs"]
+    """The learn jobs of project ``name`` the maintenance step enqueues now (acting for no
+    tenant, as the maintenance run does)."""
+    tenant = one(conn, "select current_setting('pgmlops.tenant_id')")
+    act_for(conn, None)
+    try:
+        jobs = one(conn, "select ml_private.run_due_learning()")["jobs"]
+    finally:
+        act_for(conn, tenant)
     return [j for j in jobs if one(conn, "select payload ->> 'project' from ml.jobs where id = %s", j) == name]
 
 

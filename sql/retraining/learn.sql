@@ -143,7 +143,8 @@ $$;
 -- continuous.every has passed since its last learn cycle (or since the champion was registered),
 -- no learn job of the project is queued or running, and at least continuous.min_new_labels
 -- labelled predictions were logged since then, enqueues a learn job (ml_private.enqueue_learn,
--- reason 'schedule'). Returns {enqueued: n, jobs: [...]}. Caller: ml_private.run_maintenance.
+-- reason 'schedule'), acting for the project's tenant (the caller's tenant setting restored
+-- after). Returns {enqueued: n, jobs: [...]}. Caller: ml_private.run_maintenance.
 create or replace function ml_private.run_due_learning() returns jsonb
 language plpgsql volatile security definer
 set search_path = ''
@@ -153,6 +154,8 @@ declare
     v_since timestamptz;
     v_n     bigint;
     v_jobs  jsonb := '[]';
+    v_tenant text := current_setting('pgmlops.tenant_id', true);
+    v_claims text := current_setting('request.jwt.claims', true);
 begin
     for v_p in
         select pr.*, x.policy from ml.retraining_policies x join ml.projects pr on pr.id = x.project_id
@@ -174,8 +177,13 @@ begin
         if v_n < (v_p.policy #>> '{continuous,min_new_labels}')::bigint then
             continue;
         end if;
+        -- The job is the project's tenant's (ml_private.enqueue_job reads the acting tenant).
+        perform set_config('pgmlops.tenant_id', v_p.tenant_id::text, true);
+        perform set_config('request.jwt.claims', '', true);
         v_jobs := v_jobs || to_jsonb(ml_private.enqueue_learn(
             (select pr from ml.projects pr where pr.id = v_p.id), 'schedule: ' || v_n || ' new labels', null));
+        perform set_config('pgmlops.tenant_id', coalesce(v_tenant, ''), true);
+        perform set_config('request.jwt.claims', coalesce(v_claims, ''), true);
     end loop;
     return jsonb_build_object('enqueued', jsonb_array_length(v_jobs), 'jobs', v_jobs);
 end
