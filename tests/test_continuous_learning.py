@@ -173,3 +173,30 @@ def test_errors(conn: Conn) -> None:
         conn.execute("select ml.learn('cle')")
     with refused("P0002"):
         conn.execute("select ml.learn('no_such_project')")
+
+
+def test_an_sgd_pipeline_learns_in_its_final_estimator_only() -> None:
+    """update_model on a scikit-learn pipeline: the scaler stays as fitted, the SGD classifier
+    learns with partial_fit, the original is untouched; an estimator without partial_fit is
+    refused; holdout_metric's directions."""
+    from sklearn.linear_model import LogisticRegression, SGDClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from pgmlops.retraining._learn import HIGHER_IS_BETTER, holdout_metric, update_model
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(5, 2, 400), "b": rng.normal(-3, 1, 400)})
+    y = (X["a"] - 5 + (X["b"] + 3) > 0).astype(int).tolist()
+    model = make_pipeline(StandardScaler(), SGDClassifier(loss="log_loss", max_iter=1, tol=None, random_state=0))
+    model.fit(X.iloc[:50], y[:50])
+    coef, mean = model[-1].coef_.copy(), model[0].mean_.copy()
+    shifted = X.iloc[50:] + 10  # the scaler must not refit on these
+    updated = update_model(model, shifted, y[50:], epochs=3)
+    assert np.array_equal(updated[0].mean_, mean) and np.array_equal(model[-1].coef_, coef)
+    assert not np.allclose(updated[-1].coef_, coef)
+    assert updated[-1].t_ > model[-1].t_
+    assert 0.0 <= holdout_metric(updated, X, y, "accuracy", "classification") <= 1.0
+    assert HIGHER_IS_BETTER["accuracy"] and not HIGHER_IS_BETTER["log_loss"]
+    with pytest.raises(ValueError, match="LogisticRegression does not learn incrementally"):
+        update_model(make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y), X, y, epochs=1)
