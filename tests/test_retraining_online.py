@@ -176,3 +176,36 @@ def test_the_online_checks_refuse_an_unknown_project_or_report_and_leave_a_plain
     assert str(one(conn, "select id from ml.projects where name = 'roe'")) not in maintain(conn)["retraining"]
     assert one(conn, "select count(*) from ml.retraining_events where tenant_id = %s", ref.tenant) == 0
     act_for(conn, None)
+
+
+
+def test_a_recalled_version_better_than_the_retrained_challenger_goes_on_in_its_place(conn: Conn, worker: WorkerPool) -> None:
+    """Cycle 1 trains rrj@2 on the drifted concept (awaiting approval); cycle 2, whose trigger
+    recalls rrj@2 (a regime seen before), retrains with a recipe that learns nothing (L1, tiny
+    C): rrj@2 beats the retrained rrj@3 on the same holdout and is evaluated in its place."""
+    ref = champion(conn, "rrj")
+    serve(conn, ref, concept_drift(frame(800, 3, shift=1.0, tiers=(0.2, 0.3, 0.5), vip=0.6)))
+    one(conn, "select ml.set_retraining_policy('rrj', %s)", Jsonb({**POLICY, "online": {"mode": "none"}}))
+    assert run_retrain_job(conn, one(conn, "select ml.retrain('rrj', 'first')"))["decision"] == "awaiting approval"
+    v2 = str(one(conn, "select v.id from ml.model_versions v join ml.models m on m.id = v.model_id"
+                       " where m.name = 'rrj' and v.version = 2"))
+    one(conn, "select ml.set_retraining_policy('rrj', %s)", Jsonb({
+        **POLICY, "online": {"mode": "none"}, "recipe": {"algorithm": "logistic_regression",
+                                                         "hyperparams": {"penalty": "l1", "C": 1e-6}}}))
+    with conn.transaction():
+        job = one(conn, "select ml.retrain('rrj', 'second')")
+        cycle = str(one(conn, "select id from ml.retraining_events where job_id = %s and kind = 'trigger'", job))
+        conn.execute("select ml.record_retraining_step(%s, 'recall', '{}', '{}', %s, '{}', 'candidate',"
+                     " 'the regime of rrj@2 returned', null)", (cycle, v2))
+    result = run_retrain_job(conn, job)
+    steps = [e for e in events(conn, "rrj") if e["cycle_id"] == cycle]
+    assert [e["kind"] for e in steps] == ["trigger", "recall", "curate", "train", "recall", "evaluate", "approval"], result
+    weighed = steps[4]
+    assert weighed["decision"] == "recalled" and weighed["candidate"]["version"] == 2
+    assert weighed["test_results"]["retrained_version"] == 3 and weighed["test_results"]["recalled_version"] == 2
+    assert weighed["test_results"]["challenger"] > weighed["test_results"]["champion"] + 0.2
+    assert weighed["reason"].startswith("rrj@2 (it served this regime before) is better than the retrained rrj@3")
+    assert steps[5]["test_results"]["challenger_version"] == 2 and steps[5]["candidate"]["version"] == 2
+    assert one(conn, "select v.version from ml.model_aliases a join ml.model_versions v on v.id = a.model_version_id"
+                     " join ml.models m on m.id = a.model_id where m.name = 'rrj' and a.alias = 'challenger'") == 2
+    act_for(conn, None)

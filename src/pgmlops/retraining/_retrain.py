@@ -17,6 +17,8 @@ is the trigger's id, written with ``ml.record_retraining_step`` (which publishes
 3. ``evaluate``: champion and challenger predict the holdout; the policy's test (DeLong,
    McNemar or the paired bootstrap) and :func:`pgmlops.retraining.decide`, plus
    ``ml.check_promotion``'s gates. A challenger that is not better or fails a gate: ``reject``.
+   A version the cycle's ``recall`` row names (a regime seen before) is first weighed against the
+   retrained challenger on the same holdout; the better one goes on as the challenger.
 4. online: ``shadow`` deploys champion live + challenger shadow; ``canary`` a canary of the
    challenger; ``none`` with automatic promotion promotes and deploys it alone; approval (or a
    deployment the database refuses, e.g. an unapproved live arm) records ``approval`` with why.
@@ -364,6 +366,9 @@ def _cycle(conn: Conn, ctx: JobContext, cycle: str, as_of: datetime, project: An
     # Score-based tests and metrics compare the positive class's scores with 0/1 truth.
     scored = ev.get("test") == "delong" or ev.get("metric") in ("roc_auc", "log_loss", "brier")
     truth: Any = [1 if v == positive else 0 for v in y] if scored else y
+    recalled = _recall(conn, cycle, job_id, project, policy, champion, version, truth, chal_out, holdout, names, positive)
+    if recalled is not None:
+        version, version_id, chal_out = recalled
     result = _compare(policy, project.task, truth, champ_out, chal_out)
     decision = retraining.decide(result, confidence=float(ev.get("confidence", 0.95)),
                                  min_improvement=float(ev.get("min_improvement", 0) or 0))
@@ -382,6 +387,45 @@ def _cycle(conn: Conn, ctx: JobContext, cycle: str, as_of: datetime, project: An
                      + reason)
         return {"decision": "rejected", "challenger": version, "reason": reason}
     return _online(conn, cycle, job_id, project, policy, champion, version, version_id, reason)
+
+
+def _recall(conn: Conn, cycle: str, job_id: int, project: Any, policy: Mapping[str, Any], champion: Mapping[str, Any],
+            version: int, truth: Any, chal_out: tuple[Any, Any], holdout: pd.DataFrame, names: list[str],
+            positive: Any) -> tuple[int, str, tuple[Any, Any]] | None:
+    """A version of the champion's model that a ``recall`` row of this cycle names (it served a
+    regime the drift report recognised) is weighed against the retrained challenger on the same
+    holdout with the policy's test: when it is better with the configured confidence it replaces
+    the challenger (alias ``challenger`` moved to it) and ``(version, model_version_id,
+    outputs)`` is returned; otherwise ``None``. Either way a second ``recall`` row records the
+    comparison (decision ``recalled`` or ``set aside``)."""
+    from pgmlops import models
+    from pgmlops.retraining import _evaluation as retraining
+
+    row = conn.execute(
+        """select v.id::text, v.version from ml.retraining_events e join ml.model_versions v on v.id = e.model_version_id
+           join ml.models m on m.id = v.model_id
+           where e.cycle_id = %s and e.kind = 'recall' and m.name = %s and v.id::text <> %s and v.version <> %s
+           order by e.at desc limit 1""", (cycle, champion["model"], champion["model_version_id"], version)).fetchone()
+    if row is None:
+        return None
+    rec_id, rec_version = str(row[0]), int(row[1])
+    model = champion["model"]
+    rec_out = _outputs(models.load_model(conn, f"{model}@{rec_version}"), holdout, names, project.task, positive)
+    ev = policy.get("evaluation") or {}
+    versus = _compare(policy, project.task, truth, chal_out, rec_out)
+    verdict = retraining.decide(versus, confidence=float(ev.get("confidence", 0.95)),
+                                min_improvement=float(ev.get("min_improvement", 0) or 0))
+    tests = {**versus.to_dict(), "retrained_version": version, "recalled_version": rec_version}
+    if verdict.accepted:
+        conn.execute("select ml.set_alias(%s, 'challenger', %s)", (model, rec_version))
+        reason = (f"{model}@{rec_version} (it served this regime before) is better than the retrained {model}@{version} "
+                  f"on the same holdout and goes on as the challenger: {verdict.reason}")
+    else:
+        reason = (f"{model}@{rec_version} (it served this regime before) is not better than the retrained "
+                  f"{model}@{version} on the same holdout: set aside; {verdict.reason}")
+    _step(conn, cycle, "recall", version=rec_id, job_id=job_id, test_results=tests,
+          decision="recalled" if verdict.accepted else "set aside", reason=reason)
+    return (rec_version, rec_id, rec_out) if verdict.accepted else None
 
 
 def _online(conn: Conn, cycle: str, job_id: int, project: Any, policy: Mapping[str, Any], champion: Mapping[str, Any],
