@@ -209,3 +209,42 @@ def test_a_recalled_version_better_than_the_retrained_challenger_goes_on_in_its_
     assert one(conn, "select v.version from ml.model_aliases a join ml.model_versions v on v.id = a.model_version_id"
                      " join ml.models m on m.id = a.model_id where m.name = 'rrj' and a.alias = 'challenger'") == 2
     act_for(conn, None)
+
+
+def test_maintenance_promotes_a_canary_that_is_right_more_often(conn: Conn, worker: WorkerPool) -> None:
+    """A cycle with online.mode canary (half the traffic): each arm's labelled predictions, the two
+    accuracies compared with a two-proportion z test, then the promotion."""
+    ref = champion(conn, "rcn")
+    serve(conn, ref, concept_drift(frame(800, 3, shift=1.0, tiers=(0.2, 0.3, 0.5), vip=0.6)))
+    one(conn, "select ml.set_retraining_policy('rcn', %s)", Jsonb({
+        **POLICY, "promotion": "automatic", "online": {"mode": "canary", "canary_weight": 0.5, "min_samples": 100}}))
+    job = one(conn, "select ml.retrain('rcn')")
+    # A canary's live arm needs the approval a job cannot give: the cycle waits for it; the
+    # reviewer approves rcn@2 and deploys the canary, recorded as the cycle's canary step.
+    assert run_retrain_job(conn, job)["decision"] == "awaiting approval"
+    with tenant_context(conn, ref.tenant, user=ref.owner):
+        conn.execute("select ml.approve('rcn', 2, 'approved')")
+    act_for(conn, ref.tenant)
+    arms = [{"arm": "champion", "model": "rcn", "version": 1}, {"arm": "challenger", "model": "rcn", "version": 2}]
+    deployment = one(conn, "select ml.deploy('rcn', 'canary', %s, %s)", Jsonb(arms), Jsonb({
+        "canary_arm": "challenger", "schedule": [{"weight": 0.5, "after": "0 minutes"}]}))
+    cycle = one(conn, "select id from ml.retraining_events where job_id = %s and kind = 'trigger'", job)
+    version = one(conn, "select v.id from ml.model_versions v join ml.models m on m.id = v.model_id"
+                        " where m.name = 'rcn' and v.version = 2")
+    conn.execute("select ml.record_retraining_step(%s, 'canary', %s, '{}', %s, '{}', 'canary deployed', 'approved', null)",
+                 (cycle, Jsonb({"deployment_id": str(deployment)}), version))
+    rows = concept_drift(frame(500, 8, shift=1.0, tiers=(0.2, 0.3, 0.5), vip=0.6))
+    traffic(conn, "rcn", rows.iloc[:60])
+    waiting = one(conn, "select ml_private.evaluate_shadow('rcn')")
+    assert waiting["status"] == "waiting" and waiting["mode"] == "canary" and waiting["live_n"] + waiting["shadow_n"] == 60
+    assert waiting["reason"].endswith("of 100 labelled predictions on each arm")
+    traffic(conn, "rcn", rows.iloc[60:])
+    maintain(conn)
+    last = events(conn, "rcn")[-1]
+    assert last["kind"] == "promote", last
+    tests = last["test_results"]
+    assert tests["mode"] == "canary" and tests["live_n"] + tests["shadow_n"] == 500 and min(tests["live_n"], tests["shadow_n"]) >= 100
+    assert tests["shadow_correct"] / tests["shadow_n"] > tests["live_correct"] / tests["live_n"] and tests["p_value"] < 0.05
+    assert last["reason"].startswith("rcn@2 promoted to champion and deployed: canary comparison")
+    assert [a["version"] for a in one(conn, "select ml.deployment('rcn')")["arms"]] == [2] and champion_version(conn, "rcn") == 2
+    act_for(conn, None)

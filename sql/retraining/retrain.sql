@@ -149,9 +149,15 @@ $$;
 --   * the champion right significantly more often, or online.max_duration passed since the
 --     shadow step: the shadow is ended (ml.deploy single of the champion), a 'reject' row;
 --   * else nothing is written: {status: 'waiting', pairs, ...}.
--- Returns {status, pairs, live_correct, shadow_correct, b, c, p_value, ...}. Acts for the acting
--- tenant (a service caller). Raises P0002 unknown project. A project without a shadow of a
--- retraining cycle returns {status: 'none'}. Callers: service_role (maintenance, tests).
+-- A canary of a retraining cycle (a 'canary' row naming the active deployment) is judged the same
+-- way on unpaired rows: each live arm's labelled predictions, the two accuracies compared with a
+-- two-proportion z test (pooled variance) once each arm has online.min_samples; the result then
+-- has {mode: 'canary', pairs (the smaller arm's count), live_n, shadow_n (the challenger's),
+-- live_correct, shadow_correct, z, p_value}.
+-- Returns {status, mode, pairs, live_correct, shadow_correct, b, c, p_value, ...}. Acts for the
+-- acting tenant (a service caller). Raises P0002 unknown project. A project without a shadow or
+-- canary of a retraining cycle returns {status: 'none'}. Callers: service_role (maintenance,
+-- ml_private.check_retraining_online, tests).
 create or replace function ml_private.evaluate_shadow(p_project text) returns jsonb
 language plpgsql volatile security definer
 set search_path = ''
@@ -178,20 +184,27 @@ declare
     v_out     jsonb;
     v_reason  text;
     v_kind    text;
+    v_canary  boolean;
+    v_live_n  bigint;
+    v_chal_n  bigint;
+    v_z       float8;
+    v_pool    float8;
 begin
     v_project := ml_private.find_project(v_tenant, p_project);
     select x.policy into v_policy from ml.retraining_policies x where x.project_id = v_project.id;
     select d.id into v_dep from ml.deployments d where d.project_id = v_project.id and d.status = 'active';
     select * into v_shadow from ml.retraining_events e
-    where e.project_id = v_project.id and e.kind = 'shadow' and e.evidence ->> 'deployment_id' = v_dep::text
+    where e.project_id = v_project.id and e.kind in ('shadow', 'canary') and e.evidence ->> 'deployment_id' = v_dep::text
       and not exists (select 1 from ml.retraining_events l where l.cycle_id = e.cycle_id and l.at > e.at
                                                                 and l.kind in ('promote', 'reject', 'approval', 'rollback'))
     order by e.at desc limit 1;
     if v_policy is null or v_dep is null or v_shadow.id is null then
-        return jsonb_build_object('status', 'none', 'reason', 'no shadow of a retraining cycle is deployed');
+        return jsonb_build_object('status', 'none', 'reason', 'no shadow or canary of a retraining cycle is deployed');
     end if;
     v_chal := v_shadow.model_version_id;
-    select a.model_version_id into v_live from ml.deployment_arms a where a.deployment_id = v_dep and a.role = 'live' limit 1;
+    v_canary := v_shadow.kind = 'canary';
+    select a.model_version_id into v_live from ml.deployment_arms a
+    where a.deployment_id = v_dep and a.role = 'live' and a.model_version_id is distinct from v_chal limit 1;
     select m.name, v.version into v_model, v_chal_v from ml.model_versions v join ml.models m on m.id = v.model_id where v.id = v_chal;
     select v.version into v_live_v from ml.model_versions v where v.id = v_live;
     select count(*), count(*) filter (where p.prediction = f.label), count(*) filter (where s.prediction = f.label),
@@ -201,22 +214,55 @@ begin
     from ml.predictions p
     join ml.feedback f on f.prediction_id = p.id and f.predicted_at = p.created_at
     join ml.predictions s on s.shadow_of = p.id and s.model_version_id = v_chal and s.created_at = p.created_at
-    where p.tenant_id = v_tenant and p.project_id = v_project.id and p.deployment_id = v_dep and p.shadow_of is null;
+    where p.tenant_id = v_tenant and p.project_id = v_project.id and p.deployment_id = v_dep and p.shadow_of is null
+      and not v_canary;
     v_min := coalesce((v_policy #>> '{online,min_samples}')::int, 500);
     v_alpha := coalesce((v_policy #>> '{online,significance}')::float8, 0.05);
-    v_p := case when v_b + v_c = 0 then 1.0
-                else 2 * ml_private.normal_sf(greatest(abs(v_c - v_b) - 1, 0) / sqrt((v_b + v_c)::float8)) end;
-    v_out := jsonb_build_object('pairs', v_n, 'min_samples', v_min, 'live_correct', v_live_ok, 'shadow_correct', v_chal_ok,
-                                'b', v_b, 'c', v_c, 'p_value', v_p, 'significance', v_alpha, 'deployment_id', v_dep,
-                                'champion_version', v_live_v, 'challenger_version', v_chal_v);
-    v_reason := format('shadow comparison on %s labelled predictions: %s@%s right on %s, %s@%s (live) on %s; McNemar b=%s c=%s, p=%s',
-                       v_n, v_model, v_chal_v, v_chal_ok, v_model, v_live_v, v_live_ok, v_b, v_c, round(v_p::numeric, 4));
+    if v_canary then
+        -- Unpaired: each arm's own labelled predictions; b and c stand for the arms' wrong and
+        -- right counts' comparison (c > b: the challenger right more often).
+        select count(*) filter (where p.model_version_id = v_live), count(*) filter (where p.model_version_id = v_chal),
+               count(*) filter (where p.model_version_id = v_live and p.prediction = f.label),
+               count(*) filter (where p.model_version_id = v_chal and p.prediction = f.label)
+        into v_live_n, v_chal_n, v_live_ok, v_chal_ok
+        from ml.predictions p
+        join ml.feedback f on f.prediction_id = p.id and f.predicted_at = p.created_at
+        where p.tenant_id = v_tenant and p.project_id = v_project.id and p.deployment_id = v_dep and p.shadow_of is null;
+        v_n := least(v_live_n, v_chal_n);
+        if v_live_n > 0 and v_chal_n > 0 then
+            v_pool := (v_live_ok + v_chal_ok)::float8 / (v_live_n + v_chal_n);
+            v_z := case when v_pool in (0, 1) then 0
+                        else (v_chal_ok::float8 / v_chal_n - v_live_ok::float8 / v_live_n)
+                             / sqrt(v_pool * (1 - v_pool) * (1.0 / v_live_n + 1.0 / v_chal_n)) end;
+        else
+            v_z := 0;
+        end if;
+        v_p := 2 * ml_private.normal_sf(abs(v_z));
+        v_b := case when v_z < 0 then 1 else 0 end;
+        v_c := case when v_z > 0 then 1 else 0 end;
+        v_out := jsonb_build_object('mode', 'canary', 'pairs', v_n, 'min_samples', v_min, 'live_n', v_live_n, 'shadow_n', v_chal_n,
+                                    'live_correct', v_live_ok, 'shadow_correct', v_chal_ok, 'z', v_z, 'p_value', v_p,
+                                    'significance', v_alpha, 'deployment_id', v_dep,
+                                    'champion_version', v_live_v, 'challenger_version', v_chal_v);
+        v_reason := format('canary comparison: %s@%s right on %s of %s labelled predictions, %s@%s on %s of %s; two-proportion z=%s, p=%s',
+                           v_model, v_chal_v, v_chal_ok, v_chal_n, v_model, v_live_v, v_live_ok, v_live_n,
+                           round(v_z::numeric, 3), round(v_p::numeric, 4));
+    else
+        v_p := case when v_b + v_c = 0 then 1.0
+                    else 2 * ml_private.normal_sf(greatest(abs(v_c - v_b) - 1, 0) / sqrt((v_b + v_c)::float8)) end;
+        v_out := jsonb_build_object('mode', 'shadow', 'pairs', v_n, 'min_samples', v_min, 'live_correct', v_live_ok,
+                                    'shadow_correct', v_chal_ok, 'b', v_b, 'c', v_c, 'p_value', v_p, 'significance', v_alpha,
+                                    'deployment_id', v_dep, 'champion_version', v_live_v, 'challenger_version', v_chal_v);
+        v_reason := format('shadow comparison on %s labelled predictions: %s@%s right on %s, %s@%s (live) on %s; McNemar b=%s c=%s, p=%s',
+                           v_n, v_model, v_chal_v, v_chal_ok, v_model, v_live_v, v_live_ok, v_b, v_c, round(v_p::numeric, 4));
+    end if;
     if v_n >= v_min and v_p < v_alpha and v_c > v_b then
         if coalesce(v_policy ->> 'promotion', 'approval') = 'automatic' then
             begin
                 perform ml.promote(v_model, v_chal_v, 'champion');
                 perform ml.deploy(p_project, 'single', jsonb_build_array(jsonb_build_object('arm', 'a', 'model', v_model,
-                                  'version', v_chal_v)), jsonb_build_object('reason', 'retraining: the shadow proved better'));
+                                  'version', v_chal_v)), jsonb_build_object('reason', format('retraining: the %s proved better',
+                                  v_shadow.kind)));
                 v_kind := 'promote';
                 v_reason := format('%s@%s promoted to champion and deployed: %s', v_model, v_chal_v, v_reason);
             exception when others then
@@ -237,7 +283,8 @@ begin
                                 else 'online.max_duration passed without a significant difference; ' || v_reason end);
     else
         return v_out || jsonb_build_object('status', 'waiting', 'reason',
-            case when v_n < v_min then format('%s of %s labelled pairs', v_n, v_min)
+            case when v_n < v_min then format(case when v_canary then '%s of %s labelled predictions on each arm'
+                                                   else '%s of %s labelled pairs' end, v_n, v_min)
                  else 'no significant difference yet: ' || v_reason end);
     end if;
     perform ml_private.record_retraining_step(v_shadow.cycle_id, v_kind, v_out, '{}', v_chal, v_out,
