@@ -54,6 +54,19 @@ RELEASED_FILES = {
     "0007_typed_feature_storage/typed_storage.sql": "8d8173157273d7ed3b7afb15f325ae66083d6172ec386fedc5ec9add194da07c",
     "0008_compiled_models/compiled_models.sql": "7740406306aa57d6cac7ea5b0bab6fb5e2c24618be6976bdf4f1fad07061ac11",
     "0008_compiled_models/downgrade.sql": "4a37e44bfe316382d1511657b1e9e41bf5beaed19772b7ea3ce2f60f47193a53",
+    "0009_scoring/batch_scoring.sql": "836de1415ab5e09cb3c1e620f47665525b90e9ae107ffe1599d4267dd3c5c6a8",
+    "0009_scoring/compile_jobs.sql": "3d51be1d5683f35758d0240849d220e293304c865f985a7bf8abb60d4424ce9c",
+    "0009_scoring/deployments.sql": "334de8ac93a27106d0b0ddf32a036ddb245987c6350524f71428763751fa40ac",
+    "0009_scoring/feedback.sql": "f5a851ca7a31da7884fa29fd540a2a56f5f66b6741e89e46c864cd966d98564b",
+    "0009_scoring/predictions.sql": "5e4142a9cfea5ee9ec2ef5c1258ab7a142ca0fe5720b9ed8ac3bdbd226c6188a",
+    "0010_monitoring/alerts.sql": "365c5f8bf46b6387534e77ed69e89d8776314a6810fe69c4e74ecdcf2f73404c",
+    "0010_monitoring/monitor_jobs.sql": "e23756c90ee0bcb403b07d9bcf846c895f173c404d923460a45f8c30c393ae1e",
+    "0010_monitoring/profiles.sql": "fc5933f0645a6cf504b08fcc712e3c41ab81a9c5cbc8012892d5a9caddc5ea4f",
+    "0010_monitoring/reports.sql": "4a2aa6790b2e8690aad2b97ac00591ed06e67c5efad189fcdc91cbf900d44f41",
+    "0010_monitoring/windows.sql": "52ab9c9f18d7d699af17ccf35ee1576e6f98b912acefac0ec1428baa064c8863",
+    "0011_retraining/learn_jobs.sql": "359e5d7c98420c80a1452d31e294b0f6e68ea459e32057bbfbc302239ee8667a",
+    "0011_retraining/retrain_jobs.sql": "23ac66026c435d4417e783a04844a4e430ba31bf81fd01ca4f5690f5f9094760",
+    "0011_retraining/retraining.sql": "8ae5ae7d37a64b95ba10247a8dd5960b2960359bd1e76ec703cf704071a8819f",
 }
 RELEASED_SCHEMA = "0004_training"  # what Supabase projects and installed databases hold today
 PARTITIONED = ("ml.events", "ml.run_metrics")  # plus each feature group version's offline table (see partitioned_tables)
