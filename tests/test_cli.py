@@ -118,14 +118,18 @@ def test_db_url_fails_when_the_embedded_server_is_not_running(tmp_path: Any) -> 
     assert run.returncode == 3 and "not running" in run.stderr
 
 
-def test_the_readme_main_command_runs_on_the_embedded_default(embedded_env: dict[str, str]) -> None:
-    run = pgmlops("demo", "--trials", "6", "--workers", "2", env=embedded_env, timeout=600)
+def test_the_readme_main_command_runs_on_the_embedded_default(embedded_env: dict[str, str], tmp_path: Any) -> None:
+    report = tmp_path / "demo.html"
+    run = pgmlops("demo", "--trials", "6", "--workers", "2", env={**embedded_env, "PGMLOPS_DEMO_REPORT": str(report)},
+                  timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "partitioning=native" in run.stdout and "timescaledb=False" in run.stdout
-    assert "569 rows validated and ingested" in run.stdout
-    assert "training set diagnosis v1: 569 rows" in run.stdout
-    assert "leaderboard" in run.stdout and "registered model diagnosis version 1" in run.stdout
-    assert "6 trials on 2 workers" in run.stdout
+    assert "features ingested:" in run.stdout and "training set fraud_history v1:" in run.stdout
+    assert "leaderboard" in run.stdout and "(6 trials on 2 workers)" in run.stdout
+    assert "retraining triggered" in run.stdout and "proven better offline and deployed in shadow" in run.stdout
+    assert "fraud@2 promoted to champion and deployed" in run.stdout
+    assert f"HTML report written to {report}" in run.stdout and report.stat().st_size > 0
+    assert "the new champion's realized ROC AUC is" in " ".join(run.stdout.split())
 
 
 def test_features_create_ingest_list_and_show(fresh_db_url: str, tmp_path: Any) -> None:
