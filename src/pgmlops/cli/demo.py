@@ -10,7 +10,7 @@ from pgmlops.cli._common import console, state
 
 
 def demo(
-    trials: Annotated[int, typer.Option(min=2, max=200, help="Tuning trials.")] = 12,
+    trials: Annotated[int, typer.Option(min=2, max=200, help="Tuning trials (on the worker processes).")] = 20,
     workers: Annotated[int, typer.Option(min=1, max=16, help="Worker processes.")] = 2,
 ) -> None:
     """Run the whole loop on the embedded default (or DATABASE_URL): features, a point-in-time
