@@ -14,7 +14,9 @@ def demo(
     workers: Annotated[int, typer.Option(min=1, max=16, help="Worker processes.")] = 2,
 ) -> None:
     """Run the whole loop on the embedded default (or DATABASE_URL): features, a point-in-time
-    training set, tuning on worker processes, a registered model version."""
+    training set, tuning on worker processes, a deployed champion, traffic with delayed feedback,
+    concept drift detected, a challenger retrained, proven better, shadowed and promoted, an HTML
+    report."""
     from pgmlops.demo import run_demo
 
     run_demo(state.url, trials=trials, workers=workers, console=console)
