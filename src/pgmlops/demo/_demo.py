@@ -15,7 +15,7 @@ Each step goes through the same SQL API every client uses, acting for one tenant
    workers) curates the labelled predictions, trains a challenger, proves it better offline
    (DeLong) and deploys it in shadow;
 5. more traffic: the shadow is scored beside the champion; the maintenance run
-   (``ml.run_maintenance`` → ``ml_private.evaluate_shadow``) compares them live and promotes the
+   (``ml.run_maintenance``, which judges retraining shadows) compares them live and promotes the
    challenger (the demo approves the version as the tenant's reviewer, as a person would);
 6. a day served by the new champion, its report, and the HTML report (``pgmlops.reporting``).
 """
