@@ -147,8 +147,10 @@ def test_without_drift_a_challenger_on_random_labels_is_rejected_and_the_champio
     rows = frame(800, 4)
     rows = rows.assign(churned=np.random.default_rng(9).integers(0, 2, len(rows)))
     serve(conn, ref, rows)
-    one(conn, "select ml.set_retraining_policy('rjn', %s)", Jsonb({**POLICY, "online": {"mode": "none"},
-                                                                    "promotion": "automatic"}))
+    with tenant_context(conn, ref.tenant, user=ref.owner):
+        one(conn, "select ml.set_retraining_policy('rjn', %s)", Jsonb({**POLICY, "online": {"mode": "none"},
+                                                                        "promotion": "automatic"}))
+    act_for(conn, ref.tenant)
     job_id = one(conn, "select ml.retrain('rjn', 'weekly check')")
     assert one(conn, "select job_id from ml.retraining_events where kind = 'trigger' and reason = 'manual: weekly check'") \
         == job_id
@@ -174,12 +176,19 @@ def test_ml_retrain_refuses_an_unknown_project_and_one_without_policy(conn: Conn
     assert one(conn, "select count(*) from ml.retraining_events where tenant_id = %s", ref.tenant) == 0
 
 
-def test_automatic_promotion_waits_for_the_approval_a_job_cannot_give_and_a_manual_run_from_the_cli(conn: Conn,
+def test_automatic_promotion_is_the_policy_setters_standing_approval_and_a_manual_run_from_the_cli(conn: Conn,
         worker: WorkerPool, db_url: str) -> None:
     ref = champion(conn, "rja")
     serve(conn, ref, concept_drift(frame(600, 6, shift=0.5)))
-    one(conn, "select ml.set_retraining_policy('rja', %s)", Jsonb({**POLICY, "online": {"mode": "none"},
-                                                                    "promotion": "automatic"}))
+    policy = {**POLICY, "online": {"mode": "none"}, "promotion": "automatic"}
+    # Automatic promotion approves every version the policy proves better: a service caller,
+    # which is no one, cannot give that approval; the owner can.
+    with refused("42501", "policy.promotion: automatic promotion stands as the approval of the member who sets it"):
+        conn.execute("select ml.set_retraining_policy('rja', %s)", (Jsonb(policy),))
+    assert one(conn, "select count(*) from ml.retraining_policies where tenant_id = %s", ref.tenant) == 0
+    with tenant_context(conn, ref.tenant, user=ref.owner):
+        one(conn, "select ml.set_retraining_policy('rja', %s)", Jsonb(policy))
+    act_for(conn, ref.tenant)
     run = pgmlops("retraining", "run", "--project", "rja", "--reason", "labels changed", url=db_url,
                   env={"PGMLOPS_TENANT": ref.tenant})
     assert run.returncode == 0, run.stderr
@@ -187,12 +196,43 @@ def test_automatic_promotion_waits_for_the_approval_a_job_cannot_give_and_a_manu
     result = run_retrain_job(conn, job_id)
     history = events(conn, "rja")
     assert history[0]["reason"] == "manual: labels changed" and history[0]["job_id"] == job_id
-    # The new version is better offline; a live arm needs a reviewer's approval, which a job
-    # cannot give: the promotion waits for it, and says so.
-    assert [e["kind"] for e in history] == ["trigger", "curate", "train", "evaluate", "approval"], result
-    assert "promotion was refused" in history[-1]["reason"] and "approv" in history[-1]["reason"]
+    # The new version is better offline; the policy's standing approval (the owner's, recorded as
+    # theirs) lets the job promote and deploy it.
+    assert [e["kind"] for e in history] == ["trigger", "curate", "train", "evaluate", "promote"], result
+    assert history[-1]["reason"].startswith(
+        f"rja@2 promoted to champion and deployed (automatic promotion, no online stage; rja@2 approved by the "
+        f"automatic promotion policy {ref.owner} set (standing approval)); ")
     assert one(conn, "select v.version from ml.model_aliases a join ml.model_versions v on v.id = a.model_version_id"
-                     " join ml.models m on m.id = a.model_id where m.name = 'rja' and a.alias = 'champion'") == 1
+                     " join ml.models m on m.id = a.model_id where m.name = 'rja' and a.alias = 'champion'") == 2
+    version = {n: str(i) for n, i in conn.execute("select v.version, v.id from ml.model_versions v join ml.models m"
+                                                  " on m.id = v.model_id where m.name = 'rja'")}
+    approval = conn.execute("select user_id::text, decision, comment from ml.model_approvals where model_version_id = %s",
+                            (version[2],)).fetchall()
+    assert len(approval) == 1 and approval[0][:2] == (ref.owner, "approved")
+    assert f"cycle {history[0]['cycle_id']}: " in approval[0][2] and "better" in approval[0][2]
+    assert one(conn, "select count(*) from ml.audit_log where action = 'approval.recorded' and object_id = %s"
+                     " and (after ->> 'standing')::boolean", version[2]) == 1
+
+    # The standing approval never overrides a reviewer's rejection, nor outlives the setter's role.
+    cycle = history[0]["cycle_id"]
+    with tenant_context(conn, ref.tenant, user=ref.owner):
+        conn.execute("select ml.approve('rja', 1, 'rejected', 'worse on the new labels')")
+    with tenant_context(conn, ref.tenant, user=ref.owner):
+        with refused("42501", "permission denied for function apply_standing_approval"):
+            conn.execute("select ml.apply_standing_approval(%s, %s)", (cycle, version[1]))
+    act_for(conn, ref.tenant)
+    verdict = one(conn, "select ml.apply_standing_approval(%s, %s)", cycle, version[1])
+    assert verdict == {"approved": False, "by": ref.owner, "standing": False,
+                       "reason": f"rja@1 was rejected by reviewer {ref.owner}"}
+    conn.execute("update ml.tenant_members set role = 'viewer' where tenant_id = %s and user_id = %s", (ref.tenant, ref.owner))
+    conn.execute("delete from ml.model_approvals where model_version_id = %s", (version[1],))
+    verdict = one(conn, "select ml.apply_standing_approval(%s, %s)", cycle, version[1])
+    assert verdict["approved"] is False and "is no longer an owner, admin or ml_engineer" in verdict["reason"]
+    assert one(conn, "select count(*) from ml.model_approvals where model_version_id = %s", version[1]) == 0
+    with refused("P0002", "cycle: retraining cycle 00000000-0000-0000-0000-000000000000 does not exist"):
+        conn.execute("select ml.apply_standing_approval('00000000-0000-0000-0000-000000000000', %s)", (version[1],))
+    with refused("P0002", "is not a version of project rja's models"):
+        conn.execute("select ml.apply_standing_approval(%s, gen_random_uuid())", (cycle,))
 
 
 def test_too_few_labelled_rows_fail_the_cycle_with_the_reason(conn: Conn, worker: WorkerPool) -> None:
@@ -210,8 +250,11 @@ def test_too_few_labelled_rows_fail_the_cycle_with_the_reason(conn: Conn, worker
 def shadow_promotion(conn: Conn, tenant: str, owner: str) -> None:
     """rjd@2 in shadow beside rjd@1: traffic through ml.predict scores both arms; with feedback,
     ml_private.evaluate_shadow waits for min_samples labelled pairs, then McNemar proves the
-    challenger better and (approved, promotion automatic) promotes and deploys it."""
-    one(conn, "select ml.set_retraining_policy('rjd', %s)", Jsonb({**POLICY, "promotion": "automatic"}))
+    challenger better and the automatic promotion policy the owner set (their standing approval)
+    promotes and deploys it."""
+    with tenant_context(conn, tenant, user=owner):
+        one(conn, "select ml.set_retraining_policy('rjd', %s)", Jsonb({**POLICY, "promotion": "automatic"}))
+    act_for(conn, tenant)
     rows = concept_drift(frame(300, 8, shift=1.0, tiers=(0.2, 0.3, 0.5), vip=0.6))
 
     def traffic(part: pd.DataFrame) -> None:
@@ -224,15 +267,16 @@ def shadow_promotion(conn: Conn, tenant: str, owner: str) -> None:
     waiting = one(conn, "select ml_private.evaluate_shadow('rjd')")
     assert waiting["status"] == "waiting" and waiting["pairs"] == 50 and waiting["reason"] == "50 of 100 labelled pairs"
     traffic(rows.iloc[50:])
-    with tenant_context(conn, tenant, user=owner):
-        conn.execute("select ml.approve('rjd', 2, 'approved')")
-    act_for(conn, tenant)
     verdict = one(conn, "select ml_private.evaluate_shadow('rjd')")
     assert verdict["status"] == "promote", verdict
     assert verdict["pairs"] == 300 and verdict["c"] > verdict["b"] and verdict["p_value"] < 0.05
     assert verdict["shadow_correct"] > verdict["live_correct"]
     last = events(conn, "rjd")[-1]
-    assert last["kind"] == "promote" and last["reason"].startswith("rjd@2 promoted to champion and deployed: shadow comparison")
+    assert last["kind"] == "promote" and last["reason"].startswith(
+        f"rjd@2 promoted to champion and deployed (rjd@2 approved by the automatic promotion policy {owner} set "
+        "(standing approval)): shadow comparison")
+    assert {k: verdict["approval"][k] for k in ("approved", "by", "standing")} == {"approved": True, "by": owner,
+                                                                                "standing": True}
     deployment = one(conn, "select ml.deployment('rjd')")
     assert deployment["strategy"] == "single" and [a["version"] for a in deployment["arms"]] == [2]
     assert one(conn, "select ml_private.evaluate_shadow('rjd')")["status"] == "none"

@@ -57,7 +57,9 @@ def test_maintenance_promotes_the_shadow_then_rolls_the_champion_back_past_the_b
     ref = champion(conn, "rol")
     serve(conn, ref, concept_drift(frame(800, 3, shift=1.0, tiers=(0.2, 0.3, 0.5), vip=0.6)))
     policy = {**POLICY, "promotion": "automatic", "rollback": {"metric": "accuracy", "max_drop": 0.1, "window": "1 day"}}
-    one(conn, "select ml.set_retraining_policy('rol', %s)", Jsonb(policy))
+    with tenant_context(conn, ref.tenant, user=ref.owner):  # an automatic policy is a person's standing approval
+        one(conn, "select ml.set_retraining_policy('rol', %s)", Jsonb(policy))
+    act_for(conn, ref.tenant)
     report = one(conn, "select ml.drift_report('rol', %s, %s)", START, END)
     job = one(conn, "select job_id from ml.retraining_events where report_id = %s and kind = 'trigger'", report)
     assert run_retrain_job(conn, job)["decision"] == "shadow deployed"
@@ -77,7 +79,8 @@ def test_maintenance_promotes_the_shadow_then_rolls_the_champion_back_past_the_b
     maintain(conn)
     promote = events(conn, "rol")[-1]
     assert promote["kind"] == "promote", promote
-    assert promote["reason"].startswith("rol@2 promoted to champion and deployed: shadow comparison")
+    assert promote["reason"].startswith(f"rol@2 promoted to champion and deployed (rol@2 approved by reviewer {ref.owner}): "
+                                        "shadow comparison")
     assert champion_version(conn, "rol") == 2
     assert [a["version"] for a in one(conn, "select ml.deployment('rol')")["arms"]] == [2]
     baseline = promote["evidence"]["shadow_correct"] / promote["evidence"]["pairs"]
@@ -216,23 +219,18 @@ def test_maintenance_promotes_a_canary_that_is_right_more_often(conn: Conn, work
     accuracies compared with a two-proportion z test, then the promotion."""
     ref = champion(conn, "rcn")
     serve(conn, ref, concept_drift(frame(800, 3, shift=1.0, tiers=(0.2, 0.3, 0.5), vip=0.6)))
-    one(conn, "select ml.set_retraining_policy('rcn', %s)", Jsonb({
-        **POLICY, "promotion": "automatic", "online": {"mode": "canary", "canary_weight": 0.5, "min_samples": 100}}))
-    job = one(conn, "select ml.retrain('rcn')")
-    # A canary's live arm needs the approval a job cannot give: the cycle waits for it; the
-    # reviewer approves rcn@2 and deploys the canary, recorded as the cycle's canary step.
-    assert run_retrain_job(conn, job)["decision"] == "awaiting approval"
     with tenant_context(conn, ref.tenant, user=ref.owner):
-        conn.execute("select ml.approve('rcn', 2, 'approved')")
+        one(conn, "select ml.set_retraining_policy('rcn', %s)", Jsonb({
+            **POLICY, "promotion": "automatic", "online": {"mode": "canary", "canary_weight": 0.5, "min_samples": 100}}))
     act_for(conn, ref.tenant)
-    arms = [{"arm": "champion", "model": "rcn", "version": 1}, {"arm": "challenger", "model": "rcn", "version": 2}]
-    deployment = one(conn, "select ml.deploy('rcn', 'canary', %s, %s)", Jsonb(arms), Jsonb({
-        "canary_arm": "challenger", "schedule": [{"weight": 0.5, "after": "0 minutes"}]}))
-    cycle = one(conn, "select id from ml.retraining_events where job_id = %s and kind = 'trigger'", job)
-    version = one(conn, "select v.id from ml.model_versions v join ml.models m on m.id = v.model_id"
-                        " where m.name = 'rcn' and v.version = 2")
-    conn.execute("select ml.record_retraining_step(%s, 'canary', %s, '{}', %s, '{}', 'canary deployed', 'approved', null)",
-                 (cycle, Jsonb({"deployment_id": str(deployment)}), version))
+    job = one(conn, "select ml.retrain('rcn')")
+    # A canary's live arm needs an approval: the automatic policy the owner set stands as theirs.
+    assert run_retrain_job(conn, job)["decision"] == "canary deployed"
+    approvals = conn.execute("select a.user_id::text, a.decision, a.comment from ml.model_approvals a join ml.model_versions v"
+                             " on v.id = a.model_version_id join ml.models m on m.id = v.model_id"
+                             " where m.name = 'rcn' and v.version = 2").fetchall()
+    assert [(u, d) for u, d, _ in approvals] == [(ref.owner, "approved")]
+    assert approvals[0][2].startswith("standing approval: retraining policy of project rcn (promotion automatic")
     rows = concept_drift(frame(500, 8, shift=1.0, tiers=(0.2, 0.3, 0.5), vip=0.6))
     traffic(conn, "rcn", rows.iloc[:60])
     waiting = one(conn, "select ml_private.evaluate_shadow('rcn')")
@@ -245,6 +243,7 @@ def test_maintenance_promotes_a_canary_that_is_right_more_often(conn: Conn, work
     tests = last["test_results"]
     assert tests["mode"] == "canary" and tests["live_n"] + tests["shadow_n"] == 500 and min(tests["live_n"], tests["shadow_n"]) >= 100
     assert tests["shadow_correct"] / tests["shadow_n"] > tests["live_correct"] / tests["live_n"] and tests["p_value"] < 0.05
-    assert last["reason"].startswith("rcn@2 promoted to champion and deployed: canary comparison")
+    assert last["reason"].startswith("rcn@2 promoted to champion and deployed (rcn@2 approved by reviewer ")
+    assert "canary comparison" in last["reason"]
     assert [a["version"] for a in one(conn, "select ml.deployment('rcn')")["arms"]] == [2] and champion_version(conn, "rcn") == 2
     act_for(conn, None)

@@ -124,7 +124,7 @@ def test_an_empty_policy_gets_every_default_and_is_stored_as_returned(a: Conn, w
 
 def test_a_full_policy_is_normalized(a: Conn, world: World) -> None:
     space = {"C": {"type": "float", "low": 0.01, "high": 10, "log": True}}
-    got = set_policy(a, {
+    full = {
         "triggers": [{"type": "feature_drift", "features": ["amount", "tier"]},
                      {"type": "metric_drop", "metric": "accuracy", "relative_drop": 0.1},
                      {"type": "metric_drop", "metric": "roc_auc", "source": "estimated", "drop": 0.05, "baseline": 0.8},
@@ -137,7 +137,19 @@ def test_a_full_policy_is_normalized(a: Conn, world: World) -> None:
         "data": {"window": "2 weeks", "balance": "undersample"},
         "evaluation": {"metric": "accuracy"},
         "online": {"mode": "canary"},
-        "promotion": "automatic"})
+        "promotion": "automatic"}
+    # Automatic promotion stands as the setter's approval: a person's, never a service caller's.
+    with refused("42501", "policy.promotion: automatic promotion stands as the approval of the member who sets it"):
+        set_policy(a, full)
+    assert one(a, "select count(*) from ml.retraining_policies where project_id = %s", world.project_id) == 0
+    viewer = member(a, world.tenant, "viewer")
+    with tenant_context(a, world.tenant, user=viewer), refused("42501"):
+        set_policy(a, full)
+    with tenant_context(a, world.tenant, user=world.ref.owner):
+        got = set_policy(a, full)
+    act_for(a, world.tenant)
+    assert one(a, "select updated_by::text from ml.retraining_policies where project_id = %s", world.project_id) \
+        == world.ref.owner
     assert got["triggers"] == [
         {"type": "feature_drift", "features": ["amount", "tier"], "min_features": 1},
         {"type": "metric_drop", "metric": "accuracy", "source": "realized", "drop": None, "relative_drop": 0.1,

@@ -124,10 +124,8 @@ begin
         finished_at = clock_timestamp()
     where r.id = v_r.id
     returning * into v_r;
-    if to_regprocedure('ml_private.raise_report_alerts(uuid)') is not null then
-        update ml.drift_reports r set summary = r.summary || jsonb_build_object('alerts_raised', ml_private.raise_report_alerts(v_r.id))
-        where r.id = v_r.id;
-    end if;
+    update ml.drift_reports r set summary = r.summary || jsonb_build_object('alerts_raised', ml_private.raise_report_alerts(v_r.id))
+    where r.id = v_r.id;
     perform ml_private.publish(v_r.tenant_id, 'monitoring', 'report.completed', jsonb_build_object(
         'report_id', v_r.id, 'project_id', v_r.project_id, 'status', v_r.status, 'job_id', v_r.job_id,
         'multivariate_drift', coalesce((section ->> 'drifted')::boolean, false)));

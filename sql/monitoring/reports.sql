@@ -423,9 +423,7 @@ begin
     v_opts := v_opts || jsonb_strip_nulls(jsonb_build_object('multivariate', p_options -> 'multivariate'));
     v_mode := v_opts ->> 'mode';
     v_project := ml_private.find_project(v_tenant, p_project);
-    if to_regprocedure('ml_private.performance_options(jsonb, timestamptz, timestamptz)') is not null then
-        perform ml_private.performance_options(p_options, p_start, p_end);
-    end if;
+    perform ml_private.performance_options(p_options, p_start, p_end);
     v_model := ml_private.batch_model(p_project, jsonb_strip_nulls(jsonb_build_object(
         'model', p_options -> 'model', 'version', p_options -> 'version', 'alias', p_options -> 'alias')), true);
     select * into v_version from ml.model_versions v where v.id = (v_model ->> 'model_version_id')::uuid;
@@ -517,10 +515,6 @@ begin
         get diagnostics v_rows = row_count;
     else
         -- Fast: binned counts on the reference edges (whole rolled-up hours from ml.window_counts).
-        if to_regprocedure('ml_private.window_counts_between(uuid, uuid, timestamptz, timestamptz)') is null then
-            raise exception 'options.mode: fast needs the window counts of sql/monitoring/windows.sql, which this database lacks'
-                using errcode = '0A000', hint = 'Run pgmlops migrate, or use the exact mode.';
-        end if;
         perform ml_private.rollup_window_counts(v_project.id);
         create temp table _pgmlops_drift_counts on commit drop as
             select c.role, c.feature, c.bin, c.category, c.count, c.total
@@ -709,18 +703,12 @@ begin
 
     -- The other sections, in the contract's order: realized and estimated performance (M4), the
     -- regime match (M3), the alerts (M5).
-    if to_regprocedure('ml_private.report_performance(uuid)') is not null then
-        v_section := ml_private.report_performance(v_id);
-        update ml.drift_reports r set summary = r.summary || jsonb_build_object('performance', v_section) where r.id = v_id;
-    end if;
-    if to_regprocedure('ml_private.record_window_embedding(uuid)') is not null then
-        v_section := ml_private.record_window_embedding(v_id);
-        update ml.drift_reports r set summary = r.summary || jsonb_build_object('regime', v_section) where r.id = v_id;
-    end if;
-    if to_regprocedure('ml_private.raise_report_alerts(uuid)') is not null then
-        v_alerts := ml_private.raise_report_alerts(v_id);
-        update ml.drift_reports r set summary = r.summary || jsonb_build_object('alerts_raised', v_alerts) where r.id = v_id;
-    end if;
+    v_section := ml_private.report_performance(v_id);
+    update ml.drift_reports r set summary = r.summary || jsonb_build_object('performance', v_section) where r.id = v_id;
+    v_section := ml_private.record_window_embedding(v_id);
+    update ml.drift_reports r set summary = r.summary || jsonb_build_object('regime', v_section) where r.id = v_id;
+    v_alerts := ml_private.raise_report_alerts(v_id);
+    update ml.drift_reports r set summary = r.summary || jsonb_build_object('alerts_raised', v_alerts) where r.id = v_id;
     -- Multivariate drift (domain classifier, PCA reconstruction) is a worker's `monitor` job that
     -- completes the report: asked for by options.multivariate, by default when the window has at
     -- least 100 rows and the job kind is installed.
@@ -885,11 +873,8 @@ begin
                     from ml.performance_results p where p.report_id = v_r.id), '[]'),
         'alerts', coalesce((select jsonb_agg(ml_private.alert_document(a) order by a.first_seen, a.id)
                     from ml.alerts a where a.report_id = v_r.id), '[]'));
-    if to_regprocedure('ml_private.nearest_windows(uuid, uuid, uuid, int)') is not null then
-        execute 'select coalesce(jsonb_agg(to_jsonb(n)), ''[]'') from ml_private.nearest_windows($1, $2, $3, 5) n'
-            into v_similar using v_r.tenant_id, v_r.project_id, v_r.id;
-        v_doc := v_doc || jsonb_build_object('similar_windows', v_similar);
-    end if;
+    select coalesce(jsonb_agg(to_jsonb(n)), '[]') into v_similar from ml_private.nearest_windows(v_r.tenant_id, v_r.project_id, v_r.id, 5) n;
+    v_doc := v_doc || jsonb_build_object('similar_windows', v_similar);
     return v_doc;
 end
 $$;

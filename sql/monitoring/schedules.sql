@@ -236,11 +236,7 @@ begin
     perform set_config('pgmlops.tenant_id', v_s.tenant_id::text, true);
     perform set_config('request.jwt.claims', '', true);
     begin
-        if to_regprocedure('ml.drift_report(text,timestamptz,timestamptz,jsonb)') is null then
-            raise exception 'ml.drift_report is not installed' using errcode = '0A000';
-        end if;
-        execute 'select ml.drift_report($1, $2, $3, $4)'
-            into v_report using v_project, v_end - v_s."window", v_end, v_s.options;
+        v_report := ml.drift_report(v_project, v_end - v_s."window", v_end, v_s.options);
     exception when others then
         get stacked diagnostics v_error = message_text, v_state = returned_sqlstate;
     end;
@@ -374,9 +370,7 @@ begin
         raise exception 'options.mode: % is not exact or fast', options -> 'mode' using errcode = '22023';
     end if;
     -- The report's own checks of its options, now rather than at every run.
-    if to_regprocedure('ml_private.drift_options(jsonb)') is not null then
-        execute 'select ml_private.drift_options($1)' using coalesce(options, '{}'::jsonb);
-    end if;
+    perform ml_private.drift_options(coalesce(options, '{}'::jsonb));
     v_project := ml_private.find_project(v_tenant, project);
 
     -- Replacing: the old row goes (its trigger unschedules its cron job), the new one keeps the id.

@@ -112,9 +112,11 @@ $$;
 -- ml.learn(project text) returns bigint
 -- Enqueues a continuous-learning update of the project's champion now (no schedule, no
 -- min_new_labels) and returns the 'learn' job's id.
+-- One cycle per project at a time, whoever starts it (this function or the maintenance run).
 -- Raises P0002 unknown project (another tenant's too); 55000 the project has no retraining
--- policy, a disabled one, or one without continuous learning enabled (named); 42501 viewers and
--- non-members. Callers: authenticated (owner, admin, ml_engineer), service_role.
+-- policy, a disabled one, one without continuous learning enabled (named), or a learn job of the
+-- project is already queued or running (named); 42501 viewers and non-members.
+-- Callers: authenticated (owner, admin, ml_engineer), service_role.
 create or replace function ml.learn(project text) returns bigint
 language plpgsql volatile security definer
 set search_path = ''
@@ -124,6 +126,8 @@ declare
     v_tenant  uuid := ml_private.acting_tenant_id(true);
     v_project ml.projects := ml_private.find_project(v_tenant, project);
     v_policy  ml.retraining_policies;
+    v_job     bigint;
+    v_status  text;
 begin
     select * into v_policy from ml.retraining_policies x where x.project_id = v_project.id for update;
     if v_policy.id is null then
@@ -134,6 +138,16 @@ begin
         raise exception 'project %: continuous learning is not enabled (policy.continuous.enabled)', v_project.name
             using errcode = '55000', hint = 'Set policy.continuous {"enabled": true} with ml.set_retraining_policy.';
     end if;
+    -- One cycle per project at a time: the policy row's lock (taken above, and by
+    -- ml_private.run_due_learning) orders this check against the maintenance run's.
+    select j.id, j.status into v_job, v_status from ml.jobs j
+    where j.kind = 'learn' and j.status in ('queued', 'running') and j.tenant_id = v_project.tenant_id
+      and j.payload ->> 'project' = v_project.name
+    order by j.id limit 1;
+    if v_job is not null then
+        raise exception 'project %: learn job % is already %, one continuous-learning cycle runs at a time', v_project.name, v_job, v_status
+            using errcode = '55000', hint = format('Follow it with ml.job(%s); call ml.learn again once it ends.', v_job);
+    end if;
     return ml_private.enqueue_learn(v_project, 'manual', ml_private.caller_user_id());
 end
 $$;
@@ -141,7 +155,8 @@ $$;
 -- ml_private.run_due_learning() returns jsonb
 -- The maintenance run's step: for every enabled policy with continuous.enabled, when
 -- continuous.every has passed since its last learn cycle (or since the champion was registered),
--- no learn job of the project is queued or running, and at least continuous.min_new_labels
+-- no learn job of the project is queued or running (checked under the policy row's lock, skipped
+-- while another transaction holds it), and at least continuous.min_new_labels
 -- labelled predictions were logged since then, enqueues a learn job (ml_private.enqueue_learn,
 -- reason 'schedule'), acting for the project's tenant (the caller's tenant setting restored
 -- after). Returns {enqueued: n, jobs: [...]}. Caller: ml_private.run_maintenance.
@@ -161,6 +176,12 @@ begin
         select pr.*, x.policy from ml.retraining_policies x join ml.projects pr on pr.id = x.project_id
         where x.enabled and coalesce((x.policy #>> '{continuous,enabled}')::boolean, false)
     loop
+        -- One cycle per project at a time: the policy row's lock orders this run against
+        -- ml.learn and another maintenance run (a locked row is theirs to handle).
+        perform 1 from ml.retraining_policies x where x.project_id = v_p.id for update skip locked;
+        if not found then
+            continue;
+        end if;
         if exists (select 1 from ml.jobs j where j.kind = 'learn' and j.status in ('queued', 'running')
                    and j.payload ->> 'project' = v_p.name and j.tenant_id = v_p.tenant_id) then
             continue;

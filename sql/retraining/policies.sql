@@ -469,9 +469,12 @@ $$;
 -- (ml_private.normalize_retraining_policy: the shape and defaults). Returns the policy as stored,
 -- every default filled. Audits retraining_policy.set (before: the old policy) and publishes
 -- policy.set on topic 'retraining'.
+-- promotion automatic stands as the caller's approval of every version the policy's cycles prove
+-- better (ml_private.standing_approval), so only a signed-in owner, admin or ml_engineer may set it.
 -- Raises 22023 a bad policy, naming the field as a path ('policy.triggers[1].share: must be <= 1,
--- got 2'; nothing written); P0002 unknown project (another tenant's too); 42501 viewers and
--- non-members. Callers: authenticated (owner, admin, ml_engineer), service_role.
+-- got 2'; nothing written); P0002 unknown project (another tenant's too); 42501 viewers,
+-- non-members, and promotion automatic from a service caller. Callers: authenticated (owner,
+-- admin, ml_engineer), service_role.
 create or replace function ml.set_retraining_policy(project text, policy jsonb) returns jsonb
 language plpgsql volatile security definer
 set search_path = ''
@@ -485,6 +488,17 @@ declare
     v_new     ml.retraining_policies;
 begin
     v_policy := ml_private.normalize_retraining_policy(v_project, policy);
+    -- Automatic promotion is a standing approval of every version the policy proves better
+    -- (ml_private.standing_approval): only a member who may approve versions can give it.
+    if v_policy ->> 'promotion' = 'automatic' and not exists (
+            select 1 from ml.tenant_members m
+            where m.tenant_id = v_tenant and m.user_id = ml_private.caller_user_id()
+              and m.role in ('owner', 'admin', 'ml_engineer')) then
+        raise exception 'policy.promotion: automatic promotion stands as the approval of the member who sets it, so it must be set by a signed-in owner, admin or ml_engineer (this caller is %)',
+            case when ml_private.caller_is_service() then 'a service caller' else 'not one' end
+            using errcode = '42501',
+                  hint = 'Set the policy as a person (a user''s JWT), or use promotion approval and ml.approve.';
+    end if;
     select * into v_old from ml.retraining_policies x where x.project_id = v_project.id for update;
     insert into ml.retraining_policies as x (tenant_id, project_id, policy, enabled, trigger_types, cooldown, promotion,
                                              online_mode, updated_by)

@@ -138,14 +138,119 @@ begin
 end
 $$;
 
+-- ml_private.standing_approval(p_project ml.projects, p_version uuid, p_cycle uuid, p_why text) returns jsonb
+-- The standing approval an automatic promotion policy gives: a retraining policy with promotion
+-- automatic is set by a member who may approve versions (ml.set_retraining_policy requires it),
+-- and stands as that member's approval of every version one of its cycles proves better. For
+-- p_version (a version of p_project's models), unless a reviewer already approved or rejected it,
+-- records an approval in ml.model_approvals as the member who set the policy (comment: the
+-- policy, the cycle, p_why) and audits approval.recorded ({standing: true, cycle}).
+-- Returns {approved, by (uuid), standing (whether this call recorded it), reason}: approved false
+-- (nothing written) when the policy's promotion is approval (a person promotes), the policy was set by a service caller (policies set
+-- before revision 0012), its setter is no longer an owner, admin or ml_engineer of the tenant, or a
+-- reviewer rejected the version. Raises nothing of its own. Callers: ml.apply_standing_approval,
+-- ml_private.evaluate_shadow.
+create or replace function ml_private.standing_approval(p_project ml.projects, p_version uuid, p_cycle uuid, p_why text)
+returns jsonb
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+declare
+    v_policy ml.retraining_policies;
+    v_label  text := (select format('%s@%s', m.name, v.version) from ml.model_versions v
+                      join ml.models m on m.id = v.model_id where v.id = p_version);
+    v_role   text;
+    v_by     uuid;
+begin
+    select * into v_policy from ml.retraining_policies x where x.project_id = p_project.id;
+    if v_policy.id is null or v_policy.promotion <> 'automatic' then
+        return jsonb_build_object('approved', false, 'standing', false, 'reason',
+            'the policy''s promotion is approval: a person promotes with ml.promote once reviewers approve');
+    end if;
+    select x.user_id into v_by from ml.model_approvals x
+    where x.model_version_id = p_version and x.decision = 'rejected' order by x.created_at desc limit 1;
+    if found then
+        return jsonb_build_object('approved', false, 'by', v_by, 'standing', false,
+                                  'reason', format('%s was rejected by reviewer %s', v_label, v_by));
+    end if;
+    select x.user_id into v_by from ml.model_approvals x
+    where x.model_version_id = p_version and x.decision = 'approved' order by x.created_at limit 1;
+    if found then
+        return jsonb_build_object('approved', true, 'by', v_by, 'standing', false,
+                                  'reason', format('%s approved by reviewer %s', v_label, v_by));
+    end if;
+    if v_policy.updated_by is null then
+        return jsonb_build_object('approved', false, 'standing', false, 'reason',
+            'the automatic promotion policy was set by a service caller, so no member stands behind it: '
+            || 'set it again as a signed-in owner, admin or ml_engineer, or approve with ml.approve');
+    end if;
+    select m.role into v_role from ml.tenant_members m where m.tenant_id = p_project.tenant_id and m.user_id = v_policy.updated_by;
+    if v_role is null or v_role not in ('owner', 'admin', 'ml_engineer') then
+        return jsonb_build_object('approved', false, 'by', v_policy.updated_by, 'standing', false, 'reason', format(
+            'member %s who set the automatic promotion policy is no longer an owner, admin or ml_engineer of the tenant',
+            v_policy.updated_by));
+    end if;
+    insert into ml.model_approvals (tenant_id, model_version_id, user_id, decision, comment)
+    values (p_project.tenant_id, p_version, v_policy.updated_by, 'approved',
+            left(format('standing approval: retraining policy of project %s (promotion automatic, set %s); cycle %s: %s',
+                        p_project.name, v_policy.updated_at, p_cycle, p_why), 10000))
+    on conflict on constraint model_approvals_model_version_id_user_id_key do nothing;
+    perform ml_private.audit(p_project.tenant_id, 'approval.recorded', 'model_version', p_version, null,
+        jsonb_build_object('version', v_label, 'decision', 'approved', 'standing', true, 'cycle', p_cycle,
+                           'policy_id', v_policy.id, 'user_id', v_policy.updated_by));
+    return jsonb_build_object('approved', true, 'by', v_policy.updated_by, 'standing', true, 'reason', format(
+        '%s approved by the automatic promotion policy %s set (standing approval)', v_label, v_policy.updated_by));
+end
+$$;
+
+-- ml.apply_standing_approval(cycle uuid, model_version_id uuid) returns jsonb
+-- A worker's request, before it promotes the version a retraining or continuous-learning cycle
+-- proved better: the project's automatic promotion policy approves it as the member who set the
+-- policy (ml_private.standing_approval). Returns {approved, by, standing, reason}.
+-- Raises P0002 unknown cycle (another tenant's too) or a version not of the cycle's project;
+-- 42501 callers other than service ones (people approve with ml.approve).
+-- Callers: service_role (the retrain and learn jobs).
+create or replace function ml.apply_standing_approval(cycle uuid, model_version_id uuid) returns jsonb
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+#variable_conflict use_variable
+declare
+    v_tenant  uuid;
+    v_project ml.projects;
+    v_why     text;
+begin
+    if not ml_private.caller_is_service() then
+        raise exception 'ml.apply_standing_approval is for workers: people approve with ml.approve'
+            using errcode = '42501';
+    end if;
+    v_tenant := ml_private.acting_tenant_id(true);
+    select p.* into v_project from ml.retraining_events e join ml.projects p on p.id = e.project_id
+    where e.tenant_id = v_tenant and e.cycle_id = cycle order by e.at limit 1;
+    if v_project.id is null then
+        raise exception 'cycle: retraining cycle % does not exist', coalesce(cycle::text, 'NULL') using errcode = 'P0002';
+    end if;
+    if not exists (select 1 from ml.model_versions v join ml.models m on m.id = v.model_id
+                   where v.id = model_version_id and m.project_id = v_project.id) then
+        raise exception 'model_version_id: % is not a version of project %''s models', coalesce(model_version_id::text, 'NULL'),
+            v_project.name using errcode = 'P0002';
+    end if;
+    select e.reason into v_why from ml.retraining_events e
+    where e.cycle_id = cycle and e.kind in ('evaluate', 'update') order by e.at desc limit 1;
+    return ml_private.standing_approval(v_project, model_version_id, cycle, coalesce(v_why, 'proved better'));
+end
+$$;
+
 -- ml_private.evaluate_shadow(p_project text) returns jsonb
 -- The online step after a retrain job deployed a challenger in shadow: compares the live and the
 -- shadow arm of the project's active deployment on the live predictions that have feedback
 -- (classification: each arm right or wrong on the same rows) with McNemar's test (normal
 -- approximation with continuity correction) once policy.online.min_samples pairs are labelled:
 --   * the challenger right significantly more often (p < online.significance): with promotion
---     'automatic', ml.promote + ml.deploy(single) of the challenger ('promote' row); otherwise,
---     or when that is refused (e.g. not approved), an 'approval' row saying why;
+--     'automatic', the policy's standing approval (ml_private.standing_approval: a reviewer's
+--     approval, or the one of the member who set the policy) then ml.promote + ml.deploy(single)
+--     of the challenger ('promote' row naming the approval); otherwise (promotion approval, no
+--     standing approval, a reviewer's rejection, a refused promotion) an 'approval' row saying why;
 --   * the champion right significantly more often, or online.max_duration passed since the
 --     shadow step: the shadow is ended (ml.deploy single of the champion), a 'reject' row;
 --   * else nothing is written: {status: 'waiting', pairs, ...}.
@@ -189,6 +294,7 @@ declare
     v_chal_n  bigint;
     v_z       float8;
     v_pool    float8;
+    v_approval jsonb;
 begin
     v_project := ml_private.find_project(v_tenant, p_project);
     select x.policy into v_policy from ml.retraining_policies x where x.project_id = v_project.id;
@@ -257,21 +363,25 @@ begin
                            v_n, v_model, v_chal_v, v_chal_ok, v_model, v_live_v, v_live_ok, v_b, v_c, round(v_p::numeric, 4));
     end if;
     if v_n >= v_min and v_p < v_alpha and v_c > v_b then
-        if coalesce(v_policy ->> 'promotion', 'approval') = 'automatic' then
+        v_approval := ml_private.standing_approval(v_project, v_chal, v_shadow.cycle_id, v_reason);
+        v_out := v_out || jsonb_build_object('approval', v_approval);
+        if not (v_approval ->> 'approved')::boolean then
+            v_kind := 'approval';
+            v_reason := format('%s@%s is better live; promotion waits for approval (%s): %s', v_model, v_chal_v,
+                               v_approval ->> 'reason', v_reason);
+        else
             begin
                 perform ml.promote(v_model, v_chal_v, 'champion');
                 perform ml.deploy(p_project, 'single', jsonb_build_array(jsonb_build_object('arm', 'a', 'model', v_model,
                                   'version', v_chal_v)), jsonb_build_object('reason', format('retraining: the %s proved better',
                                   v_shadow.kind)));
                 v_kind := 'promote';
-                v_reason := format('%s@%s promoted to champion and deployed: %s', v_model, v_chal_v, v_reason);
+                v_reason := format('%s@%s promoted to champion and deployed (%s): %s', v_model, v_chal_v,
+                                   v_approval ->> 'reason', v_reason);
             exception when others then
                 v_kind := 'approval';
                 v_reason := format('%s@%s is better live but its promotion was refused: %s; %s', v_model, v_chal_v, sqlerrm, v_reason);
             end;
-        else
-            v_kind := 'approval';
-            v_reason := format('%s@%s is better live; promotion needs approval: %s', v_model, v_chal_v, v_reason);
         end if;
     elsif (v_n >= v_min and v_p < v_alpha and v_b > v_c)
           or clock_timestamp() >= v_shadow.at + coalesce((v_policy #>> '{online,max_duration}')::interval, interval '7 days') then
@@ -299,8 +409,10 @@ $$;
 ------------------------------------------------------------------------------------------------
 
 grant execute on function ml.retrain(text, text) to authenticated, service_role;
+grant execute on function ml.apply_standing_approval(uuid, uuid) to service_role;
 grant execute on function
     ml.record_retraining_step(uuid, text, jsonb, jsonb, uuid, jsonb, text, text, bigint),
     ml_private.enqueue_retrain(uuid),
     ml_private.evaluate_shadow(text)
 to service_role;
+revoke all on function ml_private.standing_approval(ml.projects, uuid, uuid, text) from public;

@@ -203,7 +203,8 @@ def run_demo(url: str | None = None, *, trials: int = 20, workers: int = 2, seed
                 latest = f"{(bounds[2] - bounds[1]).total_seconds():.3f} seconds"
                 policy = {**POLICY, "triggers": [{**POLICY["triggers"][0], "baseline": window["realized"]}],
                           "data": {**POLICY["data"], "window": latest}}
-                with tenant_context(conn, tenant):
+                # Set by the reviewer: its automatic promotion stands as their approval.
+                with tenant_context(conn, tenant, user=reviewer):
                     call(conn, "ml.set_retraining_policy(%s, %s)", (PROJECT, Jsonb(policy)))
             if trigger is None and window["fired"]:
                 trigger = window

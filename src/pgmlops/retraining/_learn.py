@@ -211,6 +211,10 @@ def _register(conn: Conn, ctx: JobContext, project: Any, champion: Mapping[str, 
     return int(row[0]["version"]), str(row[0]["model_version_id"])
 
 
+class _NotApproved(Exception):
+    """The automatic promotion policy could not approve the update (the reason)."""
+
+
 def _publish(conn: Conn, ctx: JobContext, cycle: str, project: Any, policy: Mapping[str, Any],
              champion: Mapping[str, Any], version: int, version_id: str, why: str) -> tuple[str, str | None]:
     """Promote and deploy (automatic promotion) or alias challenger and ask for approval."""
@@ -219,6 +223,9 @@ def _publish(conn: Conn, ctx: JobContext, cycle: str, project: Any, policy: Mapp
     if policy.get("promotion") == "automatic":
         try:
             with conn.transaction():
+                approval = conn.execute("select ml.apply_standing_approval(%s, %s)", (cycle, version_id)).fetchone()
+                if approval is None or not approval[0]["approved"]:
+                    raise _NotApproved(approval[0]["reason"] if approval else "no approval")
                 conn.execute("select ml.promote(%s, %s, 'champion')", (model, version))
                 row = conn.execute("select ml.deploy(%s, 'single', %s, %s)", (
                     project.name, Jsonb([{"arm": "a", "model": model, "version": version, "role": "live"}]),
@@ -226,8 +233,11 @@ def _publish(conn: Conn, ctx: JobContext, cycle: str, project: Any, policy: Mapp
             deployment = str(row[0]) if row and row[0] else None
             _step(conn, cycle, "promote", version=version_id, job_id=ctx.job.id, decision="promoted",
                   evidence={"promotion": "automatic", "deployment_id": deployment},
-                  reason=f"{model}@{version} (updated from @{champion['version']}) promoted and deployed; {why}")
+                  reason=(f"{model}@{version} (updated from @{champion['version']}) promoted and deployed "
+                          f"({approval[0]['reason']}); {why}"))
             return "promoted", deployment
+        except _NotApproved as exc:
+            reason = f"{model}@{version} kept and aliased challenger; promotion waits for approval ({exc})"
         except psycopg.Error as exc:
             reason = (f"{model}@{version} kept but its promotion was refused: {exc.diag.message_primary}; "
                       f"aliased challenger")

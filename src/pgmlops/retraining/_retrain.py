@@ -428,6 +428,14 @@ def _recall(conn: Conn, cycle: str, job_id: int, project: Any, policy: Mapping[s
     return (rec_version, rec_id, rec_out) if verdict.accepted else None
 
 
+def _standing_approval(conn: Conn, cycle: str, version_id: str) -> dict[str, Any]:
+    """The automatic promotion policy's approval of the version (``ml.apply_standing_approval``):
+    ``{approved, by, standing, reason}``."""
+    row = conn.execute("select ml.apply_standing_approval(%s, %s)", (cycle, version_id)).fetchone()
+    assert row is not None
+    return dict(row[0])
+
+
 def _online(conn: Conn, cycle: str, job_id: int, project: Any, policy: Mapping[str, Any], champion: Mapping[str, Any],
             version: int, version_id: str, why: str) -> dict[str, Any]:
     """The online step the policy asks for, recorded as shadow / canary / promote / approval."""
@@ -449,19 +457,27 @@ def _online(conn: Conn, cycle: str, job_id: int, project: Any, policy: Mapping[s
                           f"{online.get('min_samples', 500)} labelled comparisons; {why}")
             elif mode == "canary":
                 weight = float(online.get("canary_weight") or 0.1)
+                if promotion == "automatic":
+                    # A canary takes live traffic: the policy's standing approval first (when it
+                    # cannot give one, the deployment below is refused and says so).
+                    _standing_approval(conn, cycle, version_id)
                 row = conn.execute("select ml.deploy(%s, 'canary', %s, %s)", (
                     project.name, Jsonb([champ, {**chal, "role": "live"}]),
                     Jsonb({"reason": f"retraining cycle {cycle}: canary of the challenger", "canary_arm": "challenger",
                            "schedule": [{"weight": weight, "after": "0 minutes"}]}))).fetchone()
                 kind, decision = "canary", "canary deployed"
                 reason = f"{model}@{version} deployed as a canary with {weight:.0%} of the traffic; {why}"
-            elif promotion == "automatic":
+            elif promotion == "automatic" and (approval := _standing_approval(conn, cycle, version_id))["approved"]:
                 conn.execute("select ml.promote(%s, %s, 'champion')", (model, version))
                 row = conn.execute("select ml.deploy(%s, 'single', %s, %s)", (
                     project.name, Jsonb([{**chal, "arm": "a", "role": "live"}]),
                     Jsonb({"reason": f"retraining cycle {cycle}: automatic promotion"}))).fetchone()
                 kind, decision = "promote", "promoted"
-                reason = f"{model}@{version} promoted to champion and deployed (automatic promotion, no online stage); {why}"
+                reason = (f"{model}@{version} promoted to champion and deployed (automatic promotion, no online stage; "
+                          f"{approval['reason']}); {why}")
+            elif promotion == "automatic":
+                kind, decision = "approval", "awaiting approval"
+                reason = f"{model}@{version} is better offline; promotion waits for approval ({approval['reason']}); {why}"
             else:
                 kind, decision = "approval", "awaiting approval"
                 reason = f"{model}@{version} is better offline; promotion needs approval (policy promotion approval); {why}"
