@@ -112,6 +112,8 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
     "local_outlier_factor": [{"algorithm": "kd_tree", "metric": "manhattan"}, {"algorithm": "ball_tree", "p": 3}],
     "hist_gradient_boosting": [{"max_iter": 3, "early_stopping": True}, {"max_iter": 3, "loss": "quantile", "quantile": 0.9}]
                               + [{"max_iter": 3, "loss": loss} for loss in ("absolute_error", "gamma", "poisson")],
+    "sgd_classifier": [{"loss": "modified_huber"}, {"early_stopping": True, "average": True}],
+    "sgd_regressor": [{"loss": loss} for loss in ("huber", "epsilon_insensitive", "squared_epsilon_insensitive")],
     "gradient_boosting": [{"n_estimators": 3, "n_iter_no_change": 1}]
                          + [{"n_estimators": 3, "loss": loss} for loss in ("absolute_error", "huber", "quantile", "exponential")],
 }

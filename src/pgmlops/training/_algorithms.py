@@ -311,6 +311,20 @@ def _svc(**hyperparams: Any) -> Any:
     return SVC(probability=True, **hyperparams)
 
 
+def _sgd(name: str, **defaults: Any) -> Callable[..., Any]:
+    """SGDClassifier or SGDRegressor with pgmlops' defaults under the hyperparameters: the
+    classifier's loss is log_loss (scikit-learn's, hinge, gives no probabilities; ml.algorithms
+    allows only the losses that do), and eta0 is 0.01 as in scikit-learn 1.8 (older releases
+    default it to 0, which the constant, invscaling and adaptive learning rates refuse)."""
+    def make(**hyperparams: Any) -> Any:
+        from sklearn import linear_model
+
+        return getattr(linear_model, name)(**{"eta0": 0.01, **defaults, **hyperparams})
+
+    make.__qualname__ = name
+    return make
+
+
 _ENSEMBLE = "sklearn.ensemble"
 _LINEAR = "sklearn.linear_model"
 
@@ -320,6 +334,8 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
     Algorithm("ridge", "sklearn", {"regression": _sklearn(_LINEAR, "Ridge")}),
     Algorithm("lasso", "sklearn", {"regression": _sklearn(_LINEAR, "Lasso")}),
     Algorithm("elastic_net", "sklearn", {"regression": _sklearn(_LINEAR, "ElasticNet")}),
+    Algorithm("sgd_classifier", "sklearn", {"classification": _sgd("SGDClassifier", loss="log_loss")}),
+    Algorithm("sgd_regressor", "sklearn", {"regression": _sgd("SGDRegressor")}),
     Algorithm("decision_tree", "sklearn", {
         "classification": _sklearn("sklearn.tree", "DecisionTreeClassifier"),
         "regression": _sklearn("sklearn.tree", "DecisionTreeRegressor")}),
