@@ -20,6 +20,12 @@
 -- died is retried by the queue; the retry fails the dead attempt's Optuna trial (user attribute
 -- job_id) and runs a new one, so the finished (COMPLETE or PRUNED) trials number n_trials
 -- minus the slots that never succeeded.
+--
+-- A job that needs a study's outcome before it can go on (the retrain job's tuning budget)
+-- cannot wait for other jobs: with one worker they would queue behind it forever. It runs the
+-- trials itself instead, one after another (pgmlops.tuning.LocalStudy): ml.start_tuning_study
+-- records the study with the same checks and queues nothing, ml.record_tuning_trial settles
+-- each trial, ml.finish_tuning_study ends it; its trials are read as any study's.
 
 ------------------------------------------------------------------------------------------------
 -- Optuna's schema
@@ -319,6 +325,40 @@ $$;
 -- API (clients)
 ------------------------------------------------------------------------------------------------
 
+-- ml_private.create_tuning_study(p_tenant uuid, p_project text, p_dataset uuid, p_algorithm text,
+--                                p_search_space jsonb, p_n_trials int, p_options jsonb) returns ml.tuning_studies
+-- The checks of ml.tune (below, in its order) and the study's row, status running, no job yet.
+-- Shared by ml.tune (trials as jobs) and ml.start_tuning_study (trials in the caller's process).
+create or replace function ml_private.create_tuning_study(p_tenant uuid, p_project text, p_dataset uuid, p_algorithm text,
+                                               p_search_space jsonb, p_n_trials int, p_options jsonb)
+returns ml.tuning_studies
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+declare
+    v_project ml.projects := ml_private.find_project(p_tenant, p_project);
+    v_dataset ml.datasets := ml_private.find_training_dataset(p_tenant, p_dataset, v_project);
+    v_options jsonb;
+    v_study   uuid := gen_random_uuid();
+    v_row     ml.tuning_studies;
+begin
+    perform ml_private.find_algorithm(p_algorithm, v_project.task);
+    perform ml_private.check_search_space(p_algorithm, v_project.task, p_search_space);
+    if p_n_trials is null or p_n_trials not between 1 and 1000 then
+        raise exception 'n_trials: must be between 1 and 1000, got %', coalesce(p_n_trials::text, 'NULL')
+            using errcode = '22023';
+    end if;
+    v_options := ml_private.normalize_tune_options(v_project, coalesce(p_options, '{}'));
+
+    insert into ml.tuning_studies (id, tenant_id, project_id, dataset_id, algorithm, search_space, n_trials, options,
+                                   direction, metric, optuna_study_name, created_by)
+    values (v_study, p_tenant, v_project.id, v_dataset.id, p_algorithm, p_search_space, p_n_trials, v_options,
+            v_options ->> 'direction', v_options ->> 'metric', 'pgmlops-' || v_study, ml_private.caller_user_id())
+    returning * into v_row;
+    return v_row;
+end
+$$;
+
 -- ml.tune(project text, dataset uuid, algorithm text, search_space jsonb, n_trials int,
 --         options jsonb default '{}') returns bigint
 -- Starts a hyperparameter study of `algorithm` on `dataset` for `project` and returns the id
@@ -345,37 +385,54 @@ set search_path = ''
 as $$
 declare
     v_tenant  uuid := ml_private.acting_tenant_id(true);
-    v_project ml.projects := ml_private.find_project(v_tenant, tune.project);
-    v_dataset ml.datasets := ml_private.find_training_dataset(v_tenant, tune.dataset, v_project);
-    v_options jsonb;
-    v_study   uuid := gen_random_uuid();
-    v_payload jsonb := jsonb_build_object('study_id', v_study);
+    v_study   ml.tuning_studies := ml_private.create_tuning_study(v_tenant, tune.project, tune.dataset, tune.algorithm,
+                                                                  tune.search_space, tune.n_trials, tune.options);
+    v_payload jsonb := jsonb_build_object('study_id', v_study.id);
     v_job     bigint;
 begin
-    perform ml_private.find_algorithm(tune.algorithm, v_project.task);
-    perform ml_private.check_search_space(tune.algorithm, v_project.task, tune.search_space);
-    if tune.n_trials is null or tune.n_trials not between 1 and 1000 then
-        raise exception 'n_trials: must be between 1 and 1000, got %', coalesce(tune.n_trials::text, 'NULL')
-            using errcode = '22023';
-    end if;
-    v_options := ml_private.normalize_tune_options(v_project, coalesce(tune.options, '{}'));
-
-    insert into ml.tuning_studies (id, tenant_id, project_id, dataset_id, algorithm, search_space, n_trials, options,
-                                   direction, metric, optuna_study_name, created_by)
-    values (v_study, v_tenant, v_project.id, v_dataset.id, tune.algorithm, tune.search_space, tune.n_trials, v_options,
-            v_options ->> 'direction', v_options ->> 'metric', 'pgmlops-' || v_study, ml_private.caller_user_id());
-
     for i in 1 .. tune.n_trials loop
         perform ml_private.enqueue_job('tune_trial', v_payload, 0, now(), null);
     end loop;
     -- Ahead of other trial slots once released: the study's caller is waiting for this one.
     v_job := ml_private.enqueue_job('tune', v_payload, 1, 'infinity', null);
-    update ml.tuning_studies s set tune_job_id = v_job where s.id = v_study;
+    update ml.tuning_studies s set tune_job_id = v_job where s.id = v_study.id;
 
     perform ml_private.publish(v_tenant, 'models', 'study.created', jsonb_build_object(
-        'study_id', v_study, 'project_id', v_project.id, 'algorithm', tune.algorithm, 'n_trials', tune.n_trials,
-        'metric', v_options ->> 'metric', 'direction', v_options ->> 'direction', 'tune_job_id', v_job));
+        'study_id', v_study.id, 'project_id', v_study.project_id, 'algorithm', tune.algorithm, 'n_trials', tune.n_trials,
+        'metric', v_study.metric, 'direction', v_study.direction, 'tune_job_id', v_job));
     return v_job;
+end
+$$;
+
+-- ml.start_tuning_study(project text, dataset uuid, algorithm text, search_space jsonb, n_trials int,
+--                       options jsonb default '{}') returns uuid
+-- A study whose trials the calling worker runs itself, one after another, in its own process
+-- (the retrain job's tuning budget, pgmlops.tuning.LocalStudy): the study's row as ml.tune
+-- makes it, with the same checks in the same order and the same errors, but no job is queued
+-- (tune_job_id stays NULL). The caller settles each trial with ml.record_tuning_trial and ends
+-- the study with ml.finish_tuning_study. Returns the study's id; publishes 'study.created'
+-- (topic 'models', tune_job_id null, in_process true). Raises what ml.tune raises, and 42501
+-- for a caller that is not a service. Callers: service_role (workers).
+create or replace function ml.start_tuning_study(project text, dataset uuid, algorithm text, search_space jsonb,
+                                      n_trials int, options jsonb default '{}')
+returns uuid
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+declare
+    v_tenant uuid;
+    v_study  ml.tuning_studies;
+begin
+    perform ml_private.assert_service('ml.start_tuning_study');
+    v_tenant := ml_private.acting_tenant_id(true);
+    v_study := ml_private.create_tuning_study(v_tenant, start_tuning_study.project, start_tuning_study.dataset,
+                                              start_tuning_study.algorithm, start_tuning_study.search_space,
+                                              start_tuning_study.n_trials, start_tuning_study.options);
+    perform ml_private.publish(v_tenant, 'models', 'study.created', jsonb_build_object(
+        'study_id', v_study.id, 'project_id', v_study.project_id, 'algorithm', v_study.algorithm,
+        'n_trials', v_study.n_trials, 'metric', v_study.metric, 'direction', v_study.direction, 'tune_job_id', null,
+        'in_process', true));
+    return v_study.id;
 end
 $$;
 
@@ -517,6 +574,55 @@ begin
 end
 $$;
 
+-- ml.record_tuning_trial(study_id uuid, state text, trial_number int default null,
+--                        value float8 default null) returns jsonb
+-- Settles one trial of a study run in its caller's process (ml.start_tuning_study), as
+-- ml.finish_tuning_trial settles a job's slot: state complete or pruned (its Optuna trial
+-- trial_number finished so) or lost (the configuration could not be fitted). Call it in the
+-- transaction that records the trial's run. Returns {study_id, status, n_trials, settled};
+-- publishes 'study.trial_finished' (topic 'models', see ml_private.settle_tuning_slot).
+-- Raises 22023 bad state; P0002 unknown study; 55000 the study's trials are run by jobs
+-- (ml.tune), or it is no longer running, or all its n_trials are settled; 42501 not a service
+-- caller. Callers: service_role (workers).
+create or replace function ml.record_tuning_trial(study_id uuid, state text, trial_number int default null,
+                                       value float8 default null)
+returns jsonb
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+declare
+    v_tenant uuid;
+    v_study  ml.tuning_studies;
+begin
+    perform ml_private.assert_service('ml.record_tuning_trial');
+    v_tenant := ml_private.acting_tenant_id(true);
+    if record_tuning_trial.state is null or record_tuning_trial.state not in ('complete', 'pruned', 'lost') then
+        raise exception 'state: must be one of complete, pruned, lost; got %',
+            coalesce(quote_literal(record_tuning_trial.state), 'NULL') using errcode = '22023';
+    end if;
+    select * into v_study from ml.tuning_studies s
+    where s.id = record_tuning_trial.study_id and s.tenant_id = v_tenant for no key update;
+    if not found then
+        raise exception 'tuning study % does not exist', coalesce(record_tuning_trial.study_id::text, 'NULL')
+            using errcode = 'P0002';
+    end if;
+    if v_study.tune_job_id is not null then
+        raise exception 'tuning study %: its trials are run by tune_trial jobs (ml.finish_tuning_trial settles them)',
+            v_study.id using errcode = '55000';
+    end if;
+    if v_study.status <> 'running' then
+        raise exception 'tuning study % is %, not running', v_study.id, v_study.status using errcode = '55000';
+    end if;
+    if v_study.slots_complete + v_study.slots_pruned + v_study.slots_lost >= v_study.n_trials then
+        raise exception 'tuning study %: all its % trials are settled', v_study.id, v_study.n_trials using errcode = '55000';
+    end if;
+    v_study := ml_private.settle_tuning_slot(v_study.id, null, record_tuning_trial.state, record_tuning_trial.trial_number,
+                                             record_tuning_trial.value);
+    return jsonb_build_object('study_id', v_study.id, 'status', v_study.status, 'n_trials', v_study.n_trials,
+                              'settled', v_study.slots_complete + v_study.slots_pruned + v_study.slots_lost);
+end
+$$;
+
 -- ml.finish_tuning_study(study_id uuid, status text, best_trial int default null,
 --                        best_value float8 default null, best_params jsonb default null,
 --                        best_run_id uuid default null, model_version_id uuid default null,
@@ -611,6 +717,8 @@ grant execute on function
     ml_private.tuning_trials(uuid)
 to authenticated, service_role;
 grant execute on function
+    ml.start_tuning_study(text, uuid, text, jsonb, int, jsonb),
+    ml.record_tuning_trial(uuid, text, int, float8),
     ml.finish_tuning_trial(uuid, bigint, text, int, float8),
     ml.finish_tuning_study(uuid, text, int, float8, jsonb, uuid, uuid, text),
     ml_private.settle_tuning_slot(uuid, bigint, text, int, float8),

@@ -12,8 +12,17 @@ is the trigger's id, written with ``ml.record_retraining_step`` (which publishes
    The training rows become a point-in-time training set through the feature store (a group
    ``retrain_<project>`` keyed by row, ingested, joined to a spine).
 2. ``train``: the policy's recipe through :func:`pgmlops.training.run_training` (the ``train``
-   handler's code path); a tuning recipe trains its first algorithm (said in the event). The
-   version is registered, compiled and aliased ``challenger``.
+   handler's code path). A tuning recipe (``recipe.tune``) first runs its budget on the cycle's
+   training set: one study per algorithm, stored as ``ml.tune``'s are (``ml.tuning_studies``,
+   Optuna's tables in schema ``optuna``, a run per trial), the trials dealt to the algorithms in
+   turn until ``trials`` have run or ``timeout`` has passed; the best complete trial by the
+   recipe's metric is refitted as the challenger (a trial that fails is recorded and the rest
+   go on; none completing fails the cycle). The trials run here, one after another
+   (:class:`pgmlops.tuning.LocalStudy`), not as ``tune_trial`` jobs: a retrain job waiting for
+   jobs that other workers must claim would wait forever with one worker (its own slot is the
+   only one), and its cycle, one transaction, could not hold the studies' rows while they ran
+   elsewhere. The version is registered, compiled and aliased ``challenger``; the row records
+   the studies, the trials run and the best trial's parameters and value.
 3. ``evaluate``: champion and challenger predict the holdout; the policy's test (DeLong,
    McNemar or the paired bootstrap) and :func:`pgmlops.retraining.decide`, plus
    ``ml.check_promotion``'s gates. A challenger that is not better or fails a gate: ``reject``.
@@ -29,7 +38,9 @@ row with the reason; the job itself succeeds with ``{decision: "failed"}``.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Mapping
 from contextlib import nullcontext
 from datetime import datetime, timedelta
@@ -46,9 +57,13 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
+    from pgmlops.tuning import LocalStudy
+
 __all__ = ["HOLDOUT_SHARE", "MIN_HOLDOUT", "RetrainFailed", "retrain", "start_retraining"]
 
 Conn = psycopg.Connection[Any]
+
+log = logging.getLogger("pgmlops.retraining")
 
 HOLDOUT_SHARE = 0.2
 """The most recent share of the labelled window held out for the offline comparison."""
@@ -297,20 +312,98 @@ def _compare(policy: Mapping[str, Any], task: str, y: Any, champ: tuple[Any, Any
 
 
 def _recipe(policy: Mapping[str, Any], champion: Mapping[str, Any]) -> tuple[str, dict[str, Any], str]:
-    """(algorithm, hyperparameters, where they come from) of the challenger's fit."""
+    """(algorithm, hyperparameters, where they come from) of the challenger's fit, for a recipe
+    that names them (``algorithm``) or copies the champion's (``same_as``); a tuning recipe
+    goes through :func:`_tune` instead."""
     recipe = policy.get("recipe") or {}
     if recipe.get("algorithm"):
         return str(recipe["algorithm"]), dict(recipe.get("hyperparams") or {}), "the policy's recipe"
-    tune = recipe.get("tune")
-    if tune:
-        algorithm = str((tune.get("algorithms") or [champion["algorithm"]])[0])
-        same = algorithm == champion["algorithm"]
-        return (algorithm, dict(champion["hyperparams"] or {}) if same else {},
-                f"tuning is not run by the retrain job: {algorithm} (the recipe's first algorithm) trained with "
-                + ("the champion's hyperparameters" if same else "its default hyperparameters"))
     if not champion.get("algorithm"):
         raise RetrainFailed("train", "recipe same_as champion: the champion has no training run to copy")
     return str(champion["algorithm"]), dict(champion["hyperparams"] or {}), "the champion's algorithm and hyperparameters"
+
+
+def _seconds(conn: Conn, interval: str | None) -> float | None:
+    if not interval:
+        return None
+    row = conn.execute("select extract(epoch from %s::interval)::float8", (interval,)).fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+def _tune(ctx: JobContext, cycle: str, project: Any, recipe: Mapping[str, Any],
+          dataset_id: UUID) -> tuple[list[LocalStudy], dict[str, Any], dict[str, Any]]:
+    """The recipe's tuning budget on the cycle's training set, run in this job (see the module
+    docstring): one study per algorithm (``ml.start_tuning_study``), the budget's trials dealt
+    to them in turn, one at a time, until ``trials`` have run or ``timeout`` has passed (checked
+    before each trial after the first: a running trial finishes). Returns (the studies, the
+    best complete trial ``{algorithm, study_id, trial, value, params, run_id}``, what the
+    ``train`` row records under ``tuning``).
+
+    Raises:
+        RetrainFailed: no trial completed (nothing is registered; the trials are removed from
+            Optuna's tables, since the cycle's transaction, and the studies' rows, roll back),
+            or the training set cannot be tuned on.
+    """
+    from pgmlops.errors import LeaseLost, PgmlopsError
+    from pgmlops.tuning import LocalStudy
+
+    tune = recipe["tune"]
+    algorithms = [str(a) for a in tune["algorithms"]]
+    budget = int(tune.get("trials") or 20)
+    timeout = _seconds(ctx.conn, tune.get("timeout"))
+    options = {**dict(recipe.get("options") or {}), "metric": tune.get("metric") or
+               ("rmse" if project.task == "regression" else "roc_auc")}
+    # The budget dealt in turn: algorithm i gets the trials i, i + k, i + 2k, ...
+    order = [algorithms[i % len(algorithms)] for i in range(budget)]
+    studies: dict[str, LocalStudy] = {}
+    outcomes: list[dict[str, Any]] = []
+    stopped = "budget"
+    started = time.monotonic()
+    try:
+        for algorithm in algorithms[:budget]:
+            studies[algorithm] = LocalStudy.start(ctx, project.name, dataset_id, algorithm,
+                                                  tune["search_spaces"][algorithm], order.count(algorithm), options)
+        for i, algorithm in enumerate(order):
+            if i > 0 and timeout is not None and time.monotonic() - started >= timeout:
+                stopped = "timeout"
+                break
+            if ctx.stopping.is_set():
+                stopped = "worker stopping"
+                break
+            outcome = studies[algorithm].run_trial()
+            outcomes.append(outcome)
+            log.info("retraining cycle %s: tuning trial %s/%s (%s #%s) %s%s", cycle, i + 1, budget, algorithm,
+                     outcome["trial"], outcome["state"],
+                     f" {options['metric']} {outcome['value']:.4g}" if outcome["value"] is not None else "")
+    except LeaseLost:
+        raise
+    except (PgmlopsError, PermanentError) as exc:
+        for study in studies.values():
+            study.discard()
+        raise RetrainFailed("train", f"tuning failed: {exc}") from exc
+    elapsed = time.monotonic() - started
+    first = next(iter(studies.values()))
+    bests = [{**b, "study_id": str(s.id)} for s in studies.values() if (b := s.best()) is not None]
+    sign = -1.0 if first.direction == "maximize" else 1.0
+    best = min(bests, key=lambda b: sign * float(b["value"])) if bests else None
+    counts = {state: sum(1 for o in outcomes if o["state"] == state) for state in ("complete", "pruned", "failed")}
+    summary: dict[str, Any] = {
+        "study_id": best["study_id"] if best else str(first.id), "trials_run": len(outcomes), "trials_budget": budget,
+        "timeout_seconds": timeout, "stopped_by": stopped, "seconds": round(elapsed, 3), "metric": options["metric"],
+        "direction": first.direction, **counts,
+        "studies": [{"algorithm": a, "study_id": str(s.id), "trials": sum(1 for o in outcomes if o["algorithm"] == a),
+                     "best_trial": b["trial"] if (b := s.best()) else None, "best_value": b["value"] if b else None}
+                    for a, s in studies.items()],
+        "errors": [f"{o['algorithm']} trial {o['trial']}: {o['error']}" for o in outcomes if o["error"]][:10]}
+    if best is None:
+        for study in studies.values():
+            study.discard()
+        raise RetrainFailed("train", f"tuning {' and '.join(algorithms)}: none of the {len(outcomes)} trials completed "
+                            f"({counts['pruned']} pruned, {counts['failed']} failed)"
+                            + (f"; first error: {summary['errors'][0]}" if summary["errors"] else ""), {"tuning": summary})
+    summary["best"] = {k: best[k] for k in ("algorithm", "study_id", "trial", "value", "params")}
+    return list(studies.values()), best, summary
 
 
 def _cycle(conn: Conn, ctx: JobContext, cycle: str, as_of: datetime, project: Any,
@@ -331,16 +424,35 @@ def _cycle(conn: Conn, ctx: JobContext, cycle: str, as_of: datetime, project: An
                   f"the rest labelled predictions), holdout of the latest {stats['holdout']['rows']}; "
                   f"{stats['duplicates_removed']} duplicates removed, {stats['invalid_excluded']} invalid rows excluded"))
 
-    algorithm, hyperparams, source = _recipe(policy, champion)
-    options = dict((policy.get("recipe") or {}).get("options") or {})
+    recipe = policy.get("recipe") or {}
+    studies: list[LocalStudy] = []
+    tuning: dict[str, Any] | None = None
+    options = dict(recipe.get("options") or {})
     options["model"] = champion["model"]
     options["tags"] = {**dict(options.get("tags") or {}), "retraining_cycle": cycle}
+    if recipe.get("tune"):
+        studies, best, tuning = _tune(ctx, cycle, project, recipe, dataset_id)
+        algorithm, hyperparams = str(best["algorithm"]), dict(best["params"])
+        ran, budget = tuning["trials_run"], tuning["trials_budget"]
+        source = (f"tuned {' and '.join(s['algorithm'] for s in tuning['studies'])}, "
+                  + (f"{ran} trials (the whole budget)" if tuning["stopped_by"] == "budget" else
+                     f"{ran} of {budget} trials (timeout {tuning['timeout_seconds']:g} s)" if tuning["stopped_by"] == "timeout"
+                     else f"{ran} of {budget} trials (the worker was stopping)")
+                  + f": best trial {best['trial']}, {tuning['metric']} {best['value']:.4g}")
+        options["tags"] = {**options["tags"], "study_id": best["study_id"], "trial": best["trial"]}
+    else:
+        algorithm, hyperparams, source = _recipe(policy, champion)
     try:
         fitted = run_training(conn, project_id=project.id, dataset_id=dataset_id, algorithm=algorithm,
-                              hyperparams=hyperparams, options=options, job_id=job_id, should_stop=ctx.lost.is_set)
+                              hyperparams=hyperparams, options=options, job_id=job_id, should_stop=ctx.lost.is_set,
+                              study_id=tuning["best"]["study_id"] if tuning else None)
     except PermanentError as exc:
-        raise RetrainFailed("train", f"training {algorithm} failed: {exc}") from exc
+        for study in studies:
+            study.discard()
+        raise RetrainFailed("train", f"training {algorithm} failed: {exc}", {"tuning": tuning} if tuning else None) from exc
     version, version_id = int(fitted["version"]), str(fitted["model_version_id"])
+    for study in studies:
+        study.finish(version_id if tuning and str(study.id) == tuning["best"]["study_id"] else None)
     conn.execute("select ml.set_alias(%s, 'challenger', %s)", (champion["model"], version))
     challenger = models.load_model(conn, f"{champion['model']}@{version}")
     try:
@@ -350,7 +462,8 @@ def _cycle(conn: Conn, ctx: JobContext, cycle: str, as_of: datetime, project: An
     except Exception as exc:  # noqa: BLE001 - a model the compiler cannot express is served by workers
         compiled = f"not compiled: {exc}"
     _step(conn, cycle, "train", version=version_id, job_id=job_id, decision="registered",
-          evidence={"algorithm": algorithm, "hyperparams": hyperparams, "recipe": source, "compiled": compiled},
+          evidence={"algorithm": algorithm, "hyperparams": hyperparams, "recipe": source, "compiled": compiled,
+                    **({"tuning": tuning} if tuning else {})},
           data={"dataset_id": str(dataset_id), "run_id": fitted["run_id"], "n_train": fitted["n_train"],
                 "n_test": fitted["n_test"]},
           test_results={"metrics": fitted["metrics"]},

@@ -1,7 +1,9 @@
-"""Hyperparameter tuning: Optuna studies whose trials are jobs run by every worker."""
+"""Hyperparameter tuning: Optuna studies whose trials are jobs run by every worker, or run by one
+job in its own process (:class:`LocalStudy`)."""
 
 from __future__ import annotations
 
+from pgmlops.tuning._local import LocalStudy
 from pgmlops.tuning._studies import (
     OPTUNA_SCHEMA,
     optuna_storage,
@@ -14,6 +16,7 @@ from pgmlops.tuning._studies import (
 
 __all__ = [
     "OPTUNA_SCHEMA",
+    "LocalStudy",
     "optuna_storage",
     "study_id_of",
     "study_name",

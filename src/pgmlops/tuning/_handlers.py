@@ -257,8 +257,12 @@ def tune_trial(ctx: JobContext) -> dict[str, Any]:
 
 
 def _run_trial(ctx: JobContext, storage: Any, row: dict[str, Any], frame: pd.DataFrame,
-               library_versions: dict[str, str], errors: list[str]) -> dict[str, Any] | None:
-    """One configuration: the slot's outcome when it completed or was pruned, None when it failed."""
+               library_versions: dict[str, str], errors: list[str],
+               settle: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """One configuration: the slot's outcome when it completed or was pruned, None when it failed.
+    ``settle`` (default: the job's slot, :func:`_settle`) records a finished trial; a study run
+    in one process (``pgmlops.tuning.LocalStudy``) passes its own."""
+    settle = settle or _settle
     trial = _new_trial(storage, row, ctx.job.id, ctx.job.attempts)
     hyperparams = _suggest(trial, row["search_space"])
     trial.set_user_attr("hyperparams", hyperparams)
@@ -294,7 +298,7 @@ def _run_trial(ctx: JobContext, storage: Any, row: dict[str, Any], frame: pd.Dat
         trial.set_user_attr("metrics", metrics)
         frozen = trial.study.tell(trial, state=TrialState.PRUNED)
         log.info("study %s: trial %s %s", row["id"], trial.number, exc)
-        return _settle(ctx, row, "pruned", trial.number, frozen.value, run_id)
+        return settle(ctx, row, "pruned", trial.number, frozen.value, run_id)
     except (LeaseLost, optuna.exceptions.StorageInternalError):
         raise
     except Exception as exc:  # this configuration cannot be fitted: fail it and sample another
@@ -312,7 +316,7 @@ def _run_trial(ctx: JobContext, storage: Any, row: dict[str, Any], frame: pd.Dat
     recorded = training.record_fit(ctx.conn, run_id, result, model=None)
     trial.set_user_attr("metrics", recorded["metrics"])
     trial.study.tell(trial, value)
-    return _settle(ctx, row, "complete", trial.number, value, run_id)
+    return settle(ctx, row, "complete", trial.number, value, run_id)
 
 
 def _settle(ctx: JobContext, row: dict[str, Any], state: str, number: int | None, value: float | None,
