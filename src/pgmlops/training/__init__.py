@@ -1,4 +1,4 @@
-"""Training: projects, train jobs, and the fit-and-evaluate step over 16 algorithms."""
+"""Training: projects, train jobs, and the fit-and-evaluate step over 18 algorithms."""
 
 from __future__ import annotations
 
