@@ -335,8 +335,9 @@ def _tune(ctx: JobContext, cycle: str, project: Any, recipe: Mapping[str, Any],
           dataset_id: UUID) -> tuple[list[LocalStudy], dict[str, Any], dict[str, Any]]:
     """The recipe's tuning budget on the cycle's training set, run in this job (see the module
     docstring): one study per algorithm (``ml.start_tuning_study``), the budget's trials dealt
-    to them in turn, one at a time, until ``trials`` have run or ``timeout`` has passed (checked
-    before each trial after the first: a running trial finishes). Returns (the studies, the
+    to them in turn, one at a time, until ``trials`` have run, ``timeout`` has passed or the
+    worker is stopping (checked before each trial after the first: a running trial finishes,
+    and at least one runs). Returns (the studies, the
     best complete trial ``{algorithm, study_id, trial, value, params, run_id}``, what the
     ``train`` row records under ``tuning``).
 
@@ -365,10 +366,11 @@ def _tune(ctx: JobContext, cycle: str, project: Any, recipe: Mapping[str, Any],
             studies[algorithm] = LocalStudy.start(ctx, project.name, dataset_id, algorithm,
                                                   tune["search_spaces"][algorithm], order.count(algorithm), options)
         for i, algorithm in enumerate(order):
+            # The first trial always runs: a cycle stopped here has a challenger to show for it.
             if i > 0 and timeout is not None and time.monotonic() - started >= timeout:
                 stopped = "timeout"
                 break
-            if ctx.stopping.is_set():
+            if i > 0 and ctx.stopping.is_set():
                 stopped = "worker stopping"
                 break
             outcome = studies[algorithm].run_trial()
