@@ -223,6 +223,166 @@ begin
                    'language plpgsql immutable parallel safe as %L',
                    v_serve, format('begin return ml_models.%I(num, cat); end', v_name));
     execute format('revoke all on function ml_models.%I(float8[], text[]) from public', v_serve);
+    perform ml_private.create_prediction_function(p_model_version);
+end
+$$;
+
+-- ml_private.compiled_epoch(p_value text) returns float8
+-- Seconds since the epoch of an ISO 8601 timestamp (no offset: UTC), as
+-- ml_private.compiled_arguments converts a timestamp input. PL/pgSQL with its own time zone, so
+-- that the per-version prediction functions (ml_private.create_prediction_function) convert
+-- timestamps exactly as compiled_arguments does without pinning the time zone for the rest of
+-- their work. Raises 22007 (and friends) for a value that does not parse.
+-- Callers: the per-version prediction functions.
+create or replace function ml_private.compiled_epoch(p_value text) returns float8
+language plpgsql stable strict parallel safe
+set search_path = ''
+set timezone = 'UTC'
+as $$
+begin
+    return extract(epoch from p_value::timestamptz)::float8;
+end
+$$;
+
+-- ml_private.prediction_function_name(p_model_version uuid) returns text
+-- The name (in ml_models) of a version's prediction function: its compiled function's name plus
+-- '_predict'. Made from the version's id only. Inlined, as serving_function_name.
+create or replace function ml_private.prediction_function_name(p_model_version uuid) returns text
+language sql immutable parallel safe
+return ml_private.compiled_model_name(p_model_version) || '_predict';
+
+-- ml_private.create_prediction_function(p_model_version uuid) returns void
+-- Creates (or replaces) a compiled version's prediction function
+-- ml_models.mv_<id as 32 hex>_predict(p_tenant uuid, p_entity_key text, p_features jsonb)
+-- returns jsonb, what ml.predict runs for one arm: {"features": what the model received,
+-- "result": the compiled function's result}. With p_features (checked by the caller,
+-- ml_private.check_prediction_features) it converts them; with p_features NULL it reads the
+-- entity's features from the online store, as ml_private.online_prediction_features does (same
+-- checks, same errors, same JSON), when the version's online lookup exists
+-- (ml_private.online_lookups), and returns NULL when it does not (the caller then makes it with
+-- online_prediction_features, which calls this function again). The conversion to the compiled
+-- function's num and cat arrays is ml_private.compiled_arguments' written out for the version's
+-- inputs, one expression per array. Why: ml.predict spent more on its generic steps (the
+-- lookup query as dynamic SQL, planned at every call; compiled_arguments' loop over JSON) than
+-- on the model; static SQL in PL/pgSQL is planned once per session (docs/serving.md).
+-- The body holds only the version's input names and the lookup's names as quoted literals,
+-- integer positions, and the lookup's query (written by ml_private.online_lookup from
+-- identifiers and the online table's name); the compiled function is called by the name made
+-- from the version's id. Executable by no client role. Does nothing when the version has no
+-- compiled function. Callers: ml_private.create_serving_function, online_prediction_features,
+-- this file's backfill.
+create or replace function ml_private.create_prediction_function(p_model_version uuid) returns void
+language plpgsql volatile
+set search_path = ''
+as $$
+declare
+    v_name      text := ml_private.compiled_model_name(p_model_version);
+    v_arguments jsonb;
+    v_lookup    jsonb;
+    v_num       text[] := '{}';
+    v_cat       text[] := '{}';
+    v_a         jsonb;
+    v_v         text;
+    v_i         int;
+    v_len       int;
+    v_read      text := '';
+    v_group     jsonb;
+    v_body      text;
+begin
+    if ml_private.compiled_function(p_model_version) is null then
+        return;
+    end if;
+    select v.scoring -> 'arguments' into v_arguments from ml.model_versions v where v.id = p_model_version;
+    select l.lookup into v_lookup from ml_private.online_lookups l where l.model_version_id = p_model_version;
+    if jsonb_typeof(v_arguments) is distinct from 'array' then
+        return;
+    end if;
+    -- num and cat, position by position (NULL where no input goes), as compiled_arguments fills them.
+    for v_a in select value from jsonb_array_elements(v_arguments) loop
+        v_v := format('(p_features -> %L)', v_a ->> 'name');
+        v_i := (v_a ->> 'index')::int;
+        if v_i is null or v_i < 1 or v_i > 100000 then
+            raise exception 'model version %: input % has no valid index', p_model_version, v_a ->> 'name' using errcode = '22023';
+        end if;
+        if v_a ->> 'array' = 'num' then
+            v_len := coalesce((v_a ->> 'length')::int, 1);
+            if v_a ? 'length' then
+                for v_j in 0 .. v_len - 1 loop
+                    v_num[v_i + v_j] := format('case when jsonb_typeof(%1$s) = ''array'' and jsonb_array_length(%1$s) = %2$s '
+                                               'then nullif((%1$s ->> %3$s)::float8, ''NaN'') end', v_v, v_len, v_j);
+                end loop;
+            elsif v_a ->> 'dtype' = 'timestamp' then
+                v_num[v_i] := format('ml_private.compiled_epoch(%s #>> ''{}'')', v_v);
+            else
+                v_num[v_i] := format('nullif((%s #>> ''{}'')::float8, ''NaN'')', v_v);
+            end if;
+        elsif v_a ->> 'dtype' = 'bool' then
+            v_cat[v_i] := format('case jsonb_typeof(%1$s) when ''boolean'' then %1$s #>> ''{}'' '
+                                 'when ''number'' then case when (%1$s)::numeric <> 0 then ''true'' else ''false'' end '
+                                 'else case when lower(btrim(%1$s #>> ''{}'')) in (''true'', ''t'', ''1'', ''yes'') then ''true'' '
+                                 'when lower(btrim(%1$s #>> ''{}'')) in (''false'', ''f'', ''0'', ''no'') then ''false'' end end', v_v);
+        else
+            v_cat[v_i] := format('%s #>> ''{}''', v_v);
+        end if;
+    end loop;
+
+    -- The online read: online_prediction_features' loop, unrolled over the lookup's groups.
+    if v_lookup is not null then
+        for v_group in select value from jsonb_array_elements(v_lookup -> 'groups') loop
+            v_read := v_read || format($f$
+        select true, fg.ttl into v_found, v_ttl from ml.feature_groups fg where fg.id = %1$L::uuid;
+        if v_found is null then
+            raise exception 'feature group %%@%% (which model %% was trained on) does not exist any more', %2$L, %3$L, p_model
+                using errcode = 'P0002', hint = 'Pass the features: ml.predict(project, features => ''{...}'').';
+        end if;
+        %4$s into v_row, v_time;
+        if v_row is null then
+            raise exception 'entity %% is not in the online store of feature group %%@%%', quote_literal(p_entity_key), %2$L, %3$L
+                using errcode = 'P0002', hint = 'Ingest its features (ml.ingest), or pass the features.';
+        end if;
+        if v_ttl is not null and v_time < now() - v_ttl then
+            raise exception 'entity %%: its values in feature group %%@%% are from %%, older than the group''s TTL (%%)',
+                quote_literal(p_entity_key), %2$L, %3$L, v_time, v_ttl
+                using errcode = 'P0002', hint = 'Ingest fresh features (ml.ingest), or pass the features.';
+        end if;
+        p_features := p_features || v_row;$f$,
+                v_group ->> 'group_id', v_group ->> 'name', v_group ->> 'version',
+                -- $1 and $2 of the lookup's query are this function's first two parameters.
+                v_group ->> 'query');
+        end loop;
+        if jsonb_array_length(v_lookup -> 'event_time') > 0 then
+            v_read := v_read || format(E'\n        p_features := p_features || jsonb_build_object(%s);',
+                (select string_agg(format('%L, now()', e), ', ') from jsonb_array_elements_text(v_lookup -> 'event_time') e));
+        end if;
+        v_read := E'\n        p_features := ''{}'';' || v_read;
+    else
+        v_read := E'\n        return null;  -- no online lookup yet: ml_private.online_prediction_features makes it';
+    end if;
+
+    v_body := format($f$
+declare
+    v_found boolean;
+    v_ttl   interval;
+    v_row   jsonb;
+    v_time  timestamptz;
+    v_num   float8[];
+    v_cat   text[];
+begin
+    if p_features is null then%1$s
+    end if;
+    v_num := array[%2$s]::float8[];
+    v_cat := array[%3$s]::text[];
+    return jsonb_build_object('features', p_features, 'result', ml_models.%4$I(v_num, v_cat));
+end
+$f$,
+        v_read,
+        (select coalesce(string_agg(coalesce(v_num[i], 'null'), ', ' order by i), '') from generate_series(1, array_upper(v_num, 1)) i),
+        (select coalesce(string_agg(coalesce(v_cat[i], 'null'), ', ' order by i), '') from generate_series(1, array_upper(v_cat, 1)) i),
+        v_name);
+    execute format('create or replace function ml_models.%I(p_tenant uuid, p_entity_key text, p_features jsonb, p_model text) '
+                   'returns jsonb language plpgsql volatile set search_path = '''' as %L',
+                   v_name || '_predict', v_body);
+    execute format('revoke all on function ml_models.%I(uuid, text, jsonb, text) from public', v_name || '_predict');
 end
 $$;
 
@@ -250,6 +410,7 @@ set search_path = ''
 as $$
 begin
     if old.scoring_path = 'compiled' then
+        execute format('drop function if exists ml_models.%I(uuid, text, jsonb, text)', ml_private.prediction_function_name(old.id));
         execute format('drop function if exists ml_models.%I(float8[], text[])', ml_private.serving_function_name(old.id));
         execute format('drop function if exists ml_models.%I(float8[], text[])', ml_private.compiled_model_name(old.id));
     end if;
@@ -261,13 +422,15 @@ drop trigger if exists model_versions_drop_compiled on ml.model_versions;
 create trigger model_versions_drop_compiled after delete on ml.model_versions
     for each row execute function ml_private.drop_compiled_model();
 
--- Versions compiled before serving functions existed get theirs when this file is applied.
+-- Versions compiled before serving (and prediction) functions existed get theirs when this file
+-- is applied; prediction functions are written again (their generator may have changed).
 do $$
 declare
     v_id uuid;
 begin
     for v_id in select v.id from ml.model_versions v where v.scoring_path = 'compiled' loop
         perform ml_private.create_serving_function(v_id);
+        perform ml_private.create_prediction_function(v_id);
     end loop;
 end
 $$;

@@ -217,6 +217,10 @@ begin
     if v_lookup is null then
         v_lookup := ml_private.online_lookup(p_tenant, p_arguments, p_dataset, p_model);
         insert into ml_private.online_lookups (model_version_id, lookup) values (p_version, v_lookup) on conflict do nothing;
+        if found then
+            -- The version's prediction function reads the store itself from now on.
+            perform ml_private.create_prediction_function(p_version);
+        end if;
     end if;
     for v_group in select value from jsonb_array_elements(v_lookup -> 'groups') loop
         select true, fg.ttl into v_found, v_ttl from ml.feature_groups fg where fg.id = (v_group ->> 'group_id')::uuid;
@@ -309,15 +313,22 @@ as $$
 declare
     v_version  record;
     v_label    text;
-    v_serve    text := ml_private.serving_function_name(p_version);
+    v_predict  text := ml_private.prediction_function_name(p_version);
+    v_serve    text;
     v_features jsonb;
     v_num      float8[];
     v_cat      text[];
+    v_out      jsonb;
     v_result   jsonb;
     v_job      bigint;
 begin
     select v.id, v.version, m.name as model, v.algorithm, v.scoring_path, v.scoring -> 'arguments' as arguments,
-           v.signature -> 'classes' as classes, v.dataset_id
+           v.signature -> 'classes' as classes, v.dataset_id,
+           -- The version's prediction function (ml_private.create_prediction_function): it exists
+           -- only next to the compiled function, and goes with it.
+           exists (select 1 from pg_catalog.pg_proc f
+                   where f.proname = ml_private.prediction_function_name(v.id)
+                     and f.pronamespace = 'ml_models'::regnamespace) as fast
     into v_version
     from ml.model_versions v join ml.models m on m.id = v.model_id
     where v.id = p_version and v.tenant_id = p_tenant;
@@ -325,6 +336,23 @@ begin
         raise exception 'model version % does not exist', p_version using errcode = 'P0002';
     end if;
     v_label := format('%s version %s', v_version.model, v_version.version);
+    if v_version.scoring_path = 'compiled' and v_version.fast then
+        if p_features is not null then
+            v_features := ml_private.check_prediction_features(v_version.arguments, v_version.dataset_id, p_features, v_label, p_shadow);
+        end if;
+        execute format('select ml_models.%I($1, $2, $3, $4)', v_predict) into v_out using p_tenant, p_entity_key, v_features, v_label;
+        if v_out is null then
+            -- The version's first read from the online store: make its lookup (and with it the
+            -- prediction function's online read), then score the features read.
+            v_features := ml_private.online_prediction_features(p_tenant, v_version.id, v_version.arguments, v_version.dataset_id,
+                                                                 p_entity_key, v_label);
+            execute format('select ml_models.%I($1, $2, $3, $4)', v_predict) into v_out using p_tenant, p_entity_key, v_features, v_label;
+        end if;
+        return jsonb_build_object('model', v_version.model, 'version', v_version.version, 'features', v_out -> 'features',
+                                  'result', ml_private.prediction_result(p_task, v_out -> 'result', v_version.classes));
+    end if;
+
+    v_serve := ml_private.serving_function_name(p_version);
     if v_version.scoring_path <> 'compiled' or to_regprocedure(format('ml_models.%I(float8[], text[])', v_serve)) is null then
         -- A version whose compile job has not run yet says so (docs/scoring.md, "Where it happens").
         select (v.scoring ->> 'compile_job_id')::bigint into v_job from ml.model_versions v
@@ -339,6 +367,7 @@ begin
             v_label, v_version.algorithm
             using errcode = '0A000', hint = 'Score it in batches with ml.score(project, source, target), or deploy a compiled version.';
     end if;
+    -- A compiled version without a prediction function (none is expected: install.sql makes them).
     if p_features is null then
         v_features := ml_private.online_prediction_features(p_tenant, v_version.id, v_version.arguments, v_version.dataset_id,
                                                              p_entity_key, v_label);
