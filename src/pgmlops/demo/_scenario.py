@@ -364,9 +364,10 @@ class _Run:
             out.maintenance = self._maintain(phase)
         out.events = self._new_events()
         with tenant_context(conn, tenant):
+            # (Filtered by tenant: a service caller reads every tenant's rows.)
             row = conn.execute("select v.version from ml.model_aliases a join ml.model_versions v on v.id = a.model_version_id"
-                               " join ml.models m on m.id = a.model_id where m.name = %s and a.alias = 'champion'",
-                               (PROJECT,)).fetchone()
+                               " join ml.models m on m.id = a.model_id where m.tenant_id = %s and m.name = %s"
+                               " and a.alias = 'champion'", (tenant, PROJECT)).fetchone()
             out.champion = int(row[0]) if row else None
             deployment = call(conn, "ml.deployment(%s)", (PROJECT,)) or {}
         out.deployment = [{"version": a.get("version"), "role": a.get("role", "live")} for a in deployment.get("arms", [])]
@@ -440,7 +441,8 @@ class _Run:
             if "skipped" in out:
                 time.sleep(0.5)
         with tenant_context(conn, self.tenant):
-            project_id = str(conn.execute("select id from ml.projects where name = %s", (PROJECT,)).fetchone()[0])
+            project_id = str(conn.execute("select id from ml.projects where tenant_id = %s and name = %s",
+                                          (self.tenant, PROJECT)).fetchone()[0])
         entry = dict((out.get("retraining") or {}).get(project_id) or {})
         latest = _latest_event(conn, self.tenant)
         written = latest if latest is not None and (before is None or latest[0] != before[0]) else None
@@ -488,7 +490,8 @@ def _latest_event(conn: Any, tenant: str) -> tuple[str, str, str] | None:
     """(id, kind, reason) of the project's latest retraining event."""
     with tenant_context(conn, tenant):
         row = conn.execute("select e.id::text, e.kind, e.reason from ml.retraining_events e join ml.projects p"
-                           " on p.id = e.project_id where p.name = %s order by e.at desc limit 1", (PROJECT,)).fetchone()
+                           " on p.id = e.project_id where p.tenant_id = %s and p.name = %s order by e.at desc limit 1",
+                           (tenant, PROJECT)).fetchone()
     return (str(row[0]), str(row[1]), str(row[2])) if row else None
 
 
