@@ -44,42 +44,65 @@ $$;
 -- baseline, then shadow arms by position; cumulative is the running sum of current weights of
 -- the live arms in that order (NULL for shadow arms). Two index lookups: the active deployment
 -- (deployments_one_active_idx), its arms (primary key).
--- No SET clause, unlike the house style, so that PostgreSQL inlines it into the query of its
--- caller: a SQL function that is not inlined is planned again at every call (0.5 ms per
--- ml.predict). Its callers are the owner's functions with search_path '' (it is granted to
--- nobody), so the body is parsed with that search path; every name in it is qualified.
+-- PL/pgSQL, one pass over the arms: its two queries are planned once per session. (As a SQL
+-- function inlined into its callers' queries, its window functions cost ml.predict more to set
+-- up at every call than the lookups themselves; docs/serving.md.)
 create or replace function ml_private.deployment_arm_weights(p_tenant uuid, p_project uuid)
 returns table (deployment_id uuid, strategy text, arm text, "position" int, route_order bigint, model_version_id uuid,
                alias text, role text, weight float8, current_weight float8, cumulative float8)
-language sql stable
+language plpgsql stable
+-- no SET clause: called only by the owner's functions with search_path '' (see ml.predict)
 as $$
-    with d as (
-        select x.id, x.strategy, x.schedule ->> 'canary_arm' as canary_arm,
-               case when x.strategy = 'canary' then coalesce(
-                   (select (s.step ->> 'weight')::float8
-                    from pg_catalog.jsonb_array_elements(x.schedule -> 'steps') with ordinality s (step, n)
-                    where x.created_at + (s.step ->> 'after')::interval <= pg_catalog.now()
-                    order by s.n desc limit 1),
-                   (x.schedule -> 'steps' -> 0 ->> 'weight')::float8)
-               end as canary_weight
-        from ml.deployments x
-        where x.project_id = p_project and x.status = 'active' and x.tenant_id = p_tenant
-    ), a as (
-        select d.id as deployment_id, d.strategy, a.arm, a.position, a.model_version_id, a.alias, a.role, a.weight,
-               case when a.role = 'shadow' then 0::float8
-                    when d.strategy <> 'canary' then a.weight
-                    when a.arm = d.canary_arm then d.canary_weight
-                    else 1 - d.canary_weight end as current_weight,
-               pg_catalog.row_number() over (order by a.role = 'shadow', a.arm = d.canary_arm, a.position) as route_order
-        from d join ml.deployment_arms a on a.deployment_id = d.id
-    )
-    select a.deployment_id, a.strategy, a.arm, a.position, a.route_order, a.model_version_id, a.alias, a.role,
-           a.weight, a.current_weight,
-           case when a.role = 'live' then
-               pg_catalog.sum(a.current_weight) filter (where a.role = 'live') over (order by a.route_order rows unbounded preceding)
-           end
-    from a
-    order by a.route_order
+#variable_conflict use_column
+declare
+    v_d      record;
+    v_canary float8;
+    v_a      record;
+    v_sum    float8 := 0;
+begin
+    select x.id, x.strategy, x.schedule ->> 'canary_arm' as canary_arm, x.schedule, x.created_at into v_d
+    from ml.deployments x
+    where x.project_id = p_project and x.status = 'active' and x.tenant_id = p_tenant;
+    if v_d.id is null then
+        return;
+    end if;
+    if v_d.strategy = 'canary' then
+        v_canary := coalesce(
+            (select (s.step ->> 'weight')::float8
+             from pg_catalog.jsonb_array_elements(v_d.schedule -> 'steps') with ordinality s (step, n)
+             where v_d.created_at + (s.step ->> 'after')::interval <= pg_catalog.now()
+             order by s.n desc limit 1),
+            (v_d.schedule -> 'steps' -> 0 ->> 'weight')::float8);
+    end if;
+    route_order := 0;
+    for v_a in
+        select a.arm, a.position, a.model_version_id, a.alias, a.role, a.weight
+        from ml.deployment_arms a
+        where a.deployment_id = v_d.id
+        order by a.role = 'shadow', a.arm = v_d.canary_arm, a.position
+    loop
+        deployment_id := v_d.id;
+        strategy := v_d.strategy;
+        arm := v_a.arm;
+        "position" := v_a.position;
+        route_order := route_order + 1;
+        model_version_id := v_a.model_version_id;
+        alias := v_a.alias;
+        role := v_a.role;
+        weight := v_a.weight;
+        current_weight := case when v_a.role = 'shadow' then 0::float8
+                               when v_d.strategy <> 'canary' then v_a.weight
+                               when v_a.arm = v_d.canary_arm then v_canary
+                               else 1 - v_canary end;
+        if v_a.role = 'live' then
+            v_sum := v_sum + current_weight;
+            cumulative := v_sum;
+        else
+            cumulative := null;
+        end if;
+        return next;
+    end loop;
+end
 $$;
 
 -- ml_private.entity_point(p_project uuid, p_entity_key text) returns float8
@@ -117,31 +140,49 @@ $$;
 create or replace function ml_private.deployment_route(p_tenant uuid, p_project uuid, p_entity_key text)
 returns table (deployment_id uuid, arm text, model_version_id uuid, shadow boolean)
 language plpgsql stable
-set search_path = ''
+-- no SET clause: called only by the owner's functions with search_path '' (see ml.predict)
 as $$
 #variable_conflict use_column
+declare
+    v_u      float8 := case when p_entity_key is null then random() else ml_private.entity_point(p_project, p_entity_key) end;
+    v_w      record;
+    v_live   record;
+    v_last   record;
+    v_sdep   uuid[] := '{}';
+    v_sarm   text[] := '{}';
+    v_sver   uuid[] := '{}';
 begin
-    return query
-    with w as (
-        select * from ml_private.deployment_arm_weights(p_tenant, p_project)
-    ), u as (
-        select case when p_entity_key is null then random() else ml_private.entity_point(p_project, p_entity_key) end as u
-    ), live as (
-        -- The first arm past u; should rounding leave the last sum a hair under u, the last arm.
-        select w.deployment_id, w.arm, w.model_version_id, false as shadow, 0::bigint as k
-        from w, u
-        where w.role = 'live' and w.current_weight > 0
-        order by w.cumulative > u.u desc, case when w.cumulative > u.u then w.cumulative else -w.cumulative end
-        limit 1
-    )
-    select r.deployment_id, r.arm, r.model_version_id, r.shadow
-    from (select * from live
-          union all
-          select w.deployment_id, w.arm, w.model_version_id, true, w.route_order from w where w.role = 'shadow') r
-    order by r.k;
-    if not found then
+    -- One pass over the arms in route order (live arms first): the first live arm past u; should
+    -- rounding leave the last sum a hair under u, the last live arm; arms of weight 0 never.
+    for v_w in
+        select w.deployment_id, w.arm, w.model_version_id, w.role, w.current_weight, w.cumulative
+        from ml_private.deployment_arm_weights(p_tenant, p_project) w
+    loop
+        if v_w.role = 'shadow' then
+            v_sdep := v_sdep || v_w.deployment_id;
+            v_sarm := v_sarm || v_w.arm;
+            v_sver := v_sver || v_w.model_version_id;
+        elsif v_w.current_weight > 0 then
+            if v_live is null and v_w.cumulative > v_u then
+                v_live := v_w;
+            end if;
+            v_last := v_w;
+        end if;
+    end loop;
+    if v_live is null then
+        v_live := v_last;
+    end if;
+    if v_live is null and cardinality(v_sarm) = 0 then
         perform ml_private.no_active_deployment(p_project);
     end if;
+    if v_live is not null then
+        deployment_id := v_live.deployment_id; arm := v_live.arm; model_version_id := v_live.model_version_id; shadow := false;
+        return next;
+    end if;
+    for i in 1 .. cardinality(v_sarm) loop
+        deployment_id := v_sdep[i]; arm := v_sarm[i]; model_version_id := v_sver[i]; shadow := true;
+        return next;
+    end loop;
 end
 $$;
 

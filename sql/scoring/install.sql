@@ -380,7 +380,7 @@ $f$,
         (select coalesce(string_agg(coalesce(v_cat[i], 'null'), ', ' order by i), '') from generate_series(1, array_upper(v_cat, 1)) i),
         v_name);
     execute format('create or replace function ml_models.%I(p_tenant uuid, p_entity_key text, p_features jsonb, p_model text) '
-                   'returns jsonb language plpgsql volatile set search_path = '''' as %L',
+                   'returns jsonb language plpgsql volatile as %L',
                    v_name || '_predict', v_body);
     execute format('revoke all on function ml_models.%I(uuid, text, jsonb, text) from public', v_name || '_predict');
 end

@@ -26,7 +26,7 @@ create or replace function ml_private.check_prediction_features(p_arguments json
                                                                  p_model text, p_allow_extra boolean)
 returns jsonb
 language plpgsql stable
-set search_path = ''
+-- no SET clause: called only by the owner's functions with search_path '' (see ml.predict)
 as $$
 declare
     v_features jsonb := p_features;
@@ -264,7 +264,7 @@ $$;
 -- PL/pgSQL keeps its plans for the session.
 create or replace function ml_private.prediction_result(p_task text, p_result jsonb, p_classes jsonb) returns jsonb
 language plpgsql immutable parallel safe
-set search_path = ''
+-- no SET clause: called only by the owner's functions with search_path '' (see ml.predict)
 as $$
 declare
     v_probabilities jsonb := p_result -> 'probabilities';
@@ -308,7 +308,7 @@ create or replace function ml_private.score_arm(p_tenant uuid, p_task text, p_ve
                                                 p_entity_key text, p_shadow boolean)
 returns jsonb
 language plpgsql volatile
-set search_path = ''
+-- no SET clause: called only by the owner's functions with search_path '' (see ml.predict)
 as $$
 declare
     v_version  record;
@@ -417,7 +417,11 @@ declare
     v_deployment uuid;
     v_arm        text;
     v_version    uuid;
-    v_id         uuid := ml_private.prediction_id();  -- carries its time: feedback finds its chunk (feedback.sql)
+    -- The id carries its time, so feedback finds its chunk: ml_private.prediction_id() (feedback.sql)
+    -- written out, as that SQL function with a SET clause is planned again in every transaction.
+    v_id         uuid := encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+                                                        placing substring(int8send(floor(extract(epoch from now()) * 1000)::bigint) from 3)
+                                                        from 1 for 6), 52, 1), 53, 1), 'hex')::uuid;
     v_latency    float8;
     v_shadow     jsonb;
     v_shadows    jsonb := '[]';
