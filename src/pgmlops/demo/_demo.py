@@ -17,7 +17,8 @@ goes through the same SQL API every client uses, acting for one tenant:
    proves it better offline (DeLong) and deploys it in shadow;
 5. more traffic: the shadow is scored beside the champion; the maintenance run
    (``ml.run_maintenance``, which judges retraining shadows) compares them live and promotes the
-   challenger (the demo approves the version as the tenant's reviewer, as a person would);
+   challenger, approved by the policy: its automatic promotion, set by the reviewer, stands as
+   their approval (no one calls ``ml.approve`` for it);
 6. a day served by the new champion, its report, and the HTML report (``pgmlops.reporting``).
 """
 
@@ -178,5 +179,6 @@ def narrative(summary: DemoSummary) -> str:
             f"window {summary.detected_window} ({summary.windows_to_detection} window(s) of {WINDOW_DAYS} days after it "
             f"began); the retrain "
             f"job trained {PROJECT}@{summary.new_champion}, proved it better offline, shadowed it and the maintenance "
-            f"run promoted it; the new champion's realized ROC AUC is {_f(summary.metric_new_champion)}. "
+            f"run promoted it, approved by the policy (its automatic promotion, set by the reviewer, stands as "
+            f"their approval); the new champion's realized ROC AUC is {_f(summary.metric_new_champion)}. "
             f"{summary.predictions:,} predictions served. Report: {summary.report_path}")

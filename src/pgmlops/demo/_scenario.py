@@ -18,11 +18,15 @@ The order of a run:
    reviewer, deployed alone;
 3. each phase: its days served through ``ml.predict`` (delayed feedback as it falls due); its
    drift reports (one per ``window_days`` simulated days, or one over the whole phase); after
-   the run's first report the policy is set by the reviewer (a metric-drop trigger without a
-   ``baseline`` gets that first window's realized metric; a policy without ``data.window`` learns
-   from the wall-clock length of a window, the prediction log's clock); each retrain job a
-   report enqueued is waited for; then, if asked, one maintenance run (``ml.run_maintenance``:
-   shadows judged, promoted champions watched for rollback).
+   the run's first report the policy is set by the reviewer, signed in (a metric-drop trigger
+   without a ``baseline`` gets that first window's realized metric; a policy without
+   ``data.window`` learns from the wall-clock length of a window, the prediction log's clock);
+   each retrain job a report enqueued is waited for; then, if asked, one maintenance run
+   (``ml.run_maintenance``: shadows judged, promoted champions watched for rollback).
+
+Nobody approves a retrained challenger: a policy with ``promotion: automatic`` set by a member
+stands as that member's approval of the versions its cycles prove better (recorded when one is
+promoted), so the maintenance run promotes a shadow that wins its live comparison by itself.
 """
 
 from __future__ import annotations
@@ -65,10 +69,6 @@ BASE_REGIME = "A"
 """The name of the simulation's base regime (:class:`pgmlops.simulation.Regime`'s default)."""
 JOB_KINDS = ("tune_trial", "tune", "train", "compile", "retrain")
 """The job kinds a scenario's workers must take."""
-STANDING_APPROVAL = False
-"""Whether a policy with ``promotion: automatic`` set by the reviewer stands as their approval of
-the versions its cycles prove better. Until it does, the loop approves a shadowed challenger as
-the reviewer, as a person would, before the maintenance run may promote it."""
 TIMEOUT = 600.0
 Say = Callable[[str], None]
 
@@ -409,8 +409,8 @@ class _Run:
                      f"policy ({fired['reason']}): retraining triggered")
 
     def _retrain(self, job_id: int, phase: Phase, first: bool) -> dict[str, Any]:
-        """Wait for a retrain job; approve a shadowed challenger as the reviewer (until the policy's
-        standing approval does)."""
+        """Wait for a retrain job. No one approves its challenger: the policy's automatic
+        promotion, set by the reviewer, stands as their approval when it is promoted."""
         conn, tenant = self.conn, self.tenant
         with self.console.status("retraining: curating, training a challenger, testing it against the champion"):
             result = _wait_job(conn, tenant, self.pool, job_id, "the retrain job") or {}
@@ -420,10 +420,6 @@ class _Run:
         challenger = result.get("challenger")
         if decision == "shadow deployed":
             self.say(f"challenger {PROJECT}@{challenger} proven better offline and deployed in shadow")
-            if not STANDING_APPROVAL:
-                # The shadow judged live; the reviewer approves the challenger as a person would.
-                with tenant_context(conn, tenant, user=self.reviewer):
-                    conn.execute("select ml.approve(%s, %s, 'approved')", (PROJECT, challenger))
         elif decision == "rejected":
             self.say(f"challenger {PROJECT}@{challenger} not proven better: rejected, the champion stays")
         else:
