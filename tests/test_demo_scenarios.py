@@ -6,8 +6,10 @@ configuration (no tuning) on a week of history at 40 transactions an hour:
   dataset-drift trigger fires, but the champion still handles the new mix, so the retrained
   challenger is not proven better: rejected, the champion and its deployment unchanged;
 - *rollback*: a fraud ring (concept drift) fires the metric-drop trigger, the challenger is
-  shadowed and promoted; then the ring moves to web payments, the new champion's realized
-  accuracy falls past the policy's bound and the maintenance run rolls back to the old one;
+  shadowed and promoted (nobody approves it: the automatic promotion policy the tenant's owner
+  set stands as their approval, recorded); then the ring moves to web payments, the new
+  champion's realized accuracy falls past the policy's bound and the maintenance run rolls back
+  to the old one;
 - *seasonal return*: regime A, a season (farther from home, more web payments, a web fraud
   pattern) that a retrained version learns and is promoted for, then A again: the returning
   window is recognised as the first one (the window embeddings' match) and the version that
@@ -98,6 +100,14 @@ def deployed(conn: Conn, tenant: str) -> list[tuple[int, str]]:
         return [(a["version"], a.get("role", "live")) for a in one(conn, "select ml.deployment('fraud')")["arms"]]
 
 
+def approvals(conn: Conn, tenant: str) -> list[tuple[int, str, str]]:
+    """(version, user, decision) of the tenant's model approvals, by version."""
+    with tenant_context(conn, tenant):
+        return [(r[0], str(r[1]), r[2]) for r in conn.execute(
+            "select v.version, a.user_id, a.decision from ml.model_approvals a join ml.model_versions v"
+            " on v.id = a.model_version_id where a.tenant_id = %s order by v.version", (tenant,))]
+
+
 def champion(conn: Conn, tenant: str) -> int:
     with tenant_context(conn, tenant):
         return int(one(conn, "select ml.model_version('fraud', null, 'champion') ->> 'version'"))
@@ -128,6 +138,8 @@ def test_a_challenger_that_is_not_better_is_rejected_and_nothing_is_promoted(db_
     assert phase.champion == 1 and phase.deployment == [{"version": 1, "role": "live"}]
     with psycopg.connect(db_url, autocommit=True) as conn:
         assert champion(conn, result.tenant_id) == 1 and deployed(conn, result.tenant_id) == [(1, "live")]
+        # The policy's standing approval is given to a version it promotes, not to a rejected one.
+        assert approvals(conn, result.tenant_id) == [(1, result.reviewer, "approved")]
         with tenant_context(conn, result.tenant_id):
             # The challenger keeps its alias, for a person to look at.
             assert one(conn, "select ml.model_version('fraud', null, 'challenger') ->> 'version'") == "2"
@@ -146,8 +158,12 @@ def test_a_promoted_champion_that_degrades_is_rolled_back(db_url: str, pool: Wor
     assert kinds(shadow.events) == ["promote"] and shadow.maintenance is not None
     promote = shadow.events[0]
     assert promote["cycle_id"] == cycle and promote["candidate"]["version"] == 2
-    assert promote["reason"].startswith("fraud@2 promoted to champion and deployed")
+    assert promote["reason"].startswith("fraud@2 promoted to champion and deployed (fraud@2 approved by the automatic "
+                                        f"promotion policy {result.reviewer} set (standing approval))")
     assert shadow.champion == 2 and shadow.deployment == [{"version": 2, "role": "live"}]
+    # Nobody approved fraud@2: the policy the reviewer set stands as their approval, recorded.
+    approval = shadow.maintenance["shadow"]["approval"]
+    assert approval["approved"] is True and approval["standing"] is True and approval["by"] == result.reviewer
     baseline = promote["evidence"]["shadow_correct"] / promote["evidence"]["pairs"]
     # ... which falls past the bound when the ring moves: rolled back to fraud@1.
     assert kinds(moved.events) == ["rollback"]
@@ -163,6 +179,7 @@ def test_a_promoted_champion_that_degrades_is_rolled_back(db_url: str, pool: Wor
     assert moved.champion == 1 and moved.deployment == [{"version": 1, "role": "live"}]
     with psycopg.connect(db_url, autocommit=True) as conn:
         assert champion(conn, result.tenant_id) == 1 and deployed(conn, result.tenant_id) == [(1, "live")]
+        assert approvals(conn, result.tenant_id) == [(1, result.reviewer, "approved"), (2, result.reviewer, "approved")]
         with tenant_context(conn, result.tenant_id):
             # The realized accuracy is fraud@2's over its live labelled predictions since then.
             realized = one(conn, "select avg((p.prediction = f.label)::int)::float8 from ml.predictions p"
@@ -206,6 +223,7 @@ def test_a_seasonal_return_is_recognised_and_recalls_the_version_that_served_it(
     assert back.champion == 2 and back.deployment == [{"version": 2, "role": "live"}]
     with psycopg.connect(db_url, autocommit=True) as conn:
         assert champion(conn, result.tenant_id) == 2
+        assert approvals(conn, result.tenant_id) == [(1, result.reviewer, "approved"), (2, result.reviewer, "approved")]
         with tenant_context(conn, result.tenant_id):
             assert "retraining.recall" in [r[0] for r in conn.execute(
                 "select event from ml.events where tenant_id = %s and topic = 'retraining'", (result.tenant_id,))]
