@@ -248,6 +248,7 @@ class _Run:
         self.workers = workers
         self.tenant = ""
         self.reviewer = str(uuid.uuid4())
+        self.dataset_id: Any = None  # the history's training set
         self.number = 0           # drift reports so far, across phases
         self.policy_set = False
         self.seen: set[str] = set()  # ids of the retraining events already returned
