@@ -81,6 +81,7 @@ begin
         'create_ms', round((extract(epoch from clock_timestamp() - v_generated) * 1000)::numeric, 1),
         'compiled_at', now());
     update ml.model_versions v set scoring_path = 'compiled', scoring = v_scoring where v.id = v_version.id;
+    perform ml_private.create_prediction_function(v_version.id);  -- reads the arguments just recorded
     perform ml_private.audit(v_tenant, 'model_version.compiled', 'model_version', v_version.id, null,
         jsonb_build_object('model_version_id', v_version.id, 'version', v_version.version, 'function', v_scoring -> 'function',
                            'representation', v_scoring -> 'representation', 'sql_bytes', v_scoring -> 'sql_bytes'));
@@ -223,7 +224,6 @@ begin
                    'language plpgsql immutable parallel safe as %L',
                    v_serve, format('begin return ml_models.%I(num, cat); end', v_name));
     execute format('revoke all on function ml_models.%I(float8[], text[]) from public', v_serve);
-    perform ml_private.create_prediction_function(p_model_version);
 end
 $$;
 
@@ -269,8 +269,8 @@ return ml_private.compiled_model_name(p_model_version) || '_predict';
 -- integer positions, and the lookup's query (written by ml_private.online_lookup from
 -- identifiers and the online table's name); the compiled function is called by the name made
 -- from the version's id. Executable by no client role. Does nothing when the version has no
--- compiled function. Callers: ml_private.create_serving_function, online_prediction_features,
--- this file's backfill.
+-- compiled function or no recorded arguments. Callers: ml.install_compiled_model (once the
+-- scoring record is written), ml_private.online_prediction_features, this file's backfill.
 create or replace function ml_private.create_prediction_function(p_model_version uuid) returns void
 language plpgsql volatile
 set search_path = ''
