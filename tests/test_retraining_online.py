@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 import psycopg
 from psycopg.types.json import Jsonb
+from sklearn import metrics
 
 from pgmlops import scoring
 from pgmlops.db import tenant_context
@@ -114,6 +115,28 @@ def test_maintenance_promotes_the_shadow_then_rolls_the_champion_back_past_the_b
     # Nothing more to judge: the next run leaves it alone.
     assert project_id not in maintain(conn)["retraining"]
     assert events(conn, "rol")[-1]["id"] == last["id"]
+
+    # Every live metric can bound a rollback: the realized values equal scikit-learn's on the rows.
+    version = last["candidate"]["model_version_id"]
+    rows = conn.execute("select p.prediction, f.label, p.probabilities from ml.predictions p join ml.feedback f"
+                        " on f.prediction_id = p.id and f.predicted_at = p.created_at where p.project_id = %s"
+                        " and p.model_version_id = %s and p.shadow_of is null and p.created_at >= %s::timestamptz",
+                        (project_id, version, ev["since"])).fetchall()
+    classes = one(conn, "select signature -> 'classes' from ml.model_versions where id = %s", version)
+    y = [r[1] for r in rows]
+    yhat = [r[0] for r in rows]
+    score = [float(r[2][str(classes[1])]) for r in rows]
+    expected = {"precision": metrics.precision_score(y, yhat, pos_label=classes[1], zero_division=0),
+                "recall": metrics.recall_score(y, yhat, pos_label=classes[1], zero_division=0),
+                "f1": metrics.f1_score(y, yhat, pos_label=classes[1], zero_division=0),
+                "roc_auc": metrics.roc_auc_score([int(v == classes[1]) for v in y], score),
+                "accuracy": metrics.accuracy_score(y, yhat)}
+    for metric, value in expected.items():
+        got = conn.execute("select value, labelled from ml_private.realized_metric(%s, %s, %s, %s, %s)",
+                           (ref.tenant, project_id, version, metric, ev["since"])).fetchone()
+        assert got is not None and got[1] == len(rows) == 450 and abs(got[0] - value) < 1e-9, (metric, got, value)
+    with refused("0A000", "policy.rollback.metric: log_loss is not a live metric"):
+        conn.execute("select * from ml_private.realized_metric(%s, %s, %s, 'log_loss', now())", (ref.tenant, project_id, version))
     act_for(conn, None)
 
 

@@ -25,18 +25,33 @@
 --     p_since timestamptz) returns table (value float8, labelled bigint)
 -- The realized p_metric of version p_version over its live predictions (shadow rows excluded)
 -- made at or after p_since that have feedback: accuracy (prediction equal to the label), mae
--- or rmse (numeric predictions and labels). value is null when no prediction is labelled.
--- Raises 0A000 for another metric (precision, recall, f1, roc_auc: not judged by the rollback
--- check). Callers: ml_private.check_retraining_rollback (owner).
+-- or rmse (numeric predictions and labels) directly; precision, recall, f1 and roc_auc as the
+-- performance monitor computes them (ml_private.performance_buckets over one bucket, realized,
+-- labelled rows only: scikit-learn's numbers, binary with the version's second class positive,
+-- else macro averages). value is null when no prediction is labelled (and for roc_auc when the
+-- labels hold one class). Raises 0A000 for a metric that is none of these.
+-- Callers: ml_private.check_retraining_rollback (owner).
 create or replace function ml_private.realized_metric(p_tenant uuid, p_project uuid, p_version uuid, p_metric text,
                                                       p_since timestamptz)
 returns table (value float8, labelled bigint)
-language plpgsql stable
+language plpgsql volatile
 set search_path = ''
 as $$
+declare
+    v_end timestamptz := clock_timestamp() + interval '1 millisecond';
 begin
+    if p_metric in ('precision', 'recall', 'f1', 'roc_auc') then
+        return query
+            select b.value, b.sample_count
+            from ml_private.performance_buckets(p_tenant, p_project, p_version,
+                                                (select pr.task from ml.projects pr where pr.id = p_project),
+                                                (select v.signature -> 'classes' from ml.model_versions v where v.id = p_version),
+                                                p_since, v_end, v_end - p_since, null, false, true) b
+            where b.metric = p_metric and not b.estimated;
+        return;
+    end if;
     if p_metric not in ('accuracy', 'mae', 'rmse') then
-        raise exception 'policy.rollback.metric: % is not judged by the rollback check (accuracy, mae or rmse are)', p_metric
+        raise exception 'policy.rollback.metric: % is not a live metric (accuracy, precision, recall, f1, roc_auc, mae, rmse)', p_metric
             using errcode = '0A000';
     end if;
     return query
@@ -67,7 +82,8 @@ $$;
 --     is noted in the evidence); a 'rollback' row in the promote's cycle (decision 'rolled back',
 --     evidence {metric, baseline, realized, drop, max_drop, window, labelled, since,
 --     deployment_id, restored_version, ...}), published as retraining.rollback.
--- Returns {status: none | waiting | kept | rollback | unsupported, reason, ...the evidence}.
+-- Returns {status: none | waiting | kept | rollback, reason, ...the evidence} (waiting also while
+-- the realized metric is undefined, e.g. roc_auc over labels of one class).
 -- Acts for the acting tenant (a service caller). Raises P0002 unknown project.
 -- Callers: ml_private.check_retraining_online, service_role.
 create or replace function ml_private.check_retraining_rollback(p_project text) returns jsonb
@@ -117,10 +133,6 @@ begin
     v_metric := coalesce(v_policy #>> '{rollback,metric}', case when v_project.task = 'regression' then 'rmse' else 'accuracy' end);
     v_max := coalesce((v_policy #>> '{rollback,max_drop}')::float8, 0.05);
     v_min := coalesce((v_policy #>> '{online,min_samples}')::int, 500);
-    if v_metric not in ('accuracy', 'mae', 'rmse') then
-        return jsonb_build_object('status', 'unsupported', 'metric', v_metric,
-            'reason', format('policy.rollback.metric %s is not judged by the rollback check (accuracy, mae or rmse are)', v_metric));
-    end if;
     -- The metric it was promoted on.
     if v_metric = 'accuracy' and (v_promote.evidence ->> 'pairs')::float8 > 0 then
         v_baseline := (v_promote.evidence ->> 'shadow_correct')::float8 / (v_promote.evidence ->> 'pairs')::float8;
@@ -145,6 +157,10 @@ begin
                                 'promote_event_id', v_promote.id);
     if v_n < v_min then
         return v_out || jsonb_build_object('status', 'waiting', 'reason', format('%s of %s labelled predictions', v_n, v_min));
+    end if;
+    if v_value is null then
+        return v_out || jsonb_build_object('status', 'waiting', 'reason', format(
+            'the realized %s of %s labelled predictions is undefined (their labels hold one class)', v_metric, v_n));
     end if;
     v_reason := format('%s@%s''s realized %s over %s labelled predictions since %s is %s, %s at promotion: a drop of %s',
                        v_model, v_version, v_metric, v_n, v_since, round(v_value::numeric, 4), round(v_baseline::numeric, 4),
