@@ -82,17 +82,18 @@ class World:
             (self.id, self.project, self.versions[1], at, n))
 
     def report(self, conn: Conn, start: datetime, end: datetime, *, drift: bool = False,
-               options: dict[str, Any] | None = None) -> str:
+               options: dict[str, Any] | None = None, version: int = 0) -> str:
         row = conn.execute(
             "insert into ml.drift_reports (tenant_id, project_id, model_version_id, window_start, window_end, mode, source, "
             "options, dataset_drift) values (%s, %s, %s, %s, %s, 'fast', 'ml.predictions', %s, %s) returning id",
-            (self.id, self.project, self.versions[0], start, end, Jsonb(options or {}), drift)).fetchone()
+            (self.id, self.project, self.versions[version], start, end, Jsonb(options or {}), drift)).fetchone()
         assert row is not None
         return str(row[0])
 
 
-def profile(conn: Conn, tenant: str, version: str) -> None:
-    """The version's reference profiles: x0 and score numeric on fixed edges, tier and the
+def profile(conn: Conn, tenant: str, version: str, x_edges: list[float] = X_EDGES,
+            score_edges: list[float] = SCORE_EDGES) -> None:
+    """The version's reference profiles: x0 and score numeric on the given edges, tier and the
     prediction categorical."""
     conn.execute(
         """
@@ -104,8 +105,8 @@ def profile(conn: Conn, tenant: str, version: str) -> None:
                (%(t)s, %(v)s, 'label', 'categorical', 'text', 'prediction', 1000, 0, null, null, '{"no": 500, "yes": 500}'),
                (%(t)s, %(v)s, 'score', 'numeric', 'float', 'score', 1000, 0, %(s)s, %(sc)s, null)
         """,
-        {"t": tenant, "v": version, "x": X_EDGES, "xc": [0] * (len(X_EDGES) + 1), "s": SCORE_EDGES,
-         "sc": [0] * (len(SCORE_EDGES) + 1)})
+        {"t": tenant, "v": version, "x": x_edges, "xc": [0] * (len(x_edges) + 1), "s": score_edges,
+         "sc": [0] * (len(score_edges) + 1)})
 
 
 def bin_of(edges: list[float], x: float | None) -> int | None:
@@ -329,16 +330,20 @@ REGIMES: dict[str, dict[str, Any]] = {
 }
 
 
-def windows(conn: Conn, world: World, plan: str, n: int = 2000, seed: int = 100) -> list[tuple[str, dict[str, Any]]]:
-    """One daily window per letter of plan (a regime), all logged first (a report rolls the log
-    up, and rows logged later with an earlier time would be behind its watermark), then each
-    reported and embedded in order; returns (report id, regime section) per window."""
+def windows(conn: Conn, world: World, plan: str, n: int = 2000, seed: int = 100,
+            served: list[int] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """One daily window per letter of plan (a regime), served by the version of served (index
+    into world.versions, the first by default) and reported for it, all logged first (a report
+    rolls the log up, and rows logged later with an earlier time would be behind its
+    watermark), then each reported and embedded in order; returns (report id, regime section)
+    per window."""
     spans = [(T0 + 10 * DAY + i * DAY, T0 + 11 * DAY + i * DAY) for i in range(len(plan))]
+    by = served or [0] * len(plan)
     for i, (regime, (start, end)) in enumerate(zip(plan, spans, strict=True)):
-        world.log(conn, start, end, n, seed=seed + i, **REGIMES[regime])
+        world.log(conn, start, end, n, seed=seed + i, version=by[i], **REGIMES[regime])
     out = []
-    for start, end in spans:
-        report = world.report(conn, start, end)
+    for (start, end), version in zip(spans, by, strict=True):
+        report = world.report(conn, start, end, version=version)
         row = conn.execute("select ml_private.record_window_embedding(%s)", (report,)).fetchone()
         assert row is not None
         out.append((report, row[0]))
@@ -358,6 +363,82 @@ def test_a_seasonal_return_is_matched_and_a_new_regime_is_not(conn: Conn, world:
     row = conn.execute("select vector_dims(embedding), vector_norm(embedding) from ml.window_embeddings where report_id = %s",
                        (a2,)).fetchone()
     assert row is not None and row[0] == 256 and row[1] == pytest.approx(1.0, abs=1e-6)
+
+
+def retrained_world(conn: Conn) -> World:
+    """A world whose second version was retrained on regime B with a small reference sample:
+    x0 binned on [5, 8] (A's values mostly fall under it), the score on [0.5, 1]."""
+    world = World(conn)
+    conn.execute("delete from ml.reference_profiles where model_version_id = %s", (world.versions[1],))
+    profile(conn, world.id, world.versions[1], [5 + 0.3 * i for i in range(11)], [0.5 + 0.05 * i for i in range(11)])
+    return world
+
+
+def test_windows_served_by_a_retrained_version_are_embedded_on_the_first_versions_bins(conn: Conn) -> None:
+    """fraud@1 serves regime A; fraud@2, retrained on regime B (other bins), serves B, then A
+    again: on one basis (fraud@1's bins) the returning window matches the first, B does not."""
+    world = retrained_world(conn)
+    (a, first), (b, season), (a2, back) = windows(conn, world, "ABA", seed=700, served=[0, 1, 1])
+    assert first["basis_version"] == 1 and first["model_version"] == 1 and first["off_basis_rows"] == 0
+    assert season["basis_version"] == 1 and season["model_version"] == 2 and season["off_basis_rows"] == 2000
+    assert season["matched"] is False and season["similar"][0]["distance"] > season["similar"][0]["threshold"]
+    assert back["basis_version"] == 1 and back["model_version"] == 2 and back["row_count"] == 2000
+    assert back["matched"] is True and back["match"]["report_id"] == a and back["match"]["model_version"] == 1
+    assert [s["report_id"] for s in back["similar"]] == [a, b]
+    assert back["similar"][0]["distance"] < back["threshold"] < back["similar"][1]["distance"]
+    # The stored row names the version that served the window (the recall reads it).
+    served = conn.execute("select mv.version from ml.window_embeddings e join ml.model_versions mv on mv.id = e.model_version_id "
+                          "where e.report_id = %s", (a2,)).fetchone()
+    assert served == (2,)
+
+
+def test_the_same_rows_embed_alike_whichever_version_served_them(conn: Conn) -> None:
+    """The same values logged twice, served by the basis and then by the retrained version, in
+    windows that do not start or end on the hour: the same embedding (binned from the log on
+    the basis's edges, exactly), and a window served by both counts both."""
+    world = retrained_world(conn)
+    spans = [(T0 + 20 * DAY + timedelta(minutes=17), T0 + 21 * DAY + timedelta(minutes=43)),
+             (T0 + 22 * DAY + timedelta(minutes=17), T0 + 23 * DAY + timedelta(minutes=43)),
+             (T0 + 24 * DAY + timedelta(minutes=17), T0 + 25 * DAY + timedelta(minutes=43))]
+    world.log(conn, *spans[0], 1500, seed=801, version=0, **REGIMES["A"])
+    world.log(conn, *spans[1], 1500, seed=801, version=1, **REGIMES["A"])
+    world.log(conn, spans[2][0], spans[2][0] + DAY / 2, 700, seed=802, version=0, **REGIMES["A"])
+    world.log(conn, spans[2][0] + DAY / 2, spans[2][1], 800, seed=803, version=1, **REGIMES["A"])
+    rollup(conn, world)
+    sections = []
+    for start, end in spans:
+        row = conn.execute("select ml_private.record_window_embedding(%s)", (world.report(conn, start, end),)).fetchone()
+        assert row is not None
+        sections.append(row[0])
+    by_basis, by_other, mixed = sections
+    assert by_basis["off_basis_rows"] == 0 and by_other["off_basis_rows"] == 1500 and by_other["row_count"] == 1500
+    assert by_other["similar"][0]["distance"] == pytest.approx(0.0, abs=1e-12)
+    assert mixed["row_count"] == 1500 and mixed["off_basis_rows"] == 800 and mixed["model_version"] == 1
+    # The off-basis binning: fraud@2's rows on fraud@1's edges, as a GROUP BY binned here.
+    rows = conn.execute("select role, feature, bin, category, sum(count)::bigint from ml_private.bin_predictions(%s, %s, %s, %s, "
+                        "array[%s]::uuid[], %s) b where model_version_id = %s group by 1, 2, 3, 4",
+                        (world.id, world.project, *spans[2], world.versions[1], world.versions[0],
+                         world.versions[1])).fetchall()
+    expected = Counter({k[1:]: n for k, n in expected_counts(conn, world, *spans[2], by_bucket=False).items()
+                        if k[0] == world.versions[1]})
+    assert Counter({tuple(r[:4]): r[4] for r in rows}) == expected
+
+
+def test_the_regime_basis_is_the_earliest_profiled_version(conn: Conn) -> None:
+    world = World(conn)
+    later = World(conn, "later")
+    basis = "select mv.version from ml.model_versions mv where mv.id = ml_private.regime_basis(%s)"
+    assert conn.execute(basis, (world.project,)).fetchone() == (1,)
+    # Not moved by a newer version's profile; moved when the basis's profile is deleted.
+    conn.execute("delete from ml.reference_profiles where model_version_id = %s", (world.versions[0],))
+    assert conn.execute(basis, (world.project,)).fetchone() == (2,)
+    conn.execute("delete from ml.reference_profiles where model_version_id = any (%s)", (later.versions,))
+    assert conn.execute("select ml_private.regime_basis(%s)", (later.project,)).fetchone() == (None,)
+    report = later.report(conn, T0, T0 + DAY)
+    later.log(conn, T0, T0 + DAY, 50)
+    section = conn.execute("select ml_private.record_window_embedding(%s)", (report,)).fetchone()
+    assert section is not None and section[0]["matched"] is False and "no version of the project" in section[0]["reason"]
+    assert conn.execute("select count(*) from ml.window_embeddings where report_id = %s", (report,)).fetchone() == (0,)
 
 
 def test_similar_windows_lists_the_nearest_past_windows_first(conn: Conn, world: World) -> None:

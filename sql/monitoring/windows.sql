@@ -6,8 +6,9 @@
 --     the version that made them, per hour, in ml.window_counts. A rollup moves each project's
 --     watermark forward; nothing runs in ml.predict, so the call pays nothing for it.
 --   * window embeddings: each drift report's window as a 256-dimension vector of its binned
---     distributions (ml.window_embeddings, pgvector HNSW when present), so a report can say
---     whether its distribution was seen before, and ml.similar_windows lists the closest ones.
+--     distributions on one basis per project (ml_private.regime_basis; ml.window_embeddings,
+--     pgvector HNSW when present), so a report can say whether its distribution was seen
+--     before, and ml.similar_windows lists the closest ones.
 
 ------------------------------------------------------------------------------------------------
 -- Binning predictions on the reference edges
@@ -45,11 +46,12 @@ as $$
     order by x.model_version_id, x.role, x.feature, x.preference
 $$;
 
--- (Before p_versions, it had four arguments.)
+-- (Before p_versions, it had four arguments; before p_basis, five.)
 drop function if exists ml_private.bin_predictions(uuid, uuid, timestamptz, timestamptz);
+drop function if exists ml_private.bin_predictions(uuid, uuid, timestamptz, timestamptz, uuid[]);
 
 -- ml_private.bin_predictions(p_tenant uuid, p_project uuid, p_from timestamptz, p_to timestamptz,
---                             p_versions uuid[] default null)
+--                             p_versions uuid[] default null, p_basis uuid default null)
 -- returns table (model_version_id uuid, role text, feature text, bucket timestamptz, bin int,
 --                category text, count bigint, total float8, total_squares float8)
 -- The live predictions (shadow_of NULL) of p_project logged in [p_from, p_to) (of p_versions
@@ -59,11 +61,14 @@ drop function if exists ml_private.bin_predictions(uuid, uuid, timestamptz, time
 -- edges (0 underflow, n + 1 overflow), with the sum and sum of squares of the values in each
 -- bin; categories by value (ml_private.profile_category, the profiles' keys); a missing value
 -- (JSON null or an absent key) is the row with bin and category both NULL. Inputs are read from
--- the logged features, the prediction from prediction, the score from score. The one binning of the rollup and of the
--- raw edges of a window (ml_private.window_counts_between). Its callers set timezone UTC, as
--- the profiles are made (a timestamp without an offset is UTC).
+-- the logged features, the prediction from prediction, the score from score. With p_basis,
+-- every row is binned on that one version's profiles instead of its own (the window embeddings'
+-- common basis, ml_private.regime_basis); model_version_id is still the version that served the
+-- row. The one binning of the rollup, of the raw edges of a window
+-- (ml_private.window_counts_between) and of the embeddings' rows served off the basis. Its
+-- callers set timezone UTC, as the profiles are made (a timestamp without an offset is UTC).
 create or replace function ml_private.bin_predictions(p_tenant uuid, p_project uuid, p_from timestamptz, p_to timestamptz,
-                                                       p_versions uuid[] default null)
+                                                       p_versions uuid[] default null, p_basis uuid default null)
 returns table (model_version_id uuid, role text, feature text, bucket timestamptz, bin int, category text,
                count bigint, total float8, total_squares float8)
 language plpgsql stable
@@ -79,6 +84,7 @@ declare
     v_cats   text;
     v_bins   text;
     v_keys   text;
+    v_on     text := case when p_basis is not null then '$6' end;
 begin
     -- One scan of the window, three steps, each value read and converted once:
     --   1. each row unpivoted into (k, value): k the k-th profiled feature of the row's version,
@@ -114,21 +120,23 @@ begin
                                when 'prediction' then 'p.prediction'
                                else 'pg_catalog.to_jsonb(p.score)' end as value
             from ml_private.window_profiles(p_project) w
-            where p_versions is null or w.model_version_id = any (p_versions)
+            where case when p_basis is not null then w.model_version_id = p_basis
+                       else p_versions is null or w.model_version_id = any (p_versions) end
         ) f
         group by f.model_version_id
     ) g;
     if v_keys is null then
         return;
     end if;
+    -- The profiles are chosen by the row's version, or by the basis ($6) for every row.
     return query execute format($q$
         with counted as (
-            select t.model_version_id, t.k, t.bucket, (case t.model_version_id %s end)::int as bin, t.category,
+            select t.model_version_id, t.k, t.bucket, (case %6$s %1$s end)::int as bin, t.category,
                    count(*) as count, sum(t.x) as total, sum(t.x * t.x) as total_squares
-            from (select v.model_version_id, v.k, v.bucket, (case v.model_version_id %s end)::float8 as x,
-                         (case v.model_version_id %s end)::text as category
+            from (select v.model_version_id, v.k, v.bucket, (case %7$s %2$s end)::float8 as x,
+                         (case %7$s %3$s end)::text as category
                   from (select p.model_version_id, pg_catalog.date_trunc('hour', p.created_at, 'UTC') as bucket,
-                               unnest(case p.model_version_id %s end) as value, unnest(case p.model_version_id %s end) as k
+                               unnest(case %8$s %4$s end) as value, unnest(case %8$s %5$s end) as k
                         from ml.predictions p
                         where p.tenant_id = $1 and p.project_id = $2 and p.created_at >= $3 and p.created_at < $4
                           and p.shadow_of is null and ($5 is null or p.model_version_id = any ($5))) v
@@ -136,9 +144,11 @@ begin
             group by 1, 2, 3, 4, 5
         )
         select c.model_version_id, m.role, m.feature, c.bucket, c.bin, c.category, c.count, c.total, c.total_squares
-        from counted c join (values %s) m (model_version_id, k, role, feature)
-          on m.model_version_id = c.model_version_id and m.k = c.k$q$, v_bins, v_xs, v_cats, v_values, v_ks, v_keys)
-        using p_tenant, p_project, p_from, p_to, p_versions;
+        from counted c join (values %9$s) m (model_version_id, k, role, feature)
+          on m.model_version_id = %10$s and m.k = c.k$q$, v_bins, v_xs, v_cats, v_values, v_ks,
+          coalesce(v_on, 't.model_version_id'), coalesce(v_on, 'v.model_version_id'), coalesce(v_on, 'p.model_version_id'),
+          v_keys, coalesce(v_on, 'c.model_version_id'))
+        using p_tenant, p_project, p_from, p_to, p_versions, p_basis;
 end
 $$;
 
@@ -337,6 +347,28 @@ as $$
                     and a.atttypid <> 'float8[]'::regtype)
 $$;
 
+-- ml_private.regime_basis(p_project uuid) returns uuid
+-- The version on whose reference bins every window of p_project is embedded (the regime
+-- basis): the project's earliest model version that has something to bin on
+-- (ml_private.window_profiles: its reference profile, or its training set's inputs), earliest
+-- by registration (ml.model_versions.created_at), then by model name, version number and id,
+-- so the choice is deterministic and does not move when versions are retrained, promoted or
+-- rolled back. It moves only when that version, or its profile, is deleted: windows embedded
+-- before are then on another basis. NULL when no version has a profile.
+-- Callers: the owner (ml_private.record_window_embedding).
+create or replace function ml_private.regime_basis(p_project uuid) returns uuid
+language sql stable
+set search_path = ''
+as $$
+    select mv.id
+    from ml.models m
+    join ml.model_versions mv on mv.model_id = m.id
+    where m.project_id = p_project
+      and mv.id in (select w.model_version_id from ml_private.window_profiles(p_project) w)
+    order by mv.created_at, m.name, mv.version, mv.id
+    limit 1
+$$;
+
 -- ml_private.regime_threshold(p_bins1 float8, p_rows1 bigint, p_bins2 float8, p_rows2 bigint) returns float8
 -- The cosine distance under which two windows count as the same distribution. The distance of
 -- two embeddings is about the mean squared Hellinger distance of their features (docs/monitoring.md),
@@ -360,7 +392,10 @@ $$;
 -- nearest first. With pgvector: the HNSW index with iterative scans (hnsw.iterative_scan =
 -- relaxed_order, pgvector >= 0.8), so the tenant and project filters cannot leave fewer than p_k
 -- rows while more exist, re-sorted exactly; without: every window of the project, exactly.
--- No rows when p_report has no embedding. Callers: the owner.
+-- Every window is embedded on the project's regime basis (ml_private.regime_basis); a stored
+-- row does not record its basis, so windows embedded before the basis was introduced (on the
+-- version that served them) or before the basis version was deleted may be on another one and
+-- are compared all the same. No rows when p_report has no embedding. Callers: the owner.
 create or replace function ml_private.nearest_windows(p_tenant uuid, p_project uuid, p_report uuid, p_k int)
 returns table (report_id uuid, window_start timestamptz, window_end timestamptz, distance float8,
                model_version int, dataset_drift boolean, row_count bigint, bins float8)
@@ -414,12 +449,16 @@ $$;
 -- Summarizes the report's window as a 256-dimension embedding, stores it in
 -- ml.window_embeddings (replacing the report's earlier one) and says whether a past window of
 -- the project had the same distribution. The construction (docs/monitoring.md):
---   1. the window's counts per feature (inputs, prediction, score) on the reference bins of the
---      version that served it (the report's version, else the one with most rows): the project
---      rolled up (ml_private.rollup_window_counts), then ml_private.window_counts_between, exact
---      at any window bounds; keys are the numeric bins
+--   1. the counts per feature (inputs, prediction, score) of the window's live predictions,
+--      whichever versions served them, on ONE basis for the whole project: the reference bins
+--      of ml_private.regime_basis (its earliest profiled version), so windows served by
+--      different versions compare. The basis version's rows: the project rolled up
+--      (ml_private.rollup_window_counts), then ml_private.window_counts_between (whole hours
+--      from ml.window_counts); the other versions' rows binned from the log on the basis's bins
+--      (ml_private.bin_predictions with p_basis: a scan of their rows). Exact at any window
+--      bounds. Keys are the numeric bins
 --      (underflow and overflow included), the categories (the 64 most frequent; the rest pooled
---      as one), and missing values;
+--      as one), and missing values (categories and missing values do not depend on the basis);
 --   2. per feature, the square roots of the key proportions: a block of unit L2 norm, so every
 --      feature weighs the same and the inner product of two blocks is their Bhattacharyya
 --      coefficient (1 - squared Hellinger distance);
@@ -429,11 +468,16 @@ $$;
 -- features. The window matches a regime seen before when one of its 5 nearest past windows (not
 -- overlapping it: ml_private.nearest_windows) lies within ml_private.regime_threshold of it (or
 -- the report's options.regime_threshold, a number in (0, 2]).
+-- The stored row's model_version_id is the version that served the window (the report's
+-- version when it served rows of it, else the one that served most; the recall of
+-- ml_private.record_regime_recall reads it), not the basis, which the row does not record.
 -- Returns {"matched", "match" (the closest matching window or null), "similar": [{report_id,
 -- window_start, window_end, distance, model_version, dataset_drift, threshold, matched}],
--- "threshold" (the nearest window's), "row_count", "model_version", "dimensions": 256,
--- "search": "hnsw" | "exact"}; for a window with no predictions to embed (or a report over
--- another source than ml.predictions) {"matched": false, "similar": [], "threshold": null,
+-- "threshold" (the nearest window's), "row_count" (the rows embedded), "model_version" (the
+-- serving version), "basis_version", "off_basis_rows" (rows served by other versions than the
+-- basis, binned from the log), "dimensions": 256, "search": "hnsw" | "exact"}; for a window
+-- with no predictions to embed (or a report over another source than ml.predictions, or a
+-- project without a profiled version) {"matched": false, "similar": [], "threshold": null,
 -- "reason"} and nothing is stored. Raises P0002 unknown report; 22023 a bad
 -- options.regime_threshold. Callers: the owner (ml.drift_report, after its results).
 create or replace function ml_private.record_window_embedding(p_report uuid) returns jsonb
@@ -447,8 +491,10 @@ declare
     v_schema    name := ml_private.window_vector_schema();
     v_fixed     float8;
     v_embedding float8[];
+    v_basis     uuid;
     v_version   uuid;
     v_rows      bigint;
+    v_off       bigint;
     v_bins      float8;
     v_similar   jsonb;
 begin
@@ -469,8 +515,15 @@ begin
             'reason', format('the window is read from %s, not the prediction log: no binned counts to embed', v_report.source));
     end if;
 
-    -- Rolled up first (a no-op after a fast report's own rollup): the window's whole hours are
-    -- then read from ml.window_counts, not binned again from the log.
+    v_basis := ml_private.regime_basis(v_report.project_id);
+    if v_basis is null then
+        return jsonb_build_object('matched', false, 'similar', '[]'::jsonb, 'threshold', null,
+            'reason', 'no version of the project has a reference profile to embed the window on');
+    end if;
+    -- Rolled up first (a no-op after a fast report's own rollup): the basis version's rows of
+    -- the window's whole hours are then read from ml.window_counts, not binned again from the
+    -- log. The rows other versions served are counted there on their own bins: they are binned
+    -- again from the log, on the basis's (ml_private.bin_predictions with p_basis).
     perform ml_private.rollup_window_counts(v_report.project_id);
     with counts as materialized (
         select * from ml_private.window_counts_between(v_report.tenant_id, v_report.project_id, v_report.window_start, v_report.window_end)
@@ -478,18 +531,27 @@ begin
         select s.model_version_id, max(s.n) as n
         from (select c.model_version_id, c.role, c.feature, sum(c.count) as n from counts c group by 1, 2, 3) s
         group by 1
-    ), chosen as (
-        select s.model_version_id, s.n from sizes s
-        where v_report.model_version_id is null or s.model_version_id = v_report.model_version_id
-        order by s.n desc, s.model_version_id
+    ), served as (
+        select s.model_version_id from sizes s
+        order by coalesce(s.model_version_id = v_report.model_version_id, false) desc, s.n desc, s.model_version_id
         limit 1
+    ), off_basis as materialized (
+        select b.role, b.feature, b.bin, b.category, b.count
+        from (select array_agg(distinct c.model_version_id) as versions from counts c
+              where c.model_version_id <> v_basis having count(*) > 0) o
+        cross join lateral ml_private.bin_predictions(v_report.tenant_id, v_report.project_id, v_report.window_start,
+                                                      v_report.window_end, o.versions, v_basis) b
+    ), binned as (
+        select c.role, c.feature, c.bin, c.category, c.count from counts c where c.model_version_id = v_basis
+        union all
+        select o.role, o.feature, o.bin, o.category, o.count from off_basis o
     ), keyed as (
         select c.role, c.feature,
                case when c.bin is not null then 'bin ' || c.bin
                     when c.category is not null then 'category ' || c.category
                     else 'missing' end as key,
                sum(c.count) as n
-        from counts c join chosen h on h.model_version_id = c.model_version_id
+        from binned c
         group by 1, 2, 3
     ), capped as (
         select k.role, k.feature,
@@ -515,9 +577,11 @@ begin
         from generate_series(1, 256) g (i) left join dims d on d.i = g.i
     )
     select (select array_agg(x / r.norm order by o) from unnest(r.e) with ordinality u (x, o)),
-           (select h.model_version_id from chosen h), (select h.n from chosen h),
+           (select h.model_version_id from served h),
+           (select max(k.n) from (select k.role, k.feature, sum(k.n) as n from keyed k group by 1, 2) k),
+           (select coalesce(max(k.n), 0) from (select o.role, o.feature, sum(o.count) as n from off_basis o group by 1, 2) k),
            (select count(*)::float8 / nullif(count(distinct (p.role, p.feature)), 0) from props p where p.p > 0)
-    into v_embedding, v_version, v_rows, v_bins
+    into v_embedding, v_version, v_rows, v_off, v_bins
     from raw r
     where r.norm > 0;
 
@@ -555,6 +619,8 @@ begin
         'threshold', coalesce(v_similar -> 0 -> 'threshold', to_jsonb(v_fixed)),
         'row_count', v_rows,
         'model_version', (select mv.version from ml.model_versions mv where mv.id = v_version),
+        'basis_version', (select mv.version from ml.model_versions mv where mv.id = v_basis),
+        'off_basis_rows', v_off,
         'dimensions', 256,
         'search', case when v_schema is null then 'exact' else 'hnsw' end);
 end
