@@ -68,9 +68,10 @@ ROLLBACK = Scenario(
      "rollback": {"metric": "accuracy", "max_drop": 0.02, "window": "1 day"}}, **SIZES)
 
 # The season moves what customers' history does not remember, so when it ends regime A is back
-# at once. The retraining keeps the champion's whole training set as its reference sample, so a
-# version retrained for the season still bins regime A as the first version did (the window
-# embeddings are made on the serving version's reference bins).
+# at once. The retraining keeps the policy's reference sample (500 rows of the champion's
+# training set): the version retrained for the season bins regime A otherwise, but every window
+# is embedded on the first version's bins (the project's regime basis), so A is recognised
+# whichever version serves it.
 SEASON = Regime("B", distance_scale=2.5, device_weights=(0.3, 0.45, 0.25),
                 pattern=("web", ("retail", "travel", "electronics")), pattern_strength=6.0)
 SEASONAL = Scenario(
@@ -80,7 +81,7 @@ SEASONAL = Scenario(
      Phase("serving 2 days of the season with the challenger in shadow", 2, (Segment(0.0, 1.0, SEASON),),
            reports="none", maintain=True),
      Phase("serving 2 days; regime A returns", 2)),
-    {**BASE_POLICY, "cooldown": "0 seconds", "data": {"reference_sample": 10000},
+    {**BASE_POLICY, "cooldown": "0 seconds",
      "triggers": [{"type": "dataset_drift", "share": 0.25}, {"type": "new_labels", "min": 1000}]}, **SIZES)
 
 
@@ -224,6 +225,10 @@ def test_a_seasonal_return_is_recognised_and_recalls_the_version_that_served_it(
     with psycopg.connect(db_url, autocommit=True) as conn:
         assert champion(conn, result.tenant_id) == 2
         assert approvals(conn, result.tenant_id) == [(1, result.reviewer, "approved"), (2, result.reviewer, "approved")]
+        # fraud@2 served the returning window, embedded on fraud@1's bins (the regime basis).
+        regime = one(conn, "select summary -> 'regime' from ml.drift_reports where id = %s", w3["report_id"])
+        assert regime["model_version"] == 2 and regime["basis_version"] == 1
+        assert regime["off_basis_rows"] == regime["row_count"] > 0
         with tenant_context(conn, result.tenant_id):
             assert "retraining.recall" in [r[0] for r in conn.execute(
                 "select event from ml.events where tenant_id = %s and topic = 'retraining'", (result.tenant_id,))]
