@@ -11,7 +11,12 @@ features from the same online table:
   log), called over HTTP/1.1 keep-alive with ``httpx``.
 
 Latency: one client, sequential requests, after a warm-up; the sides alternate in rounds so
-that a noisy moment of a shared machine falls on both. Throughput: ``--clients`` threads, each
+that a noisy moment of a shared machine falls on both. Each side's client holds one connection to
+its server: the FastAPI client one keep-alive HTTP connection (one uvicorn worker), the pgmlops
+client a pool of one (one backend). A context row repeats the pgmlops calls through the
+throughput runs' pool of ``--clients`` connections, which hands them out in turn, so that each
+sequential call lands on another backend whose caches went cold meanwhile (about 0.25 ms more
+per call on this machine). Throughput: ``--clients`` threads, each
 with its own connection (a pool of that size / an httpx client each), requests back to back for
 ``--duration`` seconds; requests per second, the latency under load, the client's CPU per
 request and the machine's busy cores (``/proc/stat``). Then ``pgbench`` (C client, no Python
@@ -380,6 +385,7 @@ def run(setup: Setup, *, requests: int, rounds: int, warmup: int, clients: int, 
     predict_ready = _has_predict(setup)
     pipelines = load_pipelines(setup)
     pool = pgmlops_pool(setup, clients)
+    single = pgmlops_pool(setup, 1)  # the latency client's one connection
     try:
         with fastapi_service(setup, pipelines, service_workers, pool_size=max(1, clients // service_workers)) as service, \
                 httpx.Client(base_url=service["base_url"], timeout=30) as client:
@@ -406,7 +412,8 @@ def run(setup: Setup, *, requests: int, rounds: int, warmup: int, clients: int, 
                     sides["fastapi_features_only"] = features_only_call(client)
                 inside: list[float] = []
                 if "pgmlops" in sides:
-                    sides["pgmlops"] = pgmlops_call(pool, inside)
+                    sides["pgmlops"] = pgmlops_call(single, inside)
+                    sides["pgmlops_pool_in_turn"] = pgmlops_call(pool)
                 log(f"  {key}: latency, {requests:,} sequential calls per side ...")
                 lat = latency(sides, model.project, setup.keys, requests, rounds, warmup, seed=17 + i)
                 if inside:  # the warm-up's calls left out
@@ -414,6 +421,9 @@ def run(setup: Setup, *, requests: int, rounds: int, warmup: int, clients: int, 
                 if i == 0:
                     out["fastapi_features_only_latency_ms"] = summarize(lat.pop("fastapi_features_only"))
                     del sides["fastapi_features_only"]
+                if "pgmlops_pool_in_turn" in lat:
+                    entry["pgmlops_pool_in_turn_latency_ms"] = summarize(lat.pop("pgmlops_pool_in_turn"))
+                    del sides["pgmlops_pool_in_turn"]
                 entry["model_only_ms"] = model_only(setup, pipelines[key], setup.keys, min(requests, 500))
                 for side, values in lat.items():
                     entry.setdefault(side, {})["latency_ms"] = summarize(values)
@@ -438,6 +448,7 @@ def run(setup: Setup, *, requests: int, rounds: int, warmup: int, clients: int, 
                                                                   f["throughput"]["requests_per_s"])}
     finally:
         pool.close()
+        single.close()
     if predict_ready is None and pgbench_seconds > 0:
         for key, model in setup.models.items():
             if "pgmlops_error" in out["models"][key]:
@@ -483,6 +494,10 @@ def tables(result: dict[str, Any]) -> list[Any]:
             t.add_row(key, side, f(lat.get("p50")), f(lat.get("p95")), f(lat.get("p99")), f(thr.get("requests_per_s"), ",.0f"),
                       f(tl.get("p50")), f(tl.get("p99")), f(thr.get("client_cpu_us_per_request"), ",.0f"),
                       f(thr.get("busy_cores")))
+        rotating = entry.get("pgmlops_pool_in_turn_latency_ms")
+        if rotating:
+            t.add_row(key, f"[dim]pgmlops, pool of {result['parameters']['clients']} in turn[/]", f(rotating.get("p50")),
+                      f(rotating.get("p95")), f(rotating.get("p99")), "", "", "", "", "")
         inside = entry.get("pgmlops_inside_function_ms")
         if inside:
             t.add_row(key, "[dim]inside ml.predict[/]", f(inside.get("p50")), f(inside.get("p95")), f(inside.get("p99")),
