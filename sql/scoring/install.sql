@@ -301,8 +301,8 @@ begin
     for v_a in select value from jsonb_array_elements(v_arguments) loop
         v_v := format('(p_features -> %L)', v_a ->> 'name');
         v_i := (v_a ->> 'index')::int;
-        if v_i is null or v_i < 1 or v_i > 100000 then
-            raise exception 'model version %: input % has no valid index', p_model_version, v_a ->> 'name' using errcode = '22023';
+        if v_i is null or v_i < 1 or v_i > 1000000 or coalesce((v_a ->> 'length')::int, 1) not between 1 and 1000000 then
+            return;  -- not a layout compiled_model_inputs writes: the generic path (score_arm) serves it
         end if;
         if v_a ->> 'array' = 'num' then
             v_len := coalesce((v_a ->> 'length')::int, 1);

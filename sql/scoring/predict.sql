@@ -3,9 +3,10 @@
 -- ml.predict scores one row with the model version the project's active deployment routes it to
 -- (ml_private.deployment_route, sql/scoring/deployments.sql), from features the caller passes or
 -- from the online store, and logs the call in ml.predictions. Shadow arms are scored and logged
--- too, never returned. The model runs as its compiled SQL function (sql/scoring/compiler.sql),
--- called through its serving function (ml_private.create_serving_function, install.sql), whose
--- plan the session keeps: a call pays for evaluating the model, not for planning it.
+-- too, never returned. Each arm runs the version's prediction function
+-- (ml_private.create_prediction_function, install.sql): static PL/pgSQL that reads the online
+-- store, converts the features and evaluates the compiled SQL function (compiler.sql), all
+-- planned once per session: a call pays for evaluating the model, not for planning it.
 
 ------------------------------------------------------------------------------------------------
 -- Helpers: features, results
@@ -195,9 +196,12 @@ $$;
 -- be in every one of those groups with values within the group's TTL; a partly present entity
 -- is refused rather than scored with missing values the caller did not choose (pass features to
 -- score it anyway).
+-- Writing the lookup also writes the version's prediction function again, with the same read
+-- as static SQL (ml_private.create_prediction_function): later calls read there.
 -- Raises P0002 an entity absent from a group (or whose values there are older than its TTL), a
 -- feature group version that no longer exists; ml_private.online_lookup's 0A000.
--- Callers: ml.predict (through score_arm).
+-- Callers: ml.predict (through score_arm: a version's first call by entity key, or a version
+-- without a prediction function).
 create or replace function ml_private.online_prediction_features(p_tenant uuid, p_version uuid, p_arguments jsonb, p_dataset uuid,
                                                                   p_entity_key text, p_model text)
 returns jsonb
@@ -298,9 +302,11 @@ $$;
 -- Scores one row with version p_version of p_tenant: features checked
 -- (ml_private.check_prediction_features; a shadow arm ignores extra ones) or, when p_features
 -- is NULL, read from the online store for p_entity_key (ml_private.online_prediction_features),
--- then the version's compiled function through its serving function. Returns {"model",
--- "version", "features" (what the model received), "result" (ml_private.prediction_result)}.
--- The serving function's name is made from the version's id, never read from a table.
+-- then the version's compiled function: through its prediction function (which also reads the
+-- store: ml_private.create_prediction_function), else through its serving function. Returns
+-- {"model", "version", "features" (what the model received), "result"
+-- (ml_private.prediction_result)}. Both functions' names are made from the version's id, never
+-- read from a table.
 -- Raises 0A000 a version scored by workers (naming model, version and algorithm, pointing to
 -- ml.score), or one whose compile job has not run yet (naming the job); P0002 an unknown
 -- version; the helpers' errors. Callers: ml.predict.
