@@ -159,8 +159,8 @@ def test_a_promoted_champion_that_degrades_is_rolled_back(db_url: str, pool: Wor
     assert kinds(shadow.events) == ["promote"] and shadow.maintenance is not None
     promote = shadow.events[0]
     assert promote["cycle_id"] == cycle and promote["candidate"]["version"] == 2
-    assert promote["reason"].startswith("fraud@2 promoted to champion and deployed (fraud@2 approved by the automatic "
-                                        f"promotion policy {result.reviewer} set (standing approval))")
+    assert promote["reason"].startswith("fraud@2 promoted to champion and deployed (fraud@2 approved by the standing "
+                                        f"approval of {result.reviewer}, who set the automatic promotion policy)")
     assert shadow.champion == 2 and shadow.deployment == [{"version": 2, "role": "live"}]
     # Nobody approved fraud@2: the policy the reviewer set stands as their approval, recorded.
     approval = shadow.maintenance["shadow"]["approval"]

@@ -201,7 +201,7 @@ def test_automatic_promotion_is_the_policy_setters_standing_approval_and_a_manua
     assert [e["kind"] for e in history] == ["trigger", "curate", "train", "evaluate", "promote"], result
     assert history[-1]["reason"].startswith(
         f"rja@2 promoted to champion and deployed (automatic promotion, no online stage; rja@2 approved by the "
-        f"automatic promotion policy {ref.owner} set (standing approval)); ")
+        f"standing approval of {ref.owner}, who set the automatic promotion policy); ")
     assert one(conn, "select v.version from ml.model_aliases a join ml.model_versions v on v.id = a.model_version_id"
                      " join ml.models m on m.id = a.model_id where m.name = 'rja' and a.alias = 'champion'") == 2
     version = {n: str(i) for n, i in conn.execute("select v.version, v.id from ml.model_versions v join ml.models m"
@@ -273,8 +273,8 @@ def shadow_promotion(conn: Conn, tenant: str, owner: str) -> None:
     assert verdict["shadow_correct"] > verdict["live_correct"]
     last = events(conn, "rjd")[-1]
     assert last["kind"] == "promote" and last["reason"].startswith(
-        f"rjd@2 promoted to champion and deployed (rjd@2 approved by the automatic promotion policy {owner} set "
-        "(standing approval)): shadow comparison")
+        f"rjd@2 promoted to champion and deployed (rjd@2 approved by the standing approval of {owner}, who set the "
+        "automatic promotion policy): shadow comparison")
     assert {k: verdict["approval"][k] for k in ("approved", "by", "standing")} == {"approved": True, "by": owner,
                                                                                 "standing": True}
     deployment = one(conn, "select ml.deployment('rjd')")

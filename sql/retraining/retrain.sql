@@ -199,7 +199,7 @@ begin
         jsonb_build_object('version', v_label, 'decision', 'approved', 'standing', true, 'cycle', p_cycle,
                            'policy_id', v_policy.id, 'user_id', v_policy.updated_by));
     return jsonb_build_object('approved', true, 'by', v_policy.updated_by, 'standing', true, 'reason', format(
-        '%s approved by the automatic promotion policy %s set (standing approval)', v_label, v_policy.updated_by));
+        '%s approved by the standing approval of %s, who set the automatic promotion policy', v_label, v_policy.updated_by));
 end
 $$;
 
