@@ -220,10 +220,7 @@ declare
     v_project ml.projects;
     v_why     text;
 begin
-    if not ml_private.caller_is_service() then
-        raise exception 'ml.apply_standing_approval is for workers: people approve with ml.approve'
-            using errcode = '42501';
-    end if;
+    perform ml_private.assert_service('ml.apply_standing_approval');
     v_tenant := ml_private.acting_tenant_id(true);
     select p.* into v_project from ml.retraining_events e join ml.projects p on p.id = e.project_id
     where e.tenant_id = v_tenant and e.cycle_id = cycle order by e.at limit 1;

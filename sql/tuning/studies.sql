@@ -574,6 +574,24 @@ begin
 end
 $$;
 
+-- ml_private.lock_tuning_study(p_tenant uuid, p_study uuid) returns ml.tuning_studies
+-- The study p_study of p_tenant, locked FOR NO KEY UPDATE (the worker-side functions that settle
+-- trials and end studies). Raises P0002 when p_tenant has no such study.
+create or replace function ml_private.lock_tuning_study(p_tenant uuid, p_study uuid) returns ml.tuning_studies
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+declare
+    v_study ml.tuning_studies;
+begin
+    select * into v_study from ml.tuning_studies s where s.id = p_study and s.tenant_id = p_tenant for no key update;
+    if not found then
+        raise exception 'tuning study % does not exist', coalesce(p_study::text, 'NULL') using errcode = 'P0002';
+    end if;
+    return v_study;
+end
+$$;
+
 -- ml.record_tuning_trial(study_id uuid, state text, trial_number int default null,
 --                        value float8 default null) returns jsonb
 -- Settles one trial of a study run in its caller's process (ml.start_tuning_study), as
@@ -600,12 +618,7 @@ begin
         raise exception 'state: must be one of complete, pruned, lost; got %',
             coalesce(quote_literal(record_tuning_trial.state), 'NULL') using errcode = '22023';
     end if;
-    select * into v_study from ml.tuning_studies s
-    where s.id = record_tuning_trial.study_id and s.tenant_id = v_tenant for no key update;
-    if not found then
-        raise exception 'tuning study % does not exist', coalesce(record_tuning_trial.study_id::text, 'NULL')
-            using errcode = 'P0002';
-    end if;
+    v_study := ml_private.lock_tuning_study(v_tenant, record_tuning_trial.study_id);
     if v_study.tune_job_id is not null then
         raise exception 'tuning study %: its trials are run by tune_trial jobs (ml.finish_tuning_trial settles them)',
             v_study.id using errcode = '55000';
@@ -650,12 +663,7 @@ begin
         raise exception 'status: must be succeeded or failed, got %',
             coalesce(quote_literal(finish_tuning_study.status), 'NULL') using errcode = '22023';
     end if;
-    select * into v_study from ml.tuning_studies s
-    where s.id = finish_tuning_study.study_id and s.tenant_id = v_tenant for no key update;
-    if not found then
-        raise exception 'tuning study % does not exist', coalesce(finish_tuning_study.study_id::text, 'NULL')
-            using errcode = 'P0002';
-    end if;
+    v_study := ml_private.lock_tuning_study(v_tenant, finish_tuning_study.study_id);
     if v_study.status in ('succeeded', 'failed') then
         raise exception 'tuning study % has already finished (%)', v_study.id, v_study.status using errcode = '55000';
     end if;

@@ -17,33 +17,10 @@
 --                          and pa2 exist from scikit-learn 1.8 only).
 --   eta0                   > 0 (the worker defaults it to 0.01, as scikit-learn 1.8 does;
 --                          older releases default to 0, which constant and invscaling refuse).
-select ml_private.register_algorithm('sgd_classifier', array['classification'], 'sklearn', false,
-    'scikit-learn SGDClassifier (linear, stochastic gradient descent; log_loss or modified_huber; learns incrementally)',
-    $j${"type": "object", "additionalProperties": false, "properties": {
-        "loss":                {"type": "string", "enum": ["log_loss", "modified_huber"]},
-        "penalty":             {"type": ["string", "null"], "enum": ["l2", "l1", "elasticnet", null]},
-        "alpha":               {"type": "number", "exclusiveMinimum": 0, "maximum": 1000000},
-        "l1_ratio":            {"type": "number", "minimum": 0, "maximum": 1},
-        "fit_intercept":       {"type": "boolean"},
-        "max_iter":            {"type": "integer", "minimum": 1, "maximum": 100000},
-        "tol":                 {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-        "shuffle":             {"type": "boolean"},
-        "learning_rate":       {"type": "string", "enum": ["constant", "optimal", "invscaling", "adaptive"]},
-        "eta0":                {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
-        "power_t":             {"type": "number", "minimum": -100, "maximum": 100},
-        "early_stopping":      {"type": "boolean"},
-        "validation_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-        "n_iter_no_change":    {"type": "integer", "minimum": 1, "maximum": 10000},
-        "average":             {"type": ["boolean", "integer"], "minimum": 1, "maximum": 100000000},
-        "class_weight":        {"type": ["string", "null"], "enum": ["balanced", null]}
-    }}$j$::jsonb);
-
-select ml_private.register_algorithm('sgd_regressor', array['regression'], 'sklearn', false,
-    'scikit-learn SGDRegressor (linear, stochastic gradient descent; learns incrementally)',
-    $j${"type": "object", "additionalProperties": false, "properties": {
-        "loss":                {"type": "string", "enum": ["squared_error", "huber", "epsilon_insensitive",
-                                                           "squared_epsilon_insensitive"]},
-        "epsilon":             {"type": "number", "minimum": 0, "maximum": 1000000},
+-- The parameters both estimators take, then each one's own (loss first).
+select ml_private.register_algorithm(a.name, a.tasks, 'sklearn', false, a.description,
+    jsonb_build_object('type', 'object', 'additionalProperties', false, 'properties', a.own || shared.properties))
+from (select $j${
         "penalty":             {"type": ["string", "null"], "enum": ["l2", "l1", "elasticnet", null]},
         "alpha":               {"type": "number", "exclusiveMinimum": 0, "maximum": 1000000},
         "l1_ratio":            {"type": "number", "minimum": 0, "maximum": 1},
@@ -58,4 +35,16 @@ select ml_private.register_algorithm('sgd_regressor', array['regression'], 'skle
         "validation_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
         "n_iter_no_change":    {"type": "integer", "minimum": 1, "maximum": 10000},
         "average":             {"type": ["boolean", "integer"], "minimum": 1, "maximum": 100000000}
-    }}$j$::jsonb);
+      }$j$::jsonb as properties) shared
+cross join (values
+    ('sgd_classifier', array['classification'],
+     'scikit-learn SGDClassifier (linear, stochastic gradient descent; log_loss or modified_huber; learns incrementally)',
+     $j${"loss":         {"type": "string", "enum": ["log_loss", "modified_huber"]},
+         "class_weight": {"type": ["string", "null"], "enum": ["balanced", null]}}$j$::jsonb),
+    ('sgd_regressor', array['regression'],
+     'scikit-learn SGDRegressor (linear, stochastic gradient descent; learns incrementally)',
+     $j${"loss":    {"type": "string", "enum": ["squared_error", "huber", "epsilon_insensitive",
+                                                "squared_epsilon_insensitive"]},
+         "epsilon": {"type": "number", "minimum": 0, "maximum": 1000000}}$j$::jsonb)
+) a (name, tasks, description, own)
+order by a.name;
