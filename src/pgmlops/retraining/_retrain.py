@@ -410,6 +410,20 @@ def _tune(ctx: JobContext, cycle: str, project: Any, recipe: Mapping[str, Any],
 
 def _cycle(conn: Conn, ctx: JobContext, cycle: str, as_of: datetime, project: Any,
            policy: Mapping[str, Any]) -> dict[str, Any]:
+    """The cycle's steps, in the job's transaction. Optuna's tables are written outside it: when
+    the cycle fails after tuning (at training, evaluation, ...), its transaction rolls back the
+    studies' rows and this deletes their trials from Optuna's tables too."""
+    studies: list[LocalStudy] = []
+    try:
+        return _cycle_steps(conn, ctx, cycle, as_of, project, policy, studies)
+    except BaseException:
+        for study in studies:
+            study.discard()
+        raise
+
+
+def _cycle_steps(conn: Conn, ctx: JobContext, cycle: str, as_of: datetime, project: Any,
+                 policy: Mapping[str, Any], studies: list[LocalStudy]) -> dict[str, Any]:
     from pgmlops import models, scoring
     from pgmlops.retraining import _evaluation as retraining
     from pgmlops.training import run_training
@@ -427,13 +441,13 @@ def _cycle(conn: Conn, ctx: JobContext, cycle: str, as_of: datetime, project: An
                   f"{stats['duplicates_removed']} duplicates removed, {stats['invalid_excluded']} invalid rows excluded"))
 
     recipe = policy.get("recipe") or {}
-    studies: list[LocalStudy] = []
     tuning: dict[str, Any] | None = None
     options = dict(recipe.get("options") or {})
     options["model"] = champion["model"]
     options["tags"] = {**dict(options.get("tags") or {}), "retraining_cycle": cycle}
     if recipe.get("tune"):
-        studies, best, tuning = _tune(ctx, cycle, project, recipe, dataset_id)
+        made, best, tuning = _tune(ctx, cycle, project, recipe, dataset_id)
+        studies.extend(made)
         algorithm, hyperparams = str(best["algorithm"]), dict(best["params"])
         ran, budget = tuning["trials_run"], tuning["trials_budget"]
         source = (f"tuned {' and '.join(s['algorithm'] for s in tuning['studies'])}, "

@@ -51,6 +51,7 @@ class LocalStudy:
         self._row = _handlers._study_row(ctx.conn, str(study_id))
         self._storage = _studies.optuna_storage(ctx.conn)
         self._study = _handlers._optuna_study(self._storage, self._row, 0, create=True)
+        self._discarded = False
         self._library_versions = training.library_versions(self._row["library"])
         self._frame: pd.DataFrame | None = None
         self._runs: dict[int, str] = {}
@@ -159,7 +160,13 @@ class LocalStudy:
 
     def discard(self) -> None:
         """Delete the study's trials from Optuna's tables (for a job whose transaction, and so
-        the study's row, will roll back)."""
+        the study's row, will roll back). Idempotent."""
         import optuna
 
-        optuna.delete_study(study_name=_studies.study_name(self.id), storage=self._storage)
+        if self._discarded:
+            return
+        try:
+            optuna.delete_study(study_name=_studies.study_name(self.id), storage=self._storage)
+        except KeyError:  # never stored, or already deleted
+            pass
+        self._discarded = True
