@@ -45,6 +45,14 @@
 -- generate_series / unnest of a parameter, so their tiny queries look expensive enough for JIT,
 -- and compiling them with LLVM at every call made a 3-layer MLP take 100 ms per row. (A SET
 -- clause keeps a function from being inlined; these have subqueries and never are.)
+--
+-- The result helpers (compiled_regression, _binary, _pair, _classes, _isolation_forest) pin
+-- extra_float_digits, so they cannot be inlined, and are PL/pgSQL: a language sql function that
+-- is not inlined keeps its parsed and planned body only for the query that calls it, so every
+-- ml.predict (one query per transaction) parsed and planned it again (0.2-0.3 ms a call), while
+-- PL/pgSQL keeps its compiled body and its expressions' plans for the session. They set
+-- search_path = '' as well: a PL/pgSQL body looks names up when it runs, and the compiled
+-- functions promise that no search path changes what they call.
 
 -- ml_private.compiled_expit(p_x float8) returns float8
 -- The logistic function 1 / (1 + exp(-x)) (scipy.special.expit), without PostgreSQL's range
@@ -107,10 +115,14 @@ return (
 -- it prints numbers with float8out, which reads extra_float_digits, pinned here), so that the
 -- compiled functions calling it stay immutable and inlinable. Called by compiled functions.
 create or replace function ml_private.compiled_regression(p_prediction float8) returns jsonb
-language sql immutable parallel safe
-set jit = off
+language plpgsql immutable parallel safe
+set search_path = ''
 set extra_float_digits = 1
-return jsonb_build_object('prediction', p_prediction);
+as $$
+begin
+    return jsonb_build_object('prediction', p_prediction);
+end
+$$;
 
 -- ml_private.compiled_binary(p_score float8, p_labels jsonb, p_probability text, p_label text,
 --                            p_decision boolean) returns jsonb
@@ -126,9 +138,12 @@ return jsonb_build_object('prediction', p_prediction);
 create or replace function ml_private.compiled_binary(p_score float8, p_labels jsonb, p_probability text, p_label text,
                                                      p_decision boolean)
 returns jsonb
-language sql immutable parallel safe
+language plpgsql immutable parallel safe
+set search_path = ''
 set extra_float_digits = 1
-return jsonb_strip_nulls(jsonb_build_object(
+as $$
+begin
+    return jsonb_strip_nulls(jsonb_build_object(
     'prediction', p_labels -> (case p_label
         when 'gt0' then (p_score > 0)::int
         when 'ge0' then (p_score >= 0)::int
@@ -140,16 +155,23 @@ return jsonb_strip_nulls(jsonb_build_object(
         when 'modified_huber' then jsonb_build_array(1 - (least(greatest(p_score, -1::float8), 1::float8) + 1) / 2,
                                                      (least(greatest(p_score, -1::float8), 1::float8) + 1) / 2) end,
     'decision_function', case when p_decision then to_jsonb(p_score) end));
+end
+$$;
 
 -- ml_private.compiled_pair(p_first float8, p_second float8, p_labels jsonb) returns jsonb
 -- A two-class result from its two probabilities (trees and forests): {"prediction": the class
 -- of the larger (the first on a tie, as numpy.argmax), "probabilities": [p_first, p_second]}.
 -- Called by compiled functions.
 create or replace function ml_private.compiled_pair(p_first float8, p_second float8, p_labels jsonb) returns jsonb
-language sql immutable parallel safe
+language plpgsql immutable parallel safe
+set search_path = ''
 set extra_float_digits = 1
-return jsonb_build_object('prediction', p_labels -> (p_second > p_first)::int,
-                          'probabilities', jsonb_build_array(p_first, p_second));
+as $$
+begin
+    return jsonb_build_object('prediction', p_labels -> (p_second > p_first)::int,
+                              'probabilities', jsonb_build_array(p_first, p_second));
+end
+$$;
 
 -- ml_private.compiled_classes(p_scores float8[], p_labels jsonb, p_probability text, p_label text,
 --                             p_decision boolean) returns jsonb
@@ -164,10 +186,13 @@ return jsonb_build_object('prediction', p_labels -> (p_second > p_first)::int,
 create or replace function ml_private.compiled_classes(p_scores float8[], p_labels jsonb, p_probability text, p_label text,
                                                       p_decision boolean)
 returns jsonb
-language sql immutable parallel safe
+language plpgsql immutable parallel safe
+set search_path = ''
 set extra_float_digits = 1
 set jit = off
-return (
+as $$
+begin
+    return (
     with s as (select u.v, u.i from unnest(p_scores) with ordinality u (v, i)),
     t as (select s.i, s.v as score, case p_probability
                           when 'softmax' then case when s.v - max(s.v) over () < -708 then 0::float8
@@ -186,6 +211,8 @@ return (
                                    order by case when p_label = 'argmax_scores' then p.score else p.v end desc, p.i limit 1),
         'probabilities', case when p_probability <> 'none' then (select jsonb_agg(p.v order by p.i) from p) end,
         'decision_function', case when p_decision then to_jsonb(p_scores) end)));
+end
+$$;
 
 -- ml_private.compiled_isolation_forest(p_depth float8, p_denominator float8, p_offset float8)
 -- returns jsonb
@@ -196,15 +223,20 @@ return (
 -- decision_function < 0, prediction -1 (anomaly) or 1. Called by compiled functions.
 create or replace function ml_private.compiled_isolation_forest(p_depth float8, p_denominator float8, p_offset float8)
 returns jsonb
-language sql immutable parallel safe
+language plpgsql immutable parallel safe
+set search_path = ''
 set extra_float_digits = 1
-return jsonb_build_object(
+as $$
+begin
+    return jsonb_build_object(
     'score_samples', -power(2::float8, case when p_denominator = 0 then -1::float8 else -(p_depth / p_denominator) end),
     'decision_function', -power(2::float8, case when p_denominator = 0 then -1::float8 else -(p_depth / p_denominator) end) - p_offset,
     'anomaly_score', power(2::float8, case when p_denominator = 0 then -1::float8 else -(p_depth / p_denominator) end),
     'is_anomaly', -power(2::float8, case when p_denominator = 0 then -1::float8 else -(p_depth / p_denominator) end) - p_offset < 0,
     'prediction', case when -power(2::float8, case when p_denominator = 0 then -1::float8 else -(p_depth / p_denominator) end)
                             - p_offset < 0 then -1 else 1 end);
+end
+$$;
 
 ------------------------------------------------------------------------------------------------
 -- The compiler: from a version's signature, training set and description to SQL text
