@@ -67,6 +67,7 @@ RELEASED_FILES = {
     "0011_retraining/learn_jobs.sql": "359e5d7c98420c80a1452d31e294b0f6e68ea459e32057bbfbc302239ee8667a",
     "0011_retraining/retrain_jobs.sql": "23ac66026c435d4417e783a04844a4e430ba31bf81fd01ca4f5690f5f9094760",
     "0011_retraining/retraining.sql": "8ae5ae7d37a64b95ba10247a8dd5960b2960359bd1e76ec703cf704071a8819f",
+    "0012_learning/algorithms.sql": "c1b828a0d12662b963a57fc6a2b871b6d992af29b5c1607a9f4114fd6fb4d5b9",
 }
 RELEASED_SCHEMA = "0004_training"  # what Supabase projects and installed databases hold today
 PARTITIONED = ("ml.events", "ml.run_metrics")  # plus each feature group version's offline table (see partitioned_tables)
