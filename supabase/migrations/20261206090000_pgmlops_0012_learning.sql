@@ -8548,6 +8548,8 @@ $$;
 -- PL/pgSQL, one pass over the arms: its two queries are planned once per session. (As a SQL
 -- function inlined into its callers' queries, its window functions cost ml.predict more to set
 -- up at every call than the lookups themselves; docs/serving.md.)
+-- ml_private.deployment_route computes the same order and weights in its own pass (keep the two
+-- in step; tests/test_deployments.py checks routing by strategy, canary step and shadow).
 create or replace function ml_private.deployment_arm_weights(p_tenant uuid, p_project uuid)
 returns table (deployment_id uuid, strategy text, arm text, "position" int, route_order bigint, model_version_id uuid,
                alias text, role text, weight float8, current_weight float8, cumulative float8)
@@ -8635,7 +8637,10 @@ $$;
 -- Where one prediction goes, for ml.predict: first the live arm chosen (sticky: the first live
 -- arm, in route order, whose cumulative current weight exceeds ml_private.entity_point(project,
 -- key); random() without a key; arms of weight 0 never), then one row per shadow arm (shadow
--- true) in position order. No writes; two index lookups.
+-- true) in position order. Route order and current weights are ml_private.deployment_arm_weights',
+-- computed here in the same pass over one query (the active deployment joined to its arms):
+-- looping over deployment_arm_weights' rows, its two queries and the function in between cost
+-- ml.predict 0.01 ms more per call (docs/serving.md). No writes.
 -- Raises P0002 when the project has no active deployment.
 -- Callers: the owner's security-definer functions only (granted to nobody).
 create or replace function ml_private.deployment_route(p_tenant uuid, p_project uuid, p_entity_key text)
@@ -8645,43 +8650,72 @@ language plpgsql stable
 as $$
 #variable_conflict use_column
 declare
-    v_u      float8 := case when p_entity_key is null then random() else ml_private.entity_point(p_project, p_entity_key) end;
-    v_w      record;
-    v_live   record;
-    v_last   record;
-    v_sdep   uuid[] := '{}';
-    v_sarm   text[] := '{}';
-    v_sver   uuid[] := '{}';
+    v_u        float8 := case when p_entity_key is null then random() else ml_private.entity_point(p_project, p_entity_key) end;
+    v_a        record;
+    v_dep      uuid;
+    v_canary   float8;
+    v_weight   float8;
+    v_sum      float8 := 0;
+    v_live_arm text;
+    v_live_ver uuid;
+    v_last_arm text;
+    v_last_ver uuid;
+    v_sarm     text[] := '{}';
+    v_sver     uuid[] := '{}';
 begin
-    -- One pass over the arms in route order (live arms first): the first live arm past u; should
-    -- rounding leave the last sum a hair under u, the last live arm; arms of weight 0 never.
-    for v_w in
-        select w.deployment_id, w.arm, w.model_version_id, w.role, w.current_weight, w.cumulative
-        from ml_private.deployment_arm_weights(p_tenant, p_project) w
+    -- One pass over the arms in route order (live arms first, a canary arm after its baseline,
+    -- then shadow arms by position): the first live arm past u; should rounding leave the last
+    -- sum a hair under u, the last live arm; arms of weight 0 never.
+    for v_a in
+        select x.id, x.strategy, x.schedule, x.created_at, x.schedule ->> 'canary_arm' as canary_arm,
+               a.arm, a.model_version_id, a.role, a.weight
+        from ml.deployments x join ml.deployment_arms a on a.deployment_id = x.id
+        where x.project_id = p_project and x.status = 'active' and x.tenant_id = p_tenant
+        order by a.role = 'shadow', a.arm = x.schedule ->> 'canary_arm', a.position
     loop
-        if v_w.role = 'shadow' then
-            v_sdep := v_sdep || v_w.deployment_id;
-            v_sarm := v_sarm || v_w.arm;
-            v_sver := v_sver || v_w.model_version_id;
-        elsif v_w.current_weight > 0 then
-            if v_live is null and v_w.cumulative > v_u then
-                v_live := v_w;
+        if v_dep is null then
+            v_dep := v_a.id;
+            if v_a.strategy = 'canary' then
+                -- The canary's weight: that of the last step whose `after` has passed.
+                v_canary := coalesce(
+                    (select (s.step ->> 'weight')::float8
+                     from pg_catalog.jsonb_array_elements(v_a.schedule -> 'steps') with ordinality s (step, n)
+                     where v_a.created_at + (s.step ->> 'after')::interval <= pg_catalog.now()
+                     order by s.n desc limit 1),
+                    (v_a.schedule -> 'steps' -> 0 ->> 'weight')::float8);
             end if;
-            v_last := v_w;
+        end if;
+        if v_a.role = 'shadow' then
+            v_sarm := v_sarm || v_a.arm;
+            v_sver := v_sver || v_a.model_version_id;
+            continue;
+        end if;
+        v_weight := case when v_a.strategy <> 'canary' then v_a.weight
+                         when v_a.arm = v_a.canary_arm then v_canary
+                         else 1 - v_canary end;
+        v_sum := v_sum + v_weight;
+        if v_weight > 0 then
+            if v_live_arm is null and v_sum > v_u then
+                v_live_arm := v_a.arm;
+                v_live_ver := v_a.model_version_id;
+            end if;
+            v_last_arm := v_a.arm;
+            v_last_ver := v_a.model_version_id;
         end if;
     end loop;
-    if v_live is null then
-        v_live := v_last;
+    if v_live_arm is null then
+        v_live_arm := v_last_arm;
+        v_live_ver := v_last_ver;
     end if;
-    if v_live is null and cardinality(v_sarm) = 0 then
+    if v_live_arm is null and cardinality(v_sarm) = 0 then
         perform ml_private.no_active_deployment(p_project);
     end if;
-    if v_live is not null then
-        deployment_id := v_live.deployment_id; arm := v_live.arm; model_version_id := v_live.model_version_id; shadow := false;
+    if v_live_arm is not null then
+        deployment_id := v_dep; arm := v_live_arm; model_version_id := v_live_ver; shadow := false;
         return next;
     end if;
     for i in 1 .. cardinality(v_sarm) loop
-        deployment_id := v_sdep[i]; arm := v_sarm[i]; model_version_id := v_sver[i]; shadow := true;
+        deployment_id := v_dep; arm := v_sarm[i]; model_version_id := v_sver[i]; shadow := true;
         return next;
     end loop;
 end
@@ -9795,6 +9829,16 @@ begin
             'score', case when jsonb_typeof(p_result -> 'decision_function') = 'number' then p_result -> 'decision_function' end));
     end if;
     v_k := jsonb_array_length(v_probabilities);
+    if v_k = 2 then
+        -- Two classes, the common case, in one simple expression: the general one below holds
+        -- subqueries, which PL/pgSQL runs through the executor (0.014 ms a call, docs/serving.md).
+        return jsonb_build_object(
+            'prediction', p_result -> 'prediction',
+            'score', v_probabilities -> 1,
+            'probabilities', case when jsonb_typeof(p_classes) = 'array' and jsonb_array_length(p_classes) = 2
+                                  then jsonb_build_object(p_classes ->> 0, v_probabilities -> 0, p_classes ->> 1, v_probabilities -> 1)
+                                  else v_probabilities end);
+    end if;
     return jsonb_build_object(
         'prediction', p_result -> 'prediction',
         'score', case when v_k = 2 then v_probabilities -> 1
@@ -9840,10 +9884,10 @@ begin
     select v.id, v.version, m.name as model, v.algorithm, v.scoring_path, v.scoring -> 'arguments' as arguments,
            v.signature -> 'classes' as classes, v.dataset_id,
            -- The version's prediction function (ml_private.create_prediction_function): it exists
-           -- only next to the compiled function, and goes with it.
-           exists (select 1 from pg_catalog.pg_proc f
-                   where f.proname = ml_private.prediction_function_name(v.id)
-                     and f.pronamespace = 'ml_models'::regnamespace) as fast
+           -- only next to the compiled function, and goes with it. Looked up in the catalog cache
+           -- (to_regproc: one function of that name, or NULL), not by a scan of pg_proc, which
+           -- locked pg_proc and its index in every transaction (0.006 ms a call, docs/serving.md).
+           pg_catalog.to_regproc('ml_models.' || pg_catalog.quote_ident(ml_private.prediction_function_name(v.id))) is not null as fast
     into v_version
     from ml.model_versions v join ml.models m on m.id = v.model_id
     where v.id = p_version and v.tenant_id = p_tenant;
@@ -19288,8 +19332,8 @@ insert into ml_private.repeatable_files (path, checksum, revision) values
     ('models/registry.sql', '509aedc38aa7e2e3b2654319e2da5c4e996d2582f2090228967c2128217bf1bd', '0012_learning'),
     ('scoring/compiler.sql', '029d714abb3d58ca331b62f16766a76d4b97d626412821464f2a155b621379b5', '0012_learning'),
     ('scoring/install.sql', '0c3b10195f5e3a91894f9c770824dbf53d77adb21f34d1090113243e96eb6ad4', '0012_learning'),
-    ('scoring/deployments.sql', 'fb4e6e747131fbba953e0547d38490a833dce319575cc93c3091071e60798daf', '0012_learning'),
-    ('scoring/predict.sql', 'a2b97461009a79fc77a8dc69e5588e50bb53a719a3d6e1c1207791ad0557e6b6', '0012_learning'),
+    ('scoring/deployments.sql', '67986a464777a532e6a355d49ead0fd2366fd407a80592174d28c88c35f97676', '0012_learning'),
+    ('scoring/predict.sql', 'da7658e914fc1117139d7ccedcf035e7e518f491de4da013c8b80893f358c016', '0012_learning'),
     ('scoring/feedback.sql', '53ed0aeaceea0a3f6cf840c8696a5750594f8a3d8b139121dc2c02de5abb7647', '0012_learning'),
     ('scoring/batch.sql', '347738869aa80706b868fffade38b2d6a2238f7ddfa73bc7308396f5e504e412', '0012_learning'),
     ('tuning/studies.sql', 'cad900a19457c0d82ec4093ebe2c6dc8ce193f75e0d55ec6572052be1c84d006', '0012_learning'),
