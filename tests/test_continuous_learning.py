@@ -8,7 +8,6 @@ does not learn incrementally; ml.learn without continuous learning is refused.""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -26,7 +25,7 @@ from pgmlops.training import run_training
 from .compile_helpers import one
 from .conftest import act_for
 from .test_reference_profiles import SIGNATURE, Reference, frame
-from .training_data import refused
+from .training_data import job_result, refused
 
 Conn = psycopg.Connection[Any]
 
@@ -68,15 +67,8 @@ def worker(db_url: str) -> Iterator[WorkerPool]:
 
 
 def finished(conn: Conn, job_id: int) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        row = conn.execute("select status, result, error from ml.jobs where id = %s", (job_id,)).fetchone()
-        assert row is not None
-        if row[0] in ("succeeded", "failed", "dead", "cancelled"):
-            assert row[0] == "succeeded", row
-            return dict(row[1])
-        time.sleep(0.2)
-    raise AssertionError(f"learn job {job_id} did not finish in 60 s")
+    """The learn job's result, once the worker has run it."""
+    return job_result(conn, job_id)
 
 
 def history(conn: Conn, name: str) -> list[dict[str, Any]]:

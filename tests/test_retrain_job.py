@@ -8,7 +8,6 @@ champion stays. ml.retrain's errors."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,7 +27,7 @@ from .compile_helpers import one
 from .conftest import act_for
 from .test_cli import pgmlops
 from .test_reference_profiles import Reference, features_of, frame
-from .training_data import refused
+from .training_data import job_result, refused
 
 Conn = psycopg.Connection[Any]
 
@@ -76,15 +75,7 @@ def worker(db_url: str) -> Iterator[WorkerPool]:
 
 def run_retrain_job(conn: Conn, job_id: int) -> dict[str, Any]:
     """Waits for the worker to finish the retrain job ``job_id``; its result."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        row = conn.execute("select status, result, error from ml.jobs where id = %s", (job_id,)).fetchone()
-        assert row is not None
-        if row[0] in ("succeeded", "failed", "dead", "cancelled"):
-            assert row[0] == "succeeded", row
-            return dict(row[1])
-        time.sleep(0.2)
-    raise AssertionError(f"retrain job {job_id} did not finish in 60 s")
+    return job_result(conn, job_id)
 
 
 def events(conn: Conn, name: str) -> list[dict[str, Any]]:

@@ -125,3 +125,18 @@ def merge_asof_reference(spine: pd.DataFrame, values: pd.DataFrame, key: str, tt
     merged = pd.merge_asof(left, right, on="event_time", by=key, direction="backward", allow_exact_matches=True,
                            tolerance=pd.Timedelta(ttl) if ttl else None)
     return merged.set_index("index").sort_index()
+
+
+def job_result(conn: Conn, job_id: int, timeout: float = 60.0) -> dict[str, Any]:
+    """Waits for a worker to end job ``job_id``; asserts it succeeded and returns its result."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = conn.execute("select kind, status, result, error from ml.jobs where id = %s", (job_id,)).fetchone()
+        assert row is not None
+        if row[1] in ("succeeded", "failed", "dead", "cancelled"):
+            assert row[1] == "succeeded", row
+            return dict(row[2])
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish in {timeout:g} s")

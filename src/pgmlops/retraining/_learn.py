@@ -37,7 +37,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from pgmlops.jobs.handlers import JobContext, PermanentError
-from pgmlops.retraining._retrain import MIN_HOLDOUT, RetrainFailed, _champion, _step, _valid
+from pgmlops.retraining._retrain import MIN_HOLDOUT, RetrainFailed, _champion, _labelled, _step, _valid
 
 if TYPE_CHECKING:
     import numpy as np
@@ -172,17 +172,8 @@ def holdout_metric(model: Any, X: pd.DataFrame, y: Any, metric: str, task: str) 
 
 def _rows(conn: Conn, project: Any, names: list[str], inputs: list[dict[str, Any]], since: datetime,
           as_of: datetime) -> tuple[pd.DataFrame, dict[str, Any]]:
-    import pandas as pd
-
     target = project.target
-    rows = conn.execute(
-        """select p.created_at, p.features, f.label from ml.predictions p
-           join ml.feedback f on f.prediction_id = p.id and f.predicted_at = p.created_at
-           where p.tenant_id = (select ml.current_tenant()) and p.project_id = %s and p.shadow_of is null
-             and p.created_at > %s and p.created_at <= %s and p.features is not null
-           order by p.created_at""", (str(project.id), since, as_of)).fetchall()
-    frame = pd.DataFrame([{**{n: (r[1] or {}).get(n) for n in names}, target: r[2], "event_time": r[0]} for r in rows],
-                         columns=[*names, target, "event_time"])
+    frame = _labelled(conn, project, names, since, as_of)
     stats: dict[str, Any] = {"window": {"start": since, "end": as_of}, "labelled_predictions": len(frame)}
     frame, invalid = _valid(frame, inputs, target)
     before = len(frame)

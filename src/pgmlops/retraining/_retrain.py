@@ -159,6 +159,22 @@ def _valid(frame: pd.DataFrame, inputs: list[dict[str, Any]], target: str) -> tu
     return out[ok], int((~ok).sum())
 
 
+def _labelled(conn: Conn, project: Any, names: list[str], since: datetime, as_of: datetime) -> pd.DataFrame:
+    """The project's live predictions logged in (since, as_of] that have a label, oldest first:
+    one column per input in ``names`` (from the logged features), the target (the label) and
+    ``event_time`` (when the prediction was made). The retrain and learn jobs' raw rows."""
+    import pandas as pd
+
+    rows = conn.execute(
+        """select p.created_at, p.features, f.label from ml.predictions p
+           join ml.feedback f on f.prediction_id = p.id and f.predicted_at = p.created_at
+           where p.tenant_id = (select ml.current_tenant()) and p.project_id = %s and p.shadow_of is null
+             and p.created_at > %s and p.created_at <= %s and p.features is not null
+           order by p.created_at""", (str(project.id), since, as_of)).fetchall()
+    return pd.DataFrame([{**{n: (r[1] or {}).get(n) for n in names}, project.target: r[2], "event_time": r[0]}
+                         for r in rows], columns=[*names, project.target, "event_time"])
+
+
 def _curate(conn: Conn, project: Any, champion: dict[str, Any], policy: Mapping[str, Any], as_of: datetime,
             ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """(training rows, holdout rows, what the curate row records)."""
@@ -173,14 +189,7 @@ def _curate(conn: Conn, project: Any, champion: dict[str, Any], policy: Mapping[
     target = project.target
     inputs = list((champion["signature"] or {}).get("inputs") or [])
     names = [c["name"] for c in inputs]
-    rows = conn.execute(
-        """select p.created_at, p.features, f.label from ml.predictions p
-           join ml.feedback f on f.prediction_id = p.id and f.predicted_at = p.created_at
-           where p.tenant_id = (select ml.current_tenant()) and p.project_id = %s and p.shadow_of is null
-             and p.created_at > %s and p.created_at <= %s and p.features is not null
-           order by p.created_at""", (str(project.id), start, as_of)).fetchall()
-    recent = pd.DataFrame([{**{n: (r[1] or {}).get(n) for n in names}, target: r[2], "event_time": r[0]} for r in rows],
-                          columns=[*names, target, "event_time"])
+    recent = _labelled(conn, project, names, start, as_of)
     stats: dict[str, Any] = {"window": {"start": start, "end": as_of}, "labelled_predictions": len(recent)}
     recent, invalid = _valid(recent, inputs, target)
     stats["invalid_excluded"] = invalid
