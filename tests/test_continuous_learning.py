@@ -52,12 +52,14 @@ def spread(conn: Conn, ref: Reference, n: int = 10) -> list[datetime]:
 
 
 def serve(conn: Conn, ref: Reference, rows: pd.DataFrame, times: list[datetime]) -> None:
-    """Logs the rows' predictions in len(times) chunks at those times, then their labels."""
+    """Logs the rows' predictions in len(times) chunks at those times, then their labels, all in
+    one transaction: a maintenance run that counts the labels sees all of them or none."""
     size = -(-len(rows) // len(times))
-    for part, at in zip((rows.iloc[k:k + size] for k in range(0, len(rows), size)), times, strict=True):
-        ids = ref.log(part, at)
-        conn.execute("select ml.record_feedback_bulk(%s)", (Jsonb([{"prediction_id": p, "label": int(y)}
-                                                                    for p, y in zip(ids, part["churned"], strict=True)]),))
+    with conn.transaction():
+        for part, at in zip((rows.iloc[k:k + size] for k in range(0, len(rows), size)), times, strict=True):
+            ids = ref.log(part, at)
+            conn.execute("select ml.record_feedback_bulk(%s)", (Jsonb([{"prediction_id": p, "label": int(y)}
+                                                                        for p, y in zip(ids, part["churned"], strict=True)]),))
 
 
 @pytest.fixture(scope="module")
