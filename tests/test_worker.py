@@ -216,13 +216,19 @@ def test_failing_handlers_are_retried_then_succeed_or_fail_for_good(db: tuple[st
 
 def test_notify_wakes_an_idle_worker_long_before_its_next_poll(db: tuple[str, Conn, str]) -> None:
     url, conn, _ = db
-    with pool(url, 1, poll_interval=60):
+    workers = pool(url, 1, poll_interval=60).start()
+    try:
         queue.enqueue(conn, "effect", {})  # warm-up: the worker is up and idle after this one
         wait_for(lambda: scalar(conn, "select count(*) from ml.jobs where status = 'succeeded'") == 1)
         time.sleep(0.5)
         job_id = queue.enqueue(conn, "effect", {})
         wait_for(lambda: scalar(conn, "select status from ml.jobs where id = %s", job_id) == "succeeded",
                  timeout=10, what="the NOTIFY to wake the worker (its poll interval is 60 s)")
+    finally:
+        # Idle again, in the middle of its 60 s wait: a stop reaches it well before that wait
+        # ends (the pool would SIGKILL it after 20 s).
+        killed = workers.stop(timeout=20)
+    assert killed == 0
 
 
 def test_a_dead_worker_is_replaced_by_the_supervisor(db: tuple[str, Conn, str]) -> None:

@@ -46,6 +46,9 @@ __all__ = ["Worker", "WorkerPool", "WorkerStats", "new_worker_id", "run_workers"
 
 log = logging.getLogger("pgmlops.worker")
 
+# Longest an idle worker waits before it looks at its stop flag again (seconds).
+_STOP_CHECK = 0.5
+
 
 def new_worker_id() -> str:
     """A worker id that says where the worker runs: ``host:pid:random``."""
@@ -242,10 +245,17 @@ class Worker:
         return self.stats
 
     def _wait_for_work(self, listen: psycopg.Connection[Any]) -> None:
-        # Returns on the first notification, or after poll_interval; drains any backlog so one
-        # burst of enqueues does not wake the loop once per job.
-        for _ in listen.notifies(timeout=self.poll_interval, stop_after=1):
-            pass
+        # Returns on the first notification, after poll_interval, or soon after a stop: the wait
+        # is cut into slices of at most _STOP_CHECK seconds because a signal does not interrupt
+        # psycopg's wait for notifications, and an idle worker with a long poll interval would
+        # otherwise finish its whole interval before it sees the stop.
+        deadline = time.monotonic() + self.poll_interval
+        while not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            for _ in listen.notifies(timeout=min(left, _STOP_CHECK), stop_after=1):
+                return
 
     def _claim(self, conn: psycopg.Connection[Any]) -> list[queue.Job]:
         return queue.claim(conn, self.worker_id, self._kinds, self.prefetch,
@@ -610,17 +620,22 @@ class WorkerPool:
             time.sleep(0.2)
         return self.failures
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM every worker, wait up to ``timeout`` seconds, then SIGKILL stragglers."""
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM every worker, wait up to ``timeout`` seconds, then SIGKILL stragglers; returns
+        how many had to be killed (an idle worker stops within a second whatever its poll
+        interval; a running job is waited for)."""
         self.stopping.set()
         self.signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
+        killed = 0
         for proc in self._procs.values():
             proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.kill()
                 proc.join()
+                killed += 1
         self._procs.clear()
+        return killed
 
     def __enter__(self) -> WorkerPool:
         return self.start()

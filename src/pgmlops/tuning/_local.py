@@ -38,7 +38,9 @@ class LocalStudy:
     The study's row, its trials' runs and its end are written through ``ctx.conn`` and commit
     with the job; Optuna tells its trials through its own connections at once. A job whose
     transaction rolls back leaves the trials in Optuna's tables without a study row that
-    names them: :meth:`discard` removes them. One thread at a time.
+    names them: :meth:`discard` removes them. A job whose worker died cannot discard anything;
+    its next attempt does (:meth:`start` deletes the Optuna studies that earlier attempts of the
+    same job left, each tagged with its job and attempt). One thread at a time.
     """
 
     def __init__(self, ctx: JobContext, study_id: UUID) -> None:
@@ -51,6 +53,9 @@ class LocalStudy:
         self._row = _handlers._study_row(ctx.conn, str(study_id))
         self._storage = _studies.optuna_storage(ctx.conn)
         self._study = _handlers._optuna_study(self._storage, self._row, 0, create=True)
+        # The tag that lets a later attempt of this job find the study if this process dies.
+        self._study.set_user_attr("job_id", ctx.job.id)
+        self._study.set_user_attr("attempt", ctx.job.attempts)
         self._discarded = False
         self._library_versions = training.library_versions(self._row["library"])
         self._frame: pd.DataFrame | None = None
@@ -70,6 +75,7 @@ class LocalStudy:
         """
         study_id = call(ctx.conn, "ml.start_tuning_study(%s, %s, %s, %s, %s, %s)",
                         (project, str(dataset), algorithm, Jsonb(dict(search_space)), n_trials, Jsonb(dict(options or {}))))
+        discard_earlier_attempts(ctx)
         return cls(ctx, UUID(str(study_id)))
 
     @property
@@ -170,3 +176,30 @@ class LocalStudy:
         except KeyError:  # never stored, or already deleted
             pass
         self._discarded = True
+
+
+def discard_earlier_attempts(ctx: JobContext) -> list[str]:
+    """Delete from Optuna's tables the studies that earlier attempts of ``ctx``'s job started
+    in process and left behind (a worker killed mid-tuning: its transaction, and so the studies'
+    rows, rolled back, but Optuna had stored their trials at once). Returns their names.
+
+    Safe while other jobs tune: only studies tagged with this job's id and an attempt before
+    this one are touched, and a job is held by one worker at a time, so those attempts are over.
+    A study whose row exists (committed) is never deleted.
+    """
+    import optuna
+
+    storage = _studies.optuna_storage(ctx.conn)
+    left = [s for s in storage.get_all_studies()
+            if s.user_attrs.get("job_id") == ctx.job.id and int(s.user_attrs.get("attempt", ctx.job.attempts)) < ctx.job.attempts]
+    gone: list[str] = []
+    for study in left:
+        if ctx.conn.execute("select 1 from ml.tuning_studies where id = %s",
+                            (study.study_name.removeprefix("pgmlops-"),)).fetchone():
+            continue
+        try:
+            optuna.delete_study(study_name=study.study_name, storage=storage)
+        except KeyError:  # deleted meanwhile by another cleanup
+            continue
+        gone.append(study.study_name)
+    return gone
