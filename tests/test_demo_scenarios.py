@@ -82,8 +82,8 @@ SEASONAL = Scenario(
            reports="none", maintain=True),
      Phase("serving 2 days; regime A returns", 2)),
     # No rollback: fraud@2, trained for the season, serves regime A worse than it served the
-    # season, and pg_cron's maintenance run (every 10 minutes on the full server) would roll it
-    # back whenever it happened to fall in the last phase; this variant is about the recall.
+    # season, and the workers' own maintenance run (every 5 minutes: the tests' databases have no
+    # pg_cron) rolls it back when it falls in the last phase; this variant is about the recall.
     {**BASE_POLICY, "cooldown": "0 seconds", "rollback": {"enabled": False},
      "triggers": [{"type": "dataset_drift", "share": 0.25}, {"type": "new_labels", "min": 1000}]}, **SIZES)
 
