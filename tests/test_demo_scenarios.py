@@ -81,17 +81,19 @@ SEASONAL = Scenario(
      Phase("serving 2 days of the season with the challenger in shadow", 2, (Segment(0.0, 1.0, SEASON),),
            reports="none", maintain=True),
      Phase("serving 2 days; regime A returns", 2)),
-    # No rollback: fraud@2, trained for the season, serves regime A worse than it served the
-    # season, and the workers' own maintenance run (every 5 minutes: the tests' databases have no
-    # pg_cron) rolls it back when it falls in the last phase; this variant is about the recall.
+    # No rollback: this variant is about the recall. (fraud@2, trained for the season, serves
+    # regime A worse than it served the season: a maintenance run in the last phase would roll it
+    # back, as the workers' own did every 5 minutes before the test's pool turned theirs off.)
     {**BASE_POLICY, "cooldown": "0 seconds", "rollback": {"enabled": False},
      "triggers": [{"type": "dataset_drift", "share": 0.25}, {"type": "new_labels", "min": 1000}]}, **SIZES)
 
 
 @pytest.fixture(scope="module")
 def pool(db_url: str) -> Iterator[WorkerPool]:
-    """Two worker processes taking the scenarios' jobs, shared by the module's tests."""
-    with WorkerPool(db_url, list(JOB_KINDS), 2, poll_interval=0.3, log_level=logging.WARNING) as workers:
+    """Two worker processes taking the scenarios' jobs, shared by the module's tests. They run
+    no maintenance of their own (the tests' databases have no pg_cron): a scenario's maintenance
+    runs are the ones its phases ask for, so what each one judged is known."""
+    with WorkerPool(db_url, list(JOB_KINDS), 2, poll_interval=0.3, log_level=logging.WARNING, maintenance_interval=None) as workers:
         yield workers
 
 

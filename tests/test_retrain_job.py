@@ -69,7 +69,7 @@ def serve(conn: Conn, ref: Reference, rows: pd.DataFrame, chunks: int = 10) -> N
 @pytest.fixture(scope="module")
 def worker(db_url: str) -> Iterator[WorkerPool]:
     """One real worker process claiming retrain jobs."""
-    with WorkerPool(db_url, ["retrain"], 1, poll_interval=0.2, log_level=logging.WARNING) as pool:
+    with WorkerPool(db_url, ["retrain"], 1, poll_interval=0.2, log_level=logging.WARNING, maintenance_interval=None) as pool:
         yield pool
 
 

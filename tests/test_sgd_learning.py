@@ -35,7 +35,7 @@ LEARNING = {**POLICY, "continuous": {**POLICY["continuous"], "every": "1 day"}}
 
 @pytest.fixture(scope="module")
 def worker(db_url: str) -> Iterator[WorkerPool]:
-    with WorkerPool(db_url, ["learn"], 1, poll_interval=0.2, log_level=logging.WARNING) as pool:
+    with WorkerPool(db_url, ["learn"], 1, poll_interval=0.2, log_level=logging.WARNING, maintenance_interval=None) as pool:
         yield pool
 
 

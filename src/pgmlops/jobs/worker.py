@@ -557,20 +557,22 @@ class WorkerPool:
     workers that die (crash, SIGKILL) until :meth:`stop` is called. Workers die with the process
     that started them; on Linux with the very thread (``PR_SET_PDEATHSIG`` follows the thread that
     spawned the process), so start, check and supervise the pool from a thread that outlives it,
-    such as the main thread.
+    such as the main thread. The options are :class:`Worker`'s, passed to every worker; with
+    several workers and no pg_cron, each runs ``ml.run_maintenance()`` on its own interval (the
+    runs take a lock, so they do not overlap).
     """
 
     def __init__(self, url: str | None = None, kinds: Sequence[str] | None = None, concurrency: int = 1, *,
                  prefetch: int = 1, poll_interval: float = 1.0, idle_exit: float | None = None,
                  modules: Sequence[str] | None = None, log_level: int = logging.INFO,
-                 lease: float | None = None) -> None:
+                 lease: float | None = None, maintenance_interval: float | None = 300.0) -> None:
         if concurrency < 1:
             raise ValueError("concurrency: must be at least 1")
         self.concurrency = concurrency
         self._options = {"url": resolve_url(url), "kinds": list(kinds) if kinds else None,
                          "prefetch": prefetch, "poll_interval": poll_interval, "idle_exit": idle_exit,
                          "modules": list(modules) if modules else None, "log_level": log_level,
-                         "lease": lease}
+                         "lease": lease, "maintenance_interval": maintenance_interval}
         self._ctx = multiprocessing.get_context("spawn")
         self._procs: dict[int, multiprocessing.process.BaseProcess] = {}
         self.stopping = threading.Event()
