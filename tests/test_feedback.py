@@ -9,7 +9,7 @@ pgmlops.db.tenant_context, as PostgREST would run their calls.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -48,7 +48,7 @@ class Tenant:
                 shadow_of: str | None = None, version: str | None = None, arm: str = "a",
                 id: str | None = None) -> str:
         """A logged prediction (as ml.predict logs one; its id random unless given); returns its id."""
-        at = datetime.now(timezone.utc) - timedelta(days=days_ago)
+        at = datetime.now(UTC) - timedelta(days=days_ago)
         row = conn.execute(
             "insert into ml.predictions (id, tenant_id, project_id, arm, model_version_id, shadow_of, entity_key, features, "
             "prediction, created_at) values (coalesce(%s::uuid, gen_random_uuid()), %s, %s, %s, %s, %s, 'c1', "
@@ -130,7 +130,7 @@ def test_a_prediction_in_an_older_partition_is_found(conn: Conn, world: tuple[Te
 def test_an_id_carrying_its_time_is_found_around_it_and_anywhere_else_too(conn: Conn,
                                                                        world: tuple[Tenant, Tenant]) -> None:
     a, _ = world
-    at = datetime.now(timezone.utc) - timedelta(days=20)
+    at = datetime.now(UTC) - timedelta(days=20)
     made = conn.execute("select ml_private.prediction_id(%s)::text, ml_private.prediction_id_time(ml_private.prediction_id(%s))",
                         (at, at)).fetchone()
     assert made is not None and made[0][14] == "7" and abs(made[1] - at) < timedelta(milliseconds=1)
@@ -284,7 +284,8 @@ def test_bulk_records_every_element_and_replaces_earlier_labels(conn: Conn, worl
     ({"prediction_id": "P", "label": "yes", "lable": "no"}, "22023",
      r'^feedback\[2\]: unknown field lable \(known: prediction_id, label, source\)$'),
     ("P", "22023", r'^feedback\[2\]: must be an object \{"prediction_id", "label", "source"\}, got string$'),
-    ({"prediction_id": "MISSING", "label": "yes"}, "P0002", r"^feedback\[2\]\.prediction_id: prediction [0-9a-f-]{36} does not exist$"),
+    ({"prediction_id": "MISSING", "label": "yes"}, "P0002",
+     r"^feedback\[2\]\.prediction_id: prediction [0-9a-f-]{36} does not exist$"),
     ({"prediction_id": "THEIRS", "label": "yes"}, "P0002", r"^feedback\[2\]\.prediction_id: prediction [0-9a-f-]{36} does not exist$"),
     ({"prediction_id": "FIRST", "label": "no"}, "22023",
      r"^feedback\[2\]: repeats feedback\[0\] \(the same prediction_id and source\)"),
@@ -387,7 +388,7 @@ def test_feedback_on_both_servers_whatever_partitions_the_log(any_db_url: str) -
     embedded PostgreSQL 18: lookups by random and time-carrying ids find predictions in either."""
     with psycopg.connect(any_db_url, autocommit=True) as conn:
         a = Tenant(conn)
-        at = datetime.now(timezone.utc) - timedelta(days=3)
+        at = datetime.now(UTC) - timedelta(days=3)
         timely = a.predict(conn, days_ago=3, id=str(one_id(conn, at)))
         old = a.predict(conn, days_ago=400)  # before every partition made ahead: the default one, or an old chunk
         recent = a.predict(conn)

@@ -56,7 +56,9 @@ def jobs(failures: Annotated[int, typer.Option(help="How many recent failures to
 def worker(
     kinds: Annotated[str | None, typer.Option(help="Comma-separated job kinds (default: all with a handler).")] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
-    prefetch: Annotated[int, typer.Option(min=1, max=1000, help="Jobs claimed per round trip; above 1, handlers that write nothing are acknowledged in batches.")] = 1,
+    prefetch: Annotated[int, typer.Option(
+        min=1, max=1000,
+        help="Jobs claimed per round trip; above 1, handlers that write nothing are acknowledged in batches.")] = 1,
     idle_exit: Annotated[float | None, typer.Option(help="Exit after this many idle seconds.")] = None,
     modules: Annotated[list[str] | None, typer.Option("--import", help="Module(s) registering handlers.")] = None,
     lease: Annotated[float | None, typer.Option(help="Lease in seconds (default: each kind's).")] = None,
