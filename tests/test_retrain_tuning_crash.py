@@ -43,7 +43,7 @@ def test_the_next_attempt_deletes_the_optuna_study_a_killed_attempt_left(conn: C
     one(conn, "select ml.set_retraining_policy('rtk', %s)", tuned_policy({
         "algorithms": ["logistic_regression"], "search_spaces": {"logistic_regression": SPACES["logistic_regression"]},
         "trials": 1000, "timeout": "3 seconds"}))
-    with WorkerPool(db_url, ["retrain"], 1, poll_interval=0.2, lease=2.0, log_level=logging.WARNING,
+    with WorkerPool(db_url, ["retrain"], 1, poll_interval=0.2, lease=3.0, log_level=logging.WARNING,
                     maintenance_interval=None) as pool:
         job = one(conn, "select ml.retrain('rtk')")
         # Attempt 1 has told Optuna a trial: kill its worker.
